@@ -1,0 +1,38 @@
+"""Helpers shared by the benchmark scripts: peak memory and the one-JSON-line-per-figure format."""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def peak_rss_mb(include_children: bool = True) -> float:
+    """Peak resident memory of this process (and of its finished children) in MiB (Linux: ru_maxrss in KiB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss if include_children else 0
+    return max(own, children) / 1024
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def emit(bench: str, **figures: Any) -> None:
+    """Print one JSON line so runs can be compared across commits."""
+    print(json.dumps({"bench": bench, "commit": git_commit(), **figures}, sort_keys=False), flush=True)
+
+
+def default_dataset(name: str) -> Path:
+    path = REPO.parent / "shared" / "datasets" / name
+    if not path.is_dir():
+        sys.exit(f"dataset not found: {path}")
+    return path

@@ -1,0 +1,1 @@
+"""One router per resource: faces (and their clusters), persons, health."""

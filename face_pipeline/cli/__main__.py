@@ -1,0 +1,3 @@
+from face_pipeline.cli import main
+
+main()

@@ -1,0 +1,93 @@
+"""faces cluster-dual, cluster, assign: the clustering assets, run through Dagster."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from face_pipeline.cli.common import (
+    UserError,
+    faces,
+    friendly,
+    settings_from_env,
+)
+
+CLUSTER_ASSETS = ["person_centroids", "supervised_assignments", "unknown_clusters"]
+# Projection of faces new since the last run comes first, so clustering never meets an active trained space
+# that is missing some faces (a no-op while the raw space is active).
+KEEP_SPACE_CURRENT = ["regenerated_embeddings"]
+Method = Annotated[str | None, typer.Option("--unknown-method", help="hdbscan | agglomerative | dbscan.")]
+Threshold = Annotated[
+    float | None, typer.Option("--person-threshold", min=-1.0, max=1.0, help="Cosine; default: the space's own.")
+]
+
+
+def _check_method(method: str | None) -> None:
+    from face_pipeline.domain.clustering import METHODS
+
+    if method is not None and method not in METHODS:
+        raise UserError(f"--unknown-method must be one of {', '.join(METHODS)}, got {method!r}")
+
+
+def _run_clustering(selection: list[str], run_config: dict[str, Any]) -> None:
+    from face_pipeline.defs.runner import asset_metadata, materialize_assets
+
+    result = materialize_assets(settings_from_env(), selection, {"ops": run_config})
+    if "supervised_assignments" in selection:
+        m = asset_metadata(result, "supervised_assignments")
+        typer.echo(
+            f"assigned: {m.get('assigned', 0)} of {m.get('candidates', 0)} faces to known people "
+            f"(threshold {m.get('person_threshold')}, margin {m.get('person_margin')}, space {m.get('space')})"
+        )
+    if "unknown_clusters" in selection:
+        m = asset_metadata(result, "unknown_clusters")
+        typer.echo(
+            f"unknown: {m.get('clusters', 0)} clusters holding {m.get('clustered_faces', 0)} faces, "
+            f"{m.get('noise', 0)} singletons ({m.get('method')}, {m.get('seconds')} s)"
+        )
+    typer.echo(f"run {result.run_id}")
+
+
+@faces.command("cluster-dual")
+@friendly
+def cluster_dual(
+    person_threshold: Threshold = None,
+    unknown_method: Method = None,
+    min_cluster_size: Annotated[int | None, typer.Option(min=2)] = None,
+    eps: Annotated[float | None, typer.Option(min=0.0, max=2.0, help="Cosine distance linking faces.")] = None,
+) -> None:
+    """Dual-mode clustering: match faces to known people, then group the rest."""
+    _check_method(unknown_method)
+    _run_clustering(
+        [*KEEP_SPACE_CURRENT, *CLUSTER_ASSETS],
+        {
+            "supervised_assignments": {"config": {"person_threshold": person_threshold}},
+            "unknown_clusters": {
+                "config": {"method": unknown_method, "min_cluster_size": min_cluster_size, "eps": eps}
+            },
+        },
+    )
+
+
+@faces.command("cluster")
+@friendly
+def cluster_only(
+    unknown_method: Method = None,
+    min_cluster_size: Annotated[int | None, typer.Option(min=2)] = None,
+    eps: Annotated[float | None, typer.Option(min=0.0, max=2.0)] = None,
+) -> None:
+    """Unsupervised only (the seed's old system): group the faces nobody is named on."""
+    _check_method(unknown_method)
+    config = {"method": unknown_method, "min_cluster_size": min_cluster_size, "eps": eps}
+    _run_clustering([*KEEP_SPACE_CURRENT, "unknown_clusters"], {"unknown_clusters": {"config": config}})
+
+
+@faces.command("assign")
+@friendly
+def assign_only(person_threshold: Threshold = None) -> None:
+    """Supervised only: match faces to the known people's prototypes."""
+    _run_clustering(
+        [*KEEP_SPACE_CURRENT, "person_centroids", "supervised_assignments"],
+        {"supervised_assignments": {"config": {"person_threshold": person_threshold}}},
+    )

@@ -1,0 +1,84 @@
+"""The CLI's shared parts: the Typer apps, settings, and one-line errors for mistakes a user can fix.
+
+Commands parse their input, call one service (through Dagster for pipeline steps) and report.
+Errors a user can fix print one line and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import wraps
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+
+if TYPE_CHECKING:
+    from face_pipeline.services.context import PipelineContext
+
+from face_pipeline.settings import Settings, SettingsError, load_settings
+
+app = typer.Typer(
+    help="Find, group and name the people in a photo library.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+faces = typer.Typer(help="Face pipeline commands (backfill, stats, ...).", no_args_is_help=True)
+app.add_typer(faces, name="faces")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class UserError(Exception):
+    """Expected failures: bad input or state a user can fix. Printed as one line."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from face_pipeline.defs.runner import RunFailed
+    from face_pipeline.services.catalog import PhotosDirNotFound
+    from face_pipeline.services.errors import UserFacingError
+    from face_pipeline.services.spaces import EmbeddingSpaceMismatch
+    from face_pipeline.storage.vectors import VectorStoreError
+    from face_pipeline.vision.types import ModelUnavailable
+
+    return (
+        UserError,
+        UserFacingError,
+        SettingsError,
+        RunFailed,
+        PhotosDirNotFound,
+        EmbeddingSpaceMismatch,
+        VectorStoreError,
+        ModelUnavailable,
+    )
+
+
+def friendly(command: F) -> F:
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except _user_errors() as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def settings_from_env() -> Settings:
+    return load_settings()
+
+
+@app.callback()
+def _configure(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("dagster", "alembic", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def db_context() -> PipelineContext:
+    from face_pipeline.services.context import PipelineContext
+
+    return PipelineContext.from_settings(settings_from_env())

@@ -1,0 +1,48 @@
+"""faces evaluate: the accuracy of the pipeline on a folder-per-person photo set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from face_pipeline.cli.common import (
+    faces,
+    friendly,
+)
+
+
+@faces.command("evaluate")
+@friendly
+def evaluate_command(
+    dataset: Annotated[Path, typer.Argument(help="Folder-per-person photo set: <person>/<photo>.")],
+    rounds: Annotated[int, typer.Option(min=0, max=100, help="Labelling rounds of the simulated user.")] = 3,
+    clusters_per_round: Annotated[int, typer.Option(min=1, max=10_000, help="Clusters named per round.")] = 15,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where to build the throwaway library (default: a temporary folder); keeps a snapshot "
+            "of the first ingest there for the next evaluation."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON line per row instead of the table.")] = False,
+    train: Annotated[
+        bool,
+        typer.Option(
+            "--train",
+            help="After each round: train a checkpoint on the labels, switch to it if promoted, reassign; "
+            "score each stage (baseline, after 1st training, ...) with its space and checkpoint verdict.",
+        ),
+    ] = False,
+) -> None:
+    """Play DATASET as a growing library with a simulated user and score every stage against its folders."""
+    from face_pipeline.services.evaluation import evaluate
+
+    report = evaluate(dataset, rounds=rounds, clusters_per_round=clusters_per_round, data_dir=data_dir, train=train)
+    if as_json:
+        for row in report.json_rows():
+            typer.echo(json.dumps(row))
+    else:
+        typer.echo(report.markdown())

@@ -1,0 +1,81 @@
+"""Jobs: which assets run together, and the run tags that keep vector-store writers one at a time.
+
+- daily_backfill_and_cluster: new photos in, faces detected (at most FACE_DAILY_LIMIT photos), new faces
+  projected when a trained space is active, then prototypes, assignment and clustering (daily schedule).
+- retrain: observe the labels, train a projection, regenerate and re-cluster (label-growth sensor, monthly).
+- reassign: regenerate embeddings and re-cluster with what is there (manual).
+- ingest, cluster_dual: the two halves on their own (the CLI's backfill and cluster-dual steps).
+"""
+
+from typing import Any
+
+import dagster as dg
+
+DAILY = "daily_backfill_and_cluster"
+RETRAIN = "retrain"
+REASSIGN = "reassign"
+INGEST = "ingest"
+CLUSTER_DUAL = "cluster_dual"
+
+CLUSTERING = ("person_centroids", "supervised_assignments", "unknown_clusters")
+REGENERATE = "regenerated_embeddings"
+TRAIN = "trained_projection_checkpoint"
+
+# Runs with this tag write the vector store; dagster.yaml lets one of them run at a time (the embedded
+# store is single-process). Run-level, because the training op (pool "gpu") reads the store too.
+VECTOR_STORE_TAG = "face_pipeline/vector_store"
+WRITES_VECTORS = {VECTOR_STORE_TAG: "write"}
+# Where a deployment sends retrain runs (a run queue or a GPU node pool); the training op runs on CPU
+# when no GPU is there.
+WORKER_TAG = "face_pipeline/worker"
+
+# What define_asset_job returns (Dagster does not export its class by a public name).
+AssetJob = Any
+
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def detect_limit_config(limit: int | None) -> dict[str, Any]:
+    return {"ops": {"detected_faces": {"config": {"limit": limit}}}}
+
+
+def build_jobs(*, daily_limit: int | None) -> list[AssetJob]:
+    """The jobs; daily_limit (FACE_DAILY_LIMIT) is the daily job's default per-run detection limit."""
+    return [
+        dg.define_asset_job(
+            DAILY,
+            selection=["photo_catalog", "detected_faces", REGENERATE, *CLUSTERING],
+            config=detect_limit_config(daily_limit) if daily_limit else None,
+            run_tags=WRITES_VECTORS,
+            description="New photos in, faces detected and embedded (projected when a trained space is active), "
+            "then prototypes, assignment to known people and clustering of the rest.",
+        ),
+        dg.define_asset_job(
+            RETRAIN,
+            # face_labels first: the run records which labels it trained on (and, the only root, it is alone
+            # when a brand-new database gets its tables).
+            selection=["face_labels", TRAIN, REGENERATE, *CLUSTERING],
+            run_tags={**WRITES_VECTORS, WORKER_TAG: "gpu"},
+            description="Train a projection head on the users' labels, switch to it when it beats the raw space "
+            "(regenerating every face's embedding), then prototypes, assignment and clustering.",
+        ),
+        dg.define_asset_job(
+            REASSIGN,
+            selection=[REGENERATE, *CLUSTERING],
+            run_tags=WRITES_VECTORS,
+            description="Bring the active space's embeddings up to date and re-run prototypes, assignment and "
+            "clustering (e.g. after many labels, or with other thresholds in the launchpad).",
+        ),
+        dg.define_asset_job(INGEST, selection=["photo_catalog", "detected_faces"], run_tags=WRITES_VECTORS),
+        dg.define_asset_job(CLUSTER_DUAL, selection=list(CLUSTERING), run_tags=WRITES_VECTORS),
+    ]
+
+
+def runs_in_flight(instance: dg.DagsterInstance, job_name: str) -> list[dg.DagsterRun]:
+    """Runs of the job that are queued or running (at most a few)."""
+    return list(instance.get_runs(filters=dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT), limit=5))

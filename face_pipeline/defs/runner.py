@@ -1,0 +1,95 @@
+"""Materialise assets in this process against the project's Dagster instance, so runs started from
+the CLI appear in the UI's run history next to scheduled ones."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from face_pipeline.settings import Settings
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_DAGSTER_YAML = PROJECT_ROOT / "dagster.yaml"  # SQLite storage under DAGSTER_HOME
+POSTGRES_DAGSTER_YAML = PROJECT_ROOT / "dagster-postgres.yaml"  # PostgreSQL storage at $DAGSTER_PG_URL
+POSTGRES_URL_ENV = "DAGSTER_PG_URL"
+# First line of the instance file we copy; a file without it is the user's own and is left alone.
+MARKER_PREFIX = "# copied by face_pipeline from "
+COPIED_MARKER = MARKER_PREFIX + "{name}: replaced on start; delete this line to keep your edits\n"
+
+log = logging.getLogger(__name__)
+
+
+class RunFailed(RuntimeError):
+    """A Dagster run failed; the message is the failing step's own error."""
+
+
+def instance_template() -> Path:
+    """dagster-postgres.yaml when DAGSTER_PG_URL is set, else dagster.yaml (SQLite)."""
+    return POSTGRES_DAGSTER_YAML if os.environ.get(POSTGRES_URL_ENV, "").strip() else PROJECT_DAGSTER_YAML
+
+
+def dagster_home(settings: Settings) -> Path:
+    """DAGSTER_HOME if set, else $FACE_DATA_DIR/dagster, holding the instance file that matches the
+    environment (see `instance_template`). A dagster.yaml written by hand is never overwritten."""
+    home = Path(os.environ.get("DAGSTER_HOME") or (settings.data_dir / "dagster")).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    template, target = instance_template(), home / "dagster.yaml"
+    if template.exists():
+        wanted = COPIED_MARKER.format(name=template.name) + template.read_text()
+        current = target.read_text() if target.exists() else None
+        if current is None or (current.startswith(MARKER_PREFIX) and current != wanted):
+            target.write_text(wanted)
+        elif not current.startswith(MARKER_PREFIX) and template == POSTGRES_DAGSTER_YAML:
+            log.warning("%s is your own (no face_pipeline marker line): %s is not applied", target, template.name)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def materialize_assets(
+    settings: Settings, selection: Sequence[str], run_config: dict[str, Any] | None = None
+) -> dg.ExecuteInProcessResult:
+    from face_pipeline.definitions import defs  # late: importing definitions loads every asset module
+
+    dagster_home(settings)
+    # Checks travel with their assets, so a CLI run is guarded (and blocked) exactly like a scheduled one.
+    assets = [*(defs.assets or []), *(defs.asset_checks or [])]
+    with dg.DagsterInstance.get() as instance:
+        result = dg.materialize(
+            assets,  # type: ignore[arg-type]
+            selection=list(selection),
+            instance=instance,
+            # INFO shows the assets' progress lines without Dagster's per-event DEBUG chatter.
+            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}, **(run_config or {})},
+            resources=dict(defs.resources or {}),
+            raise_on_error=False,
+            tags={"launched_by": "face-pipeline CLI"},
+        )
+    if not result.success:
+        raise RunFailed(_failure_message(result))
+    return result
+
+
+def _failure_message(result: dg.ExecuteInProcessResult) -> str:
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
+            error = event.step_failure_data.error
+            while error.cause is not None:  # the user's exception sits at the bottom of Dagster's wrapping
+                error = error.cause
+            message = error.message.strip()
+            if error.cls_name and f"{error.cls_name}: " in message:  # "pkg.mod.Error: text" -> "text"
+                message = message.split(f"{error.cls_name}: ", 1)[1]
+            return f"{event.step_key}: {message}"
+    return f"run {result.run_id} failed"
+
+
+def asset_metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, Any]:
+    for event in result.get_asset_materialization_events():
+        materialization = event.step_materialization_data.materialization
+        if materialization.asset_key.to_user_string() == asset:
+            return {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
+    return {}

@@ -1,0 +1,61 @@
+"""Schedules: the daily backfill-and-cluster run and a monthly retrain, at FACE_SCHEDULE_HOUR in
+FACE_SCHEDULE_TIMEZONE (the monthly one an hour later on the 1st, so it queues behind the daily run)."""
+
+import dagster as dg
+
+from face_pipeline.defs.jobs import DAILY, RETRAIN, detect_limit_config
+from face_pipeline.defs.resources import FacePipelineResource
+from face_pipeline.defs.sensors import TRAINING_DISABLED, retrain_in_flight
+from face_pipeline.services.label_growth import count_labels, last_promoted_checkpoint
+from face_pipeline.settings import Settings
+
+
+def daily_schedule(settings: Settings) -> dg.ScheduleDefinition:
+    return dg.ScheduleDefinition(
+        name="daily_backfill_and_cluster_schedule",
+        job_name=DAILY,
+        cron_schedule=f"0 {settings.schedule_hour} * * *",
+        execution_timezone=settings.schedule_timezone,
+        run_config=detect_limit_config(settings.daily_limit),
+        tags={"face_pipeline/trigger": "daily schedule"},
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"New photos (at most FACE_DAILY_LIMIT={settings.daily_limit or 'all'}) in, then clustering.",
+    )
+
+
+def monthly_retrain_schedule(settings: Settings) -> dg.ScheduleDefinition:
+    @dg.schedule(
+        name="monthly_retrain_schedule",
+        job_name=RETRAIN,
+        cron_schedule=f"0 {(settings.schedule_hour + 1) % 24} 1 * *",
+        execution_timezone=settings.schedule_timezone,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Retrain on the 1st of the month when there are new labels since the promoted checkpoint.",
+    )
+    def _monthly(
+        context: dg.ScheduleEvaluationContext, face_pipeline: FacePipelineResource
+    ) -> dg.RunRequest | dg.SkipReason:
+        if not face_pipeline.settings().training_enabled:
+            return dg.SkipReason(TRAINING_DISABLED)
+        if busy := retrain_in_flight(context.instance):
+            return busy
+        db = face_pipeline.context().db
+        counts = count_labels(db)
+        if not counts.enough_to_train:
+            return dg.SkipReason("too few labels to train: " + counts.shortfall())
+        promoted = last_promoted_checkpoint(db)
+        if promoted is not None and counts.labelled_faces <= promoted.label_count:
+            return dg.SkipReason(
+                f"no new labels since the promoted checkpoint {promoted.space} ({promoted.label_count} labels)"
+            )
+        when = context.scheduled_execution_time
+        return dg.RunRequest(
+            run_key=f"monthly-retrain-{when:%Y-%m}" if when else None,
+            tags={"face_pipeline/trigger": "monthly schedule", "face_pipeline/label_count": str(counts.labelled_faces)},
+        )
+
+    return _monthly
+
+
+def build_schedules(settings: Settings) -> list[dg.ScheduleDefinition]:
+    return [daily_schedule(settings), monthly_retrain_schedule(settings)]

@@ -1,0 +1,70 @@
+"""label_growth_sensor: ask for a `retrain` run once users have labelled enough new faces.
+
+Skips (saying why) when FACE_TRAINING_ENABLED is false, when there are too few labels to train (the seed's
+5 people x 5 faces), while a retrain is queued or running, and while the labels have not grown by
+FACE_RETRAIN_MIN_NEW_LABELS and FACE_RETRAIN_MIN_GROWTH since the last promoted checkpoint or the last
+request. Its cursor (JSON) keeps the label count at the last request.
+"""
+
+import json
+
+import dagster as dg
+
+from face_pipeline.defs.jobs import RETRAIN, runs_in_flight
+from face_pipeline.defs.resources import FacePipelineResource
+from face_pipeline.services.label_growth import count_labels, decide_retrain, last_promoted_checkpoint
+
+TRAINING_DISABLED = "FACE_TRAINING_ENABLED is false: automatic retraining is off (set it to true to enable)"
+LABEL_COUNT_TAG = "face_pipeline/label_count"
+
+
+def read_cursor(cursor: str | None) -> int | None:
+    """The label count at the last request, or None (no request yet, or an unreadable cursor)."""
+    try:
+        value = json.loads(cursor or "null")
+        return int(value["label_count"]) if isinstance(value, dict) else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def retrain_in_flight(instance: dg.DagsterInstance) -> dg.SkipReason | None:
+    runs = runs_in_flight(instance, RETRAIN)
+    if not runs:
+        return None
+    return dg.SkipReason(f"retrain run {runs[0].run_id} is {runs[0].status.value.lower()}: not starting another")
+
+
+@dg.sensor(
+    name="label_growth_sensor",
+    job_name=RETRAIN,
+    minimum_interval_seconds=300,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=__doc__,
+)
+def label_growth_sensor(
+    context: dg.SensorEvaluationContext, face_pipeline: FacePipelineResource
+) -> dg.SensorResult | dg.SkipReason:
+    if not face_pipeline.settings().training_enabled:  # before touching the database
+        return dg.SkipReason(TRAINING_DISABLED)
+    if busy := retrain_in_flight(context.instance):
+        return busy
+    services = face_pipeline.context()
+    counts = count_labels(services.db)
+    decision = decide_retrain(
+        counts,
+        promoted=last_promoted_checkpoint(services.db),
+        last_requested=read_cursor(context.cursor),
+        min_new_labels=services.settings.retrain_min_new_labels,
+        min_growth=services.settings.retrain_min_growth,
+    )
+    if not decision.retrain:
+        return dg.SkipReason(decision.reason)
+    context.log.info(decision.reason)
+    request = dg.RunRequest(
+        run_key=f"labels-{decision.baseline}-to-{decision.label_count}",
+        tags={LABEL_COUNT_TAG: str(decision.label_count), "face_pipeline/trigger": "label_growth_sensor"},
+    )
+    return dg.SensorResult(
+        run_requests=[request],
+        cursor=json.dumps({"label_count": decision.label_count, "label_fingerprint": counts.fingerprint}),
+    )

@@ -1,0 +1,144 @@
+"""face_labels -> trained_projection_checkpoint -> regenerated_embeddings (<- detected_faces) -> person_centroids.
+
+Learning from labels as assets: training writes a checkpoint and its embedding_spaces row (promoted or
+rejected by the gate); regenerated_embeddings makes the right space active and keeps its collection in step
+with SQL (services/regenerate.py says which space, when).
+"""
+
+import math
+from typing import Any
+
+import dagster as dg
+
+from face_pipeline.defs.ingest_assets import detected_faces
+from face_pipeline.defs.metadata import line_chart_md, markdown_table
+from face_pipeline.defs.resources import VECTOR_STORE_POOL, FacePipelineResource
+from face_pipeline.services.regenerate import regenerate_embeddings
+from face_pipeline.services.training import TrainingReport, read_training_set, train_checkpoint, training_config
+
+GROUP = "training"
+FACE_LABELS = dg.AssetKey("face_labels")  # the observed source asset (defs/labels_source.py)
+GPU_POOL = "gpu"  # one training op at a time (dagster.yaml); it runs on the CPU when there is no GPU
+DEVICE_TAG = "face_pipeline/device"
+
+
+class TrainConfig(dg.Config):
+    """Each unset field falls back to its FACE_* setting."""
+
+    epochs: int | None = None  # FACE_TRAINING_EPOCHS
+    margin: float | None = None  # FACE_TRIPLET_MARGIN
+    learning_rate: float | None = None  # FACE_LEARNING_RATE
+    batch_size: int | None = None  # FACE_BATCH_SIZE
+    device: str | None = None  # auto | cpu | cuda; FACE_DEVICE
+
+
+@dg.asset(
+    deps=[FACE_LABELS],
+    group_name=GROUP,
+    pool=GPU_POOL,
+    op_tags={DEVICE_TAG: "gpu"},
+    kinds={"pytorch", "sql"},
+)
+def trained_projection_checkpoint(
+    context: dg.AssetExecutionContext, config: TrainConfig, face_pipeline: FacePipelineResource
+) -> dg.MaterializeResult:
+    """A projection head trained with triplet loss on the users' labels, judged against the raw space on
+    held-out people: promoted (a candidate space) only when it beats it, kept as rejected with its figures
+    otherwise. Fails with a clear message below 5 people x 5 labelled faces."""
+    services = face_pipeline.context()
+    train = training_config(
+        services.settings,
+        epochs=config.epochs,
+        margin=config.margin,
+        learning_rate=config.learning_rate,
+        batch_size=config.batch_size,
+        device=config.device,
+    )
+    with services.vectors() as vectors:  # held only while reading: training needs no store
+        data = read_training_set(services, vectors)
+    report = train_checkpoint(services, data, train)
+    context.log.info(f"{report.space}: {'promoted' if report.promote else 'rejected'}: {report.reason}")
+    return dg.MaterializeResult(metadata=training_metadata(report))
+
+
+def training_metadata(report: TrainingReport) -> dict[str, Any]:
+    figures = [[name, f"{raw:.4f}", f"{projected:.4f}"] for name, (raw, projected) in report.figures.items()]
+    thresholds = [
+        [name, getattr(report.raw_thresholds, key), getattr(report.thresholds, key)]
+        for name, key in (("person threshold", "threshold"), ("margin", "margin"), ("cluster eps", "cluster_eps"))
+    ]
+    return {
+        "space": report.space,
+        "base_space": report.base_space,
+        "status": report.status,
+        "promote": report.promote,
+        "reason": report.reason,
+        "checkpoint": report.checkpoint,
+        "label_count": report.label_count,
+        "people": report.counts.get("people", 0),
+        "train_faces": report.counts.get("train_faces", 0),
+        "val_people": report.counts.get("val_people", 0),
+        "epochs_run": len(report.losses),
+        "best_epoch": report.best_epoch,
+        "seconds": round(report.seconds, 3),
+        "device": report.device,
+        "person_threshold": report.thresholds.threshold,
+        "person_margin": report.thresholds.margin,
+        "cluster_eps": report.thresholds.cluster_eps,
+        **{f"raw {name}": round(raw, 4) for name, (raw, _) in report.figures.items()},
+        **{f"projected {name}": round(projected, 4) for name, (_, projected) in report.figures.items()},
+        "figures": dg.MetadataValue.json(
+            {
+                name: {"raw": _finite(raw), "projected": _finite(projected)}
+                for name, (raw, projected) in report.figures.items()
+            }
+        ),
+        "validation": markdown_table(["held-out figure", "raw", "projected"], figures),
+        "thresholds": markdown_table(["threshold", "raw space", "projected space"], thresholds),
+        "loss_curve": line_chart_md("triplet loss", {"train loss": report.losses}),
+        "validation_curve": line_chart_md("validation TAR (epoch 0 = untrained)", {"val TAR": report.val_tar}),
+    }
+
+
+def _finite(value: float) -> float | None:
+    return round(value, 4) if math.isfinite(value) else None
+
+
+class RegenerateConfig(dg.Config):
+    """auto: activate the newest promoted checkpoint once, keep the active space otherwise; trained: the
+    newest promoted checkpoint (or FACE_MODEL_CHECKPOINT); raw: back to the raw model's space."""
+
+    mode: str = "auto"  # auto | trained | raw (checked by the service)
+
+
+@dg.asset(
+    deps=[detected_faces, trained_projection_checkpoint],
+    group_name=GROUP,
+    pool=VECTOR_STORE_POOL,
+    kinds={"pytorch", "qdrant", "sql"},
+)
+def regenerated_embeddings(
+    context: dg.AssetExecutionContext, config: RegenerateConfig, face_pipeline: FacePipelineResource
+) -> dg.MaterializeResult:
+    """Every face in the active embedding space: a promoted checkpoint's projection of all faces into a new
+    collection, then an atomic switch; new faces projected and deleted ones removed while a projection is
+    active; nothing at all while the raw space stays active."""
+    services = face_pipeline.context()
+    with services.vectors() as vectors:
+        report = regenerate_embeddings(services, vectors, mode=config.mode)
+    context.log.info(report.message)
+    return dg.MaterializeResult(
+        metadata={
+            "mode": report.mode,
+            "active_space": report.active_space or "",
+            "previous_space": report.previous_space or "",
+            "switched": report.switched,
+            "projected": report.projected,
+            "removed": report.removed,
+            "unchanged": report.unchanged,
+            "payloads_refreshed": report.payloads_refreshed,
+            "dropped_collection": report.dropped_collection or "",
+            "message": report.message,
+            "seconds": round(report.seconds, 3),
+        }
+    )

@@ -1,0 +1,592 @@
+"""Learning from labels: a small projection head on top of a frozen face model, trained with triplet loss.
+
+The head maps a raw embedding (d = 512 for buffalo_l, 128 for dlib) to a new unit-length space where the
+people the user named are pulled together and "not this person" rejections pushed apart. It is trained on
+vectors only (the face model stays frozen), so the whole labelled set lives on the device as one tensor
+and an epoch over 10K faces takes well under a second on a CPU core.
+
+A trained head is only worth using if it beats the raw space on people it was not trained on, so
+`train_projection` always measures both spaces on held-out people and returns `promote` with its reason.
+
+Shapes: n faces, d raw dimensions, o = `out_dim` projected dimensions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from face_pipeline.domain.triplets import PKSampler, batch_hard_triplet_loss
+from face_pipeline.domain.verification import (
+    UNLABELLED,
+    EvaluationPlan,
+    SpaceFigures,
+    l2_normalise,
+    split_by_identity,
+)
+
+Architecture = Literal["mlp", "residual"]
+Device = Literal["auto", "cpu", "cuda"]
+CHECKPOINT_FORMAT = 1
+
+
+class NotEnoughLabels(ValueError):
+    """Too few people have enough labelled faces to train (and honestly validate) a projection."""
+
+
+# --- the head -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """Everything needed to rebuild a head before loading its weights."""
+
+    in_dim: int
+    out_dim: int = 128
+    hidden_dim: int = 256
+    architecture: Architecture = "residual"
+
+
+class ProjectionHead(nn.Module):
+    """Linear(d -> hidden), ReLU, Linear(hidden -> o), L2-normalise; inputs are L2-normalised first.
+
+    architecture="mlp" is the design note's head as is. "residual" adds a linear skip path from the input,
+    `skip(x) + mlp(x)`, with the MLP's last layer zero-initialised, so the untrained head IS the raw space
+    (identity when d == o) or its best rank-o linear approximation (PCA basis, see `init_skip_`), and
+    training only learns a correction. An untrained or barely trained "mlp" head scrambles the space.
+    """
+
+    def __init__(self, spec: HeadSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.fc1 = nn.Linear(spec.in_dim, spec.hidden_dim)
+        self.fc2 = nn.Linear(spec.hidden_dim, spec.out_dim)
+        self.skip: nn.Linear | None = None
+        if spec.architecture == "residual":
+            self.skip = nn.Linear(spec.in_dim, spec.out_dim, bias=False)
+            with torch.no_grad():  # identity on the shared coordinates until `init_skip_` says better
+                self.skip.weight.copy_(torch.eye(spec.out_dim, spec.in_dim))
+            nn.init.zeros_(self.fc2.weight)
+            nn.init.zeros_(self.fc2.bias)
+
+    @torch.no_grad()
+    def init_skip_(self, vectors: torch.Tensor) -> None:
+        """Set the skip path to the top-o principal directions of unit `vectors` (t, d), when d > o.
+
+        Uncentred on purpose: the right singular vectors of X keep the dot products (the cosine space)
+        as well as any rank-o map can, where centred PCA would change which faces are near.
+        """
+        if self.skip is None or self.spec.in_dim <= self.spec.out_dim:
+            return
+        x = F.normalize(vectors.float(), dim=1)
+        _, _, vh = torch.linalg.svd(x, full_matrices=False)
+        basis = vh[: self.spec.out_dim]
+        basis = basis * torch.sign(basis.sum(dim=1, keepdim=True) + 1e-12)  # deterministic signs
+        self.skip.weight.copy_(basis)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, d) -> (n, o) unit rows."""
+        x = F.normalize(x, dim=1)
+        y = self.fc2(F.relu(self.fc1(x)))
+        if self.skip is not None:
+            y = y + self.skip(x)
+        return F.normalize(y, dim=1)
+
+    @classmethod
+    def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor]) -> ProjectionHead:
+        """Rebuild a head from its weights alone (the shapes and the presence of `skip` say it all)."""
+        hidden, in_dim = state_dict["fc1.weight"].shape
+        out_dim = state_dict["fc2.weight"].shape[0]
+        architecture: Architecture = "residual" if "skip.weight" in state_dict else "mlp"
+        head = cls(HeadSpec(int(in_dim), int(out_dim), int(hidden), architecture))
+        head.load_state_dict(state_dict)
+        return head
+
+
+# --- configuration and result ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Hyper-parameters of `train_projection`; the FACE_* setting each mirrors is named beside it.
+
+    Measured choices (synthetic 512-d faces with a shared nuisance subspace, 300 people; validation
+    TAR@FAR=1e-3 of unseen people, raw 0.70): the residual head with a PCA skip starts at 0.72 (the raw
+    space kept) and reaches 0.99 after one epoch at lr 1e-3; at the design note's 1e-4 it needs ~15
+    epochs (0.79 after one, 0.96 after five); the plain MLP starts at 0.07 and tops out at 0.93-0.94.
+    On real dlib lfw-dev faces no setting beat the raw space, and early stopping keeps epoch 0.
+    """
+
+    architecture: Architecture = "residual"
+    hidden_dim: int = 256
+    out_dim: int = 128
+    margin: float = 0.2  # FACE_TRIPLET_MARGIN, in Euclidean distance between unit vectors (0..2)
+    learning_rate: float = 1e-3  # FACE_LEARNING_RATE; the design note's 1e-4 barely moves in 20 epochs
+    weight_decay: float = 0.0
+    epochs: int = 20  # FACE_TRAINING_EPOCHS; an epoch draws about every training face once
+    batch_size: int = 32  # FACE_BATCH_SIZE = P people x K faces (P = batch_size // faces_per_person)
+    faces_per_person: int = 4
+    max_rejections_per_batch: int = 16  # rejected faces added to a batch, beyond the P x K rows
+    patience: int = 5  # epochs without a better validation TAR before stopping
+    # Validation: people held out entirely, plus a share of the training people's photos.
+    val_fraction: float = 0.25
+    holdout_fraction: float = 0.2
+    gallery_size: int = 3  # faces whose mean is a validation person's prototype
+    far: float = 1e-3
+    open_set_far: float = 0.01
+    max_eval_pairs: int = 1_000_000
+    # Gate (see `promotion_decision`).
+    min_gain: float = 0.005
+    gain_z: float = 2.0
+    tolerance: float = 0.01
+    # The design note's minimum: 5 people x 5 faces.
+    min_people: int = 5
+    min_faces_per_person: int = 5
+    seed: int = 0
+    device: Device = "auto"
+    # torch CPU threads while training (restored after); None leaves torch's setting. The matrices are
+    # tiny (32 x 512), so a second thread costs more in hand-offs than it brings: 20 epochs x 10K faces
+    # at 512-d took 17 s on one thread and 103 s on two on the shared 2-core box.
+    num_threads: int | None = 1
+
+    def __post_init__(self) -> None:
+        checks = {
+            "architecture": self.architecture in ("mlp", "residual"),
+            "hidden_dim": self.hidden_dim >= 1,
+            "out_dim": self.out_dim >= 1,
+            "margin": 0.0 < self.margin <= 2.0,
+            "learning_rate": 0.0 < self.learning_rate <= 1.0,
+            "weight_decay": self.weight_decay >= 0.0,
+            "epochs": self.epochs >= 1,
+            "faces_per_person": self.faces_per_person >= 2,
+            "batch_size": self.batch_size >= 2 * self.faces_per_person,
+            "max_rejections_per_batch": self.max_rejections_per_batch >= 0,
+            "patience": self.patience >= 1,
+            "val_fraction": 0.0 < self.val_fraction < 1.0,
+            "holdout_fraction": 0.0 <= self.holdout_fraction < 1.0,
+            "gallery_size": self.gallery_size >= 1,
+            "far": 0.0 < self.far < 1.0,
+            "open_set_far": 0.0 < self.open_set_far < 1.0,
+            "max_eval_pairs": self.max_eval_pairs >= 100,
+            "min_people": self.min_people >= 4,
+            "min_faces_per_person": self.min_faces_per_person >= 2,
+            "device": self.device in ("auto", "cpu", "cuda"),
+            "num_threads": self.num_threads is None or self.num_threads >= 1,
+        }
+        bad = [f"{name}={getattr(self, name)!r}" for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError("invalid TrainingConfig: " + ", ".join(bad))
+
+    @property
+    def people_per_batch(self) -> int:
+        return self.batch_size // self.faces_per_person
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    epoch: int  # 0 is the untrained head
+    train_loss: float  # mean batch-hard triplet loss over the epoch (nan for epoch 0)
+    active_fraction: float  # share of anchors still violating the margin
+    val_tar: float  # TAR@FAR on the validation faces, the early-stopping metric
+
+
+@dataclass
+class TrainingResult:
+    """A trained head, how it got there, and whether it beats the raw space on held-out people."""
+
+    state_dict: dict[str, torch.Tensor]  # on the CPU, weights of the best epoch
+    spec: HeadSpec
+    config: TrainingConfig
+    history: list[EpochRecord]
+    best_epoch: int
+    raw: SpaceFigures
+    projected: SpaceFigures
+    promote: bool
+    promote_reason: str
+    seconds: float
+    device: str
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def head(self) -> ProjectionHead:
+        head = ProjectionHead(self.spec)
+        head.load_state_dict(self.state_dict)
+        return head.eval()
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready figures (also the checkpoint's metadata body)."""
+        return _jsonable(
+            {
+                "spec": dataclasses.asdict(self.spec),
+                "config": dataclasses.asdict(self.config),
+                "history": [dataclasses.asdict(r) for r in self.history],
+                "best_epoch": self.best_epoch,
+                "raw": dataclasses.asdict(self.raw),
+                "projected": dataclasses.asdict(self.projected),
+                "promote": self.promote,
+                "promote_reason": self.promote_reason,
+                "seconds": self.seconds,
+                "device": self.device,
+                "counts": self.counts,
+            }
+        )
+
+
+# --- the gate -------------------------------------------------------------------------------------------
+
+
+def promotion_decision(
+    raw: SpaceFigures,
+    projected: SpaceFigures,
+    *,
+    min_gain: float = 0.005,
+    tolerance: float = 0.01,
+    z: float = 2.0,
+) -> tuple[bool, str]:
+    """Promote the projection only if, on faces never trained on, all of these hold:
+
+    1. verification TAR@FAR over all validation faces rises by at least max(`min_gain`, z standard
+       errors of the raw TAR, sqrt(t(1-t)/genuine pairs)): the best epoch was picked on these same
+       faces, so a gain inside the noise is not a gain; small validation sets must show a large one;
+    2. nearest-prototype accuracy does not fall;
+    3. TAR@FAR among validation people alone (people never labelled) falls by at most `tolerance`,
+       so a head that helps the labelled people at everyone else's expense is refused.
+    """
+    tar_raw, tar_proj = raw.verification.tar, projected.verification.tar
+    acc_raw, acc_proj = raw.identification.accuracy, projected.identification.accuracy
+    unseen_raw, unseen_proj = raw.verification_unseen.tar, projected.verification_unseen.tar
+    noise = z * math.sqrt(max(tar_raw * (1.0 - tar_raw), 0.0) / max(raw.verification.n_genuine, 1))
+    required = max(min_gain, noise) if math.isfinite(noise) else min_gain
+    figures = (
+        f"TAR@FAR={raw.verification.far:g} {tar_raw:.3f} -> {tar_proj:.3f}, "
+        f"prototype accuracy {acc_raw:.3f} -> {acc_proj:.3f}, "
+        f"unseen-people TAR {unseen_raw:.3f} -> {unseen_proj:.3f}"
+    )
+    failures = []
+    if not tar_proj >= tar_raw + required:  # `not >=` so that nan fails
+        failures.append(f"TAR gain below {required:.3f}")
+    if not acc_proj >= acc_raw:
+        failures.append("prototype accuracy fell")
+    if not math.isnan(unseen_raw) and not unseen_proj >= unseen_raw - tolerance:
+        failures.append(f"unseen-people TAR fell by more than {tolerance:g}")
+    if failures:
+        return False, "kept raw space: " + "; ".join(failures) + f" ({figures})"
+    return True, f"projection beats raw space ({figures})"
+
+
+# --- training -------------------------------------------------------------------------------------------
+
+
+def resolve_device(device: Device | str = "auto") -> torch.device:
+    """'auto' picks CUDA when torch sees a GPU, else the CPU; 'cuda' without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was asked for but torch sees no CUDA GPU (use 'auto' or 'cpu')")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    return torch.device(device)
+
+
+@contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def check_enough_labels(person_labels: np.ndarray, min_people: int = 5, min_faces: int = 5) -> int:
+    """Number of people with `min_faces`+ labelled faces; raises `NotEnoughLabels` below `min_people`."""
+    labels = np.asarray(person_labels)
+    _, counts = np.unique(labels[labels != UNLABELLED], return_counts=True)
+    n_people = int((counts >= min_faces).sum())
+    if n_people < min_people:
+        raise NotEnoughLabels(
+            f"need at least {min_people} people with {min_faces}+ labelled faces each; "
+            f"have {n_people} people with {min_faces}+ faces"
+        )
+    return n_people
+
+
+def _validate_inputs(
+    vectors: np.ndarray, person_labels: np.ndarray, rejections: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    vectors = np.asarray(vectors)
+    if vectors.ndim != 2 or vectors.shape[0] == 0:
+        raise ValueError(f"vectors must be a non-empty (n, d) array, got shape {vectors.shape}")
+    if not np.isfinite(vectors).all():
+        raise ValueError("vectors contain nan or inf")
+    labels = np.asarray(person_labels)
+    if labels.shape != (vectors.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"person_labels must be ({vectors.shape[0]},) integers (-1 = unlabelled), got {labels.dtype} {labels.shape}"
+        )
+    if (labels < UNLABELLED).any():
+        raise ValueError(f"person labels must be >= 0, or {UNLABELLED} for unlabelled faces")
+    rej = np.zeros((0, 2), np.int64) if rejections is None else np.asarray(rejections, np.int64)
+    if rej.size and (rej.ndim != 2 or rej.shape[1] != 2):
+        raise ValueError(f"rejections must be (m, 2) rows of (face index, person label), got {rej.shape}")
+    rej = rej.reshape(-1, 2)
+    if rej.size and (rej[:, 0].min() < 0 or rej[:, 0].max() >= vectors.shape[0]):
+        raise ValueError(f"a rejection names a face index outside 0..{vectors.shape[0] - 1}")
+    return l2_normalise(vectors), labels.astype(np.int64), rej
+
+
+@torch.no_grad()
+def _project_tensor(head: ProjectionHead, x: torch.Tensor, batch_size: int = 65_536) -> torch.Tensor:
+    was_training = head.training
+    head.eval()
+    out = torch.cat([head(x[s : s + batch_size]) for s in range(0, x.shape[0], batch_size)])
+    head.train(was_training)
+    return out
+
+
+def train_projection(
+    vectors: np.ndarray,
+    person_labels: np.ndarray,
+    rejections: np.ndarray | None = None,
+    config: TrainingConfig | None = None,
+) -> TrainingResult:
+    """Train a projection head on labelled faces and measure it against the raw space.
+
+    vectors: (n, d) float, raw embeddings (normalised here). person_labels: (n,) int, -1 = unlabelled
+    (such faces only matter as targets of rejections). rejections: (m, 2) int rows (face index i,
+    person label p) meaning "face i is not person p"; they become negatives for p's anchors.
+    People are split into training and validation people (`split_by_identity`); the validation faces
+    are never trained on, including as rejection negatives, so the gate stays honest.
+
+    Raises NotEnoughLabels below `config.min_people` people with `config.min_faces_per_person`+ faces.
+    Same inputs and seed give bitwise the same weights on the same device and thread count.
+    """
+    config = config or TrainingConfig()
+    started = time.perf_counter()
+    x_np, labels, rej = _validate_inputs(vectors, person_labels, rejections)
+    n_eligible = check_enough_labels(labels, config.min_people, config.min_faces_per_person)
+    device = resolve_device(config.device)
+
+    split = split_by_identity(
+        labels,
+        config.val_fraction,
+        config.seed,
+        holdout_fraction=config.holdout_fraction,
+        gallery_size=config.gallery_size,
+    )
+    plan = EvaluationPlan.build(
+        split,
+        labels,
+        far=config.far,
+        open_set_far=config.open_set_far,
+        max_pairs=config.max_eval_pairs,
+        seed=config.seed,
+    )
+    # A rejection may not pull a validation face into training, nor contradict a label (label wins).
+    usable = ~np.isin(rej[:, 0], split.evaluation) & (labels[rej[:, 0]] != rej[:, 1])
+    rej = rej[usable]
+
+    with _torch_threads(config.num_threads):
+        x = torch.from_numpy(x_np).to(device)
+        spec = HeadSpec(x_np.shape[1], config.out_dim, config.hidden_dim, config.architecture)
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+            torch.manual_seed(config.seed)
+            head = ProjectionHead(spec)
+        head.init_skip_(torch.from_numpy(x_np[split.train]))
+        head.to(device)
+        sampler = PKSampler(
+            split.train,
+            labels[split.train],
+            config.people_per_batch,
+            config.faces_per_person,
+            rejections=rej,
+            face_labels=labels,
+            max_rejections_per_batch=config.max_rejections_per_batch,
+            seed=config.seed,
+        )
+        history, best_epoch, best_state = _fit(head, x, sampler, plan, config, device)
+        head.load_state_dict(best_state)
+        projected_np = _project_tensor(head, x).cpu().numpy()
+
+    raw_figures = plan.evaluate(x_np, labels)
+    projected_figures = plan.evaluate(projected_np, labels)
+    promote, reason = promotion_decision(
+        raw_figures, projected_figures, min_gain=config.min_gain, tolerance=config.tolerance, z=config.gain_z
+    )
+    return TrainingResult(
+        state_dict={k: v.detach().cpu().clone() for k, v in best_state.items()},
+        spec=spec,
+        config=config,
+        history=history,
+        best_epoch=best_epoch,
+        raw=raw_figures,
+        projected=projected_figures,
+        promote=promote,
+        promote_reason=reason,
+        seconds=time.perf_counter() - started,
+        device=str(device),
+        counts={
+            "labelled_faces": int((labels != UNLABELLED).sum()),
+            "people": int(np.unique(labels[labels != UNLABELLED]).size),
+            "people_with_min_faces": n_eligible,
+            "train_faces": int(sampler.n_faces),
+            "train_people": int(split.train_people.size),
+            "holdout_faces": int(split.holdout.size),
+            "val_people": int(split.val_people.size),
+            "val_faces": int(split.unseen.size),
+            "rejections_given": int(0 if rejections is None else np.asarray(rejections).reshape(-1, 2).shape[0]),
+            "rejections_used": sampler.n_rejections,
+        },
+    )
+
+
+def _fit(
+    head: ProjectionHead,
+    x: torch.Tensor,
+    sampler: PKSampler,
+    plan: EvaluationPlan,
+    config: TrainingConfig,
+    device: torch.device,
+) -> tuple[list[EpochRecord], int, dict[str, torch.Tensor]]:
+    """The epoch loop with early stopping on validation TAR@FAR. Returns (history, best epoch, best weights)."""
+    # fused: one kernel for all parameters; measured 1.9 ms per step vs 2.8 ms (512-d head, one CPU thread).
+    optimiser = torch.optim.Adam(
+        head.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, fused=True
+    )
+    evaluation = torch.from_numpy(plan.split.evaluation).to(device)
+
+    def val_tar() -> float:
+        return plan.verification(_project_tensor(head, x[evaluation]).cpu().numpy()).tar
+
+    best_tar = val_tar()
+    history = [EpochRecord(0, float("nan"), float("nan"), best_tar)]
+    best_epoch, best_state = 0, {k: v.detach().clone() for k, v in head.state_dict().items()}
+    head.train()
+    for epoch in range(1, config.epochs + 1):
+        loss_sum = torch.zeros((), device=device)
+        active = torch.zeros((), device=device)
+        valid = torch.zeros((), device=device)
+        for batch in sampler.epoch():
+            out = batch_hard_triplet_loss(
+                head(x[batch.indices.to(device)]),
+                batch.labels.to(device),
+                config.margin,
+                rejected_from=batch.rejected_from.to(device),
+                n_anchors=batch.n_anchors,
+            )
+            optimiser.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimiser.step()
+            loss_sum += out.loss.detach()
+            active += out.n_active
+            valid += out.n_valid
+        tar = val_tar()
+        history.append(EpochRecord(epoch, float(loss_sum) / len(sampler), float(active / valid.clamp(min=1)), tar))
+        if tar > best_tar:
+            best_tar, best_epoch = tar, epoch
+            best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+        elif epoch - best_epoch >= config.patience:
+            break
+    return history, best_epoch, best_state
+
+
+# --- using a trained head -------------------------------------------------------------------------------
+
+
+def project(
+    vectors: np.ndarray,
+    head: ProjectionHead | Mapping[str, torch.Tensor],
+    *,
+    batch_size: int = 65_536,
+    device: Device | str = "auto",
+) -> np.ndarray:
+    """Map raw vectors (n, d) through a head (or its state dict) to unit vectors (n, o) float32.
+
+    No gradients, `batch_size` rows at a time; a head passed in is moved to the chosen device.
+    """
+    if not isinstance(head, ProjectionHead):
+        head = ProjectionHead.from_state_dict(head)
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[1] != head.spec.in_dim:
+        raise ValueError(f"expected vectors of shape (n, {head.spec.in_dim}), got {vectors.shape}")
+    target = resolve_device(device)
+    model = head.to(target)
+    out = np.empty((vectors.shape[0], head.spec.out_dim), np.float32)
+    for start in range(0, vectors.shape[0], batch_size):
+        chunk = torch.from_numpy(vectors[start : start + batch_size]).to(target)
+        out[start : start + batch_size] = _project_tensor(model, chunk).cpu().numpy()
+    return out
+
+
+def save_checkpoint(
+    result: TrainingResult, path: str | Path, *, base_space: str, extra: Mapping[str, Any] | None = None
+) -> Path:
+    """Write the weights to `path` (a torch state dict) and the metadata to `path` with a .json suffix.
+
+    base_space names the raw embedding space the head reads (e.g. "dlib_resnet_v1"). Both files are
+    written to a temporary name and renamed, so a crash never leaves a half checkpoint. Returns the
+    metadata path.
+    """
+    path = Path(path)
+    meta_path = path.with_suffix(".json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        "format": CHECKPOINT_FORMAT,
+        "base_space": base_space,
+        "in_dim": result.spec.in_dim,
+        "out_dim": result.spec.out_dim,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        **result.summary(),
+        **_jsonable(dict(extra or {})),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(result.state_dict, tmp)
+    os.replace(tmp, path)
+    tmp_meta = meta_path.with_name(meta_path.name + ".tmp")
+    tmp_meta.write_text(json.dumps(metadata, indent=2, allow_nan=False), encoding="utf-8")
+    os.replace(tmp_meta, meta_path)
+    return meta_path
+
+
+def load_checkpoint(path: str | Path) -> tuple[ProjectionHead, dict[str, Any]]:
+    """Read a head written by `save_checkpoint`: (head in eval mode on the CPU, metadata dict)."""
+    path = Path(path)
+    meta_path = path.with_suffix(".json")
+    if not path.is_file() or not meta_path.is_file():
+        raise FileNotFoundError(f"checkpoint needs both {path} and {meta_path}")
+    metadata = json.loads(meta_path.read_text(encoding="utf-8"))
+    if metadata.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{meta_path}: unsupported checkpoint format {metadata.get('format')!r}")
+    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    head = ProjectionHead.from_state_dict(state_dict)
+    if head.spec.in_dim != metadata["in_dim"] or head.spec.out_dim != metadata["out_dim"]:
+        raise ValueError(f"{path}: weights do not match the dimensions in {meta_path.name}")
+    return head.eval(), metadata
+
+
+def _jsonable(value: Any) -> Any:
+    """Dataclass dicts to strict JSON: numpy scalars to Python, nan/inf to None."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,442 @@
+"""Read-side use cases for reviewing a library: clusters, their faces, people, suggestions, thumbnails.
+
+SQL is the truth for who belongs where; the vector store is opened only to rank suggestions, and only for
+the length of one call (the embedded store is single-process: a pipeline run may be holding it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+from sqlalchemy import ColumnElement, Select, and_, case, exists, func, select
+from sqlalchemy.orm import Session
+
+from face_pipeline.domain.naming import parse_cluster_id
+from face_pipeline.services.context import PipelineContext
+from face_pipeline.services.errors import NotFound
+from face_pipeline.services.labels import find_person
+from face_pipeline.services.spaces import active_space
+from face_pipeline.services.thumbnail_store import thumbnail_path, write_thumbnail
+from face_pipeline.settings import Settings
+from face_pipeline.storage.db import Database
+from face_pipeline.storage.models import FaceInstance, FaceRejection, Image, Person, PersonPrototype
+from face_pipeline.storage.vectors import VectorStore, VectorStoreError
+from face_pipeline.vision.images import ImageRejected, load_rgb
+from face_pipeline.vision.thumbnails import face_thumbnail
+
+# Face ids are 32-bit on PostgreSQL; larger ids cannot exist, and SQLite raises OverflowError past 64 bits.
+MAX_FACE_ID = 2**31 - 1
+# Below this many unassigned faces, suggestions score every one of them exactly (vectors fetched by id),
+# which also sidesteps vector payloads that lag behind SQL; above it, the store's filtered search ranks.
+EXACT_SUGGESTION_POOL = 2_000
+_QUERY_FACES = 64  # at most this many of a person's faces stand in for prototypes that are not built yet
+
+
+class ClusterType(StrEnum):
+    PERSON = "person"  # person_{uuid}: faces assigned to a named person
+    UNKNOWN = "unknown"  # unknown_cluster_{N}: a group of similar faces nobody named yet
+    NOISE = "noise"  # unknown_noise_{face_id}: a face on its own
+
+
+class ThumbnailUnavailable(NotFound):
+    """The face exists but its thumbnail is gone and its photo can no longer be read."""
+
+    def __init__(self, face_id: int, reason: str) -> None:
+        super().__init__("thumbnail", face_id)
+        self.args = (f"no thumbnail for face {face_id}: {reason}",)
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class FaceRecord:
+    face_id: int
+    image_id: int
+    bbox: tuple[int, int, int, int]  # x, y, w, h in the oriented photo's pixels
+    quality: float | None
+    detection_score: float
+    person_id: str | None
+    cluster_id: str | None
+    assignment_source: str | None
+    confidence: float | None
+    user_confirmed: bool
+
+
+@dataclass(frozen=True)
+class ClusterSummary:
+    cluster_id: str
+    type: ClusterType
+    size: int
+    cover_face_id: int | None  # the highest-quality face
+    person_id: str | None = None
+    person_name: str | None = None
+
+
+@dataclass(frozen=True)
+class ClusterDetail:
+    summary: ClusterSummary
+    faces: Page[FaceRecord]
+
+
+@dataclass(frozen=True)
+class PersonSummary:
+    person_id: str
+    name: str
+    face_count: int
+    confirmed_count: int
+    cover_face_id: int | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    face: FaceRecord
+    score: float  # best cosine similarity to the person's prototypes (or confirmed faces)
+
+
+@dataclass(frozen=True)
+class Suggestions:
+    person_id: str
+    person_name: str
+    space: str | None
+    items: list[Suggestion] = field(default_factory=list)
+
+
+# --- clusters ------------------------------------------------------------------------------------------
+
+
+def cluster_type_of(cluster_id: str) -> ClusterType:
+    try:
+        kind, _ = parse_cluster_id(cluster_id)
+    except ValueError:  # an odd id in old data: classify it by prefix, as the SQL filters do
+        if cluster_id.startswith("person_"):
+            return ClusterType.PERSON
+        return ClusterType.NOISE if cluster_id.startswith("unknown_noise_") else ClusterType.UNKNOWN
+    return ClusterType(kind)
+
+
+def _type_filter(kind: ClusterType | None) -> ColumnElement[bool]:
+    column = FaceInstance.cluster_id
+    if kind is ClusterType.PERSON:
+        return column.like("person\\_%", escape="\\")
+    if kind is ClusterType.NOISE:
+        return column.like("unknown\\_noise\\_%", escape="\\")
+    if kind is ClusterType.UNKNOWN:
+        return column.like("unknown\\_cluster\\_%", escape="\\")
+    return column.is_not(None)
+
+
+def list_clusters(
+    db: Database, *, kind: ClusterType | None = None, limit: int = 50, offset: int = 0
+) -> Page[ClusterSummary]:
+    """Clusters largest first (then by id), with a cover face and, for person clusters, the name."""
+    condition = _type_filter(kind)
+    size = func.count().label("size")
+    with db.session() as session:
+        total = session.scalar(select(func.count(func.distinct(FaceInstance.cluster_id))).where(condition)) or 0
+        rows = session.execute(
+            select(FaceInstance.cluster_id, size)
+            .where(condition)
+            .group_by(FaceInstance.cluster_id)
+            .order_by(size.desc(), func.length(FaceInstance.cluster_id), FaceInstance.cluster_id)  # _2 before _10
+            .limit(limit)
+            .offset(offset)
+        ).all()
+        items = _summaries(session, [(r.cluster_id, r.size) for r in rows])
+    return Page(items, total, limit, offset)
+
+
+def cluster_detail(db: Database, cluster_id: str, *, limit: int = 100, offset: int = 0) -> ClusterDetail:
+    """A cluster's faces, best quality first; NotFound when no face carries this cluster id."""
+    with db.session() as session:
+        size = session.scalar(select(func.count()).where(FaceInstance.cluster_id == cluster_id)) or 0
+        if size == 0:
+            raise NotFound("cluster", cluster_id)
+        (summary,) = _summaries(session, [(cluster_id, size)])
+        page = _face_records(
+            session,
+            _faces_query()
+            .where(FaceInstance.cluster_id == cluster_id)
+            .order_by(*_best_first())
+            .limit(limit)
+            .offset(offset),
+        )
+    return ClusterDetail(summary, Page(page, size, limit, offset))
+
+
+def get_face(db: Database, face_id: int) -> FaceRecord:
+    if not 0 < face_id <= MAX_FACE_ID:
+        raise NotFound("face", face_id)
+    with db.session() as session:
+        records = _face_records(session, _faces_query().where(FaceInstance.id == face_id))
+    if not records:
+        raise NotFound("face", face_id)
+    return records[0]
+
+
+def ping(db: Database) -> None:
+    """Raise (sqlalchemy.exc.SQLAlchemyError) unless the database answers."""
+    with db.session() as session:
+        session.execute(select(1))
+
+
+def _summaries(session: Session, clusters: Sequence[tuple[str, int]]) -> list[ClusterSummary]:
+    ids = [cluster_id for cluster_id, _ in clusters]
+    covers = _covers(session, FaceInstance.cluster_id, ids)
+    person_ids = {c: c.removeprefix("person_") for c in ids if cluster_type_of(c) is ClusterType.PERSON}
+    rows = session.execute(select(Person.id, Person.name).where(Person.id.in_(list(person_ids.values()))))
+    names: dict[str, str] = {row.id: row.name for row in rows}
+    return [
+        ClusterSummary(
+            cluster_id=cluster_id,
+            type=cluster_type_of(cluster_id),
+            size=size,
+            cover_face_id=covers.get(cluster_id),
+            person_id=person_ids.get(cluster_id),
+            person_name=names.get(person_ids.get(cluster_id, "")),
+        )
+        for cluster_id, size in clusters
+    ]
+
+
+def _best_first() -> tuple[Any, ...]:
+    return (func.coalesce(FaceInstance.quality, -1.0).desc(), FaceInstance.id)
+
+
+def _covers(session: Session, group: Any, keys: Sequence[str]) -> dict[str, int]:
+    """The highest-quality face of each group key (a cluster id or a person id), in one query."""
+    if not keys:
+        return {}
+    rank = func.row_number().over(partition_by=group, order_by=_best_first()).label("rank")
+    ranked = select(group.label("key"), FaceInstance.id.label("face_id"), rank).where(group.in_(list(keys))).subquery()
+    rows = session.execute(select(ranked.c.key, ranked.c.face_id).where(ranked.c.rank == 1)).all()
+    return {row.key: row.face_id for row in rows}
+
+
+def _faces_query() -> Select[Any]:
+    return select(
+        FaceInstance.id,
+        FaceInstance.image_id,
+        FaceInstance.bbox_x,
+        FaceInstance.bbox_y,
+        FaceInstance.bbox_w,
+        FaceInstance.bbox_h,
+        FaceInstance.quality,
+        FaceInstance.detection_score,
+        FaceInstance.person_id,
+        FaceInstance.cluster_id,
+        FaceInstance.assignment_source,
+        FaceInstance.confidence,
+        FaceInstance.user_confirmed,
+    )
+
+
+def _face_records(session: Session, query: Select[Any]) -> list[FaceRecord]:
+    return [
+        FaceRecord(
+            face_id=r.id,
+            image_id=r.image_id,
+            bbox=(r.bbox_x, r.bbox_y, r.bbox_w, r.bbox_h),
+            quality=r.quality,
+            detection_score=r.detection_score,
+            person_id=r.person_id,
+            cluster_id=r.cluster_id,
+            assignment_source=r.assignment_source,
+            confidence=r.confidence,
+            user_confirmed=bool(r.user_confirmed),
+        )
+        for r in session.execute(query)
+    ]
+
+
+# --- people --------------------------------------------------------------------------------------------
+
+
+def _person_rows(session: Session) -> Select[Any]:
+    counts = (
+        select(
+            FaceInstance.person_id.label("person_id"),
+            func.count().label("faces"),
+            func.sum(case((FaceInstance.user_confirmed.is_(True), 1), else_=0)).label("confirmed"),
+        )
+        .where(FaceInstance.person_id.is_not(None))
+        .group_by(FaceInstance.person_id)
+        .subquery()
+    )
+    return select(
+        Person.id,
+        Person.name,
+        Person.created_at,
+        func.coalesce(counts.c.faces, 0).label("faces"),
+        func.coalesce(counts.c.confirmed, 0).label("confirmed"),
+    ).outerjoin(counts, counts.c.person_id == Person.id)
+
+
+def _person_summaries(session: Session, query: Select[Any]) -> list[PersonSummary]:
+    rows = session.execute(query).all()
+    covers = _covers(session, FaceInstance.person_id, [r.id for r in rows])
+    return [PersonSummary(r.id, r.name, int(r.faces), int(r.confirmed), covers.get(r.id), r.created_at) for r in rows]
+
+
+def list_persons(db: Database, *, limit: int = 100, offset: int = 0) -> Page[PersonSummary]:
+    """Active (not merged-away) people by name, with how many faces each has and how many a user confirmed."""
+    with db.session() as session:
+        total = session.scalar(select(func.count()).where(Person.status == "active")) or 0
+        query = (
+            _person_rows(session)
+            .where(Person.status == "active")
+            .order_by(func.lower(Person.name), Person.id)
+            .limit(limit)
+            .offset(offset)
+        )
+        return Page(_person_summaries(session, query), total, limit, offset)
+
+
+def get_person(db: Database, person_ref: str) -> PersonSummary:
+    """One person by id (`<uuid>` / `person_<uuid>`, following merges) or unique name."""
+    with db.session() as session:
+        person = find_person(session, person_ref)
+        (summary,) = _person_summaries(session, _person_rows(session).where(Person.id == person.id))
+        return summary
+
+
+# --- suggestions ---------------------------------------------------------------------------------------
+
+
+def suggest_faces(
+    context: PipelineContext, person_ref: str, *, limit: int = 20, exact_below: int = EXACT_SUGGESTION_POOL
+) -> Suggestions:
+    """Faces nobody has named, most similar to this person first ("is this Alice too?").
+
+    The person is represented by their prototypes in the active space, or by their confirmed (else
+    assigned) faces when prototypes were not built yet. A face the user rejected for them never shows.
+    Raises VectorStoreLocked when a pipeline run holds the embedded store.
+    """
+    with context.db.session() as session:
+        person = find_person(session, person_ref)
+        space = active_space(session)
+        result = Suggestions(person.id, person.name, space.name if space else None)
+        if space is None:
+            return result
+        prototypes = [
+            np.frombuffer(v, dtype=np.float32)
+            for v in session.scalars(
+                select(PersonPrototype.vector).where(
+                    PersonPrototype.person_id == person.id, PersonPrototype.embedding_space == space.name
+                )
+            )
+        ]
+        prototypes = [v for v in prototypes if v.shape == (space.dim,)]
+        own_faces = _own_faces(session, person.id) if not prototypes else []
+        pool = _unassigned(person.id)
+        pool_size = session.scalar(select(func.count()).where(pool)) or 0
+        pool_ids = session.scalars(select(FaceInstance.id).where(pool)).all() if 0 < pool_size <= exact_below else []
+    if pool_size == 0 or not (prototypes or own_faces):
+        return result
+    with context.vectors() as store:
+        if not store.has_collection(space.name):
+            return result
+        queries = np.stack(prototypes) if prototypes else store.fetch(space.name, np.array(own_faces, dtype=np.int64))
+        scored = _score_exactly(store, space.name, queries, pool_ids) if pool_ids else None
+        if scored is None:
+            scored = _score_by_search(store, space.name, queries, limit)
+    return _keep_unassigned(context.db, person.id, result, scored, limit)
+
+
+def _unassigned(person_id: str) -> ColumnElement[bool]:
+    rejected = exists().where(FaceRejection.face_id == FaceInstance.id, FaceRejection.person_id == person_id)
+    return and_(FaceInstance.person_id.is_(None), ~rejected)
+
+
+def _own_faces(session: Session, person_id: str) -> list[int]:
+    """Up to _QUERY_FACES of the person's faces, confirmed ones first, best quality first."""
+    return list(
+        session.scalars(
+            select(FaceInstance.id)
+            .where(FaceInstance.person_id == person_id)
+            .order_by(FaceInstance.user_confirmed.desc(), *_best_first())
+            .limit(_QUERY_FACES)
+        )
+    )
+
+
+def _score_exactly(
+    store: VectorStore, space: str, queries: np.ndarray, pool_ids: Sequence[int]
+) -> dict[int, float] | None:
+    """Best cosine of every pool face against the queries; None when some vector is missing (use search)."""
+    ids = np.array(pool_ids, dtype=np.int64)
+    try:
+        vectors = store.fetch(space, ids)
+    except VectorStoreError:
+        return None
+    best = (vectors @ queries.T.astype(np.float32)).max(axis=1)
+    return dict(zip(ids.tolist(), best.tolist(), strict=True))
+
+
+def _score_by_search(store: VectorStore, space: str, queries: np.ndarray, limit: int) -> dict[int, float]:
+    # Over-fetch: SQL has the last word, and payloads may still show faces a user has just named.
+    hits = store.search_batch(space, queries, limit * 4 + 32, filter_payload={"person_id": None})
+    scored: dict[int, float] = {}
+    for hit in (h for per_query in hits for h in per_query):
+        scored[hit.face_id] = max(hit.score, scored.get(hit.face_id, -2.0))
+    return scored
+
+
+def _keep_unassigned(
+    db: Database, person_id: str, result: Suggestions, scored: dict[int, float], limit: int
+) -> Suggestions:
+    ranked = sorted(scored.items(), key=lambda item: (-item[1], item[0]))[: max(limit * 4, limit)]
+    with db.session() as session:
+        records = {
+            r.face_id: r
+            for r in _face_records(
+                session, _faces_query().where(FaceInstance.id.in_([f for f, _ in ranked]), _unassigned(person_id))
+            )
+        }
+    result.items.extend(Suggestion(records[f], round(s, 6)) for f, s in ranked if f in records)
+    del result.items[limit:]
+    return result
+
+
+# --- thumbnails ----------------------------------------------------------------------------------------
+
+
+def face_thumbnail_jpeg(settings: Settings, db: Database, face_id: int) -> bytes:
+    """The face's JPEG thumbnail; rebuilt from the photo (and cached) when the file written at detection is
+    gone. Only faces SQL knows get one: the path is derived from the id, never taken from a client."""
+    if not 0 < face_id <= MAX_FACE_ID:
+        raise NotFound("face", face_id)
+    with db.session() as session:
+        row = session.execute(
+            select(Image.path, FaceInstance.bbox_x, FaceInstance.bbox_y, FaceInstance.bbox_w, FaceInstance.bbox_h)
+            .join(Image, Image.id == FaceInstance.image_id)
+            .where(FaceInstance.id == face_id)
+        ).first()
+    if row is None:
+        raise NotFound("face", face_id)
+    path = thumbnail_path(settings.thumbnails_dir, face_id)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    try:
+        image = load_rgb(row.path, max_pixels=settings.max_image_pixels, max_bytes=settings.max_file_bytes)
+    except ImageRejected as exc:
+        raise ThumbnailUnavailable(face_id, exc.reason) from exc
+    jpeg = face_thumbnail(image, (row.bbox_x, row.bbox_y, row.bbox_w, row.bbox_h), size=settings.thumbnail_size)
+    write_thumbnail(settings.thumbnails_dir, face_id, jpeg)
+    return jpeg

@@ -1,0 +1,36 @@
+"""What every use case needs: settings, the SQL database and (opened on demand) the vector store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from face_pipeline.settings import Settings, load_settings
+from face_pipeline.storage.db import Database
+from face_pipeline.storage.vectors import VectorStore, open_vector_store
+
+
+@dataclass
+class PipelineContext:
+    settings: Settings
+    db: Database
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> PipelineContext:
+        settings = settings or load_settings()
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        return cls(settings, Database(settings.resolved_database_url))
+
+    @contextmanager
+    def vectors(self) -> Iterator[VectorStore]:
+        """The vector store for one unit of work; the embedded one is single-process, so it is held
+        only while needed and released at the end."""
+        store = open_vector_store(self.settings.qdrant_url, self.settings.vectors_dir, self.settings.qdrant_api_key)
+        try:
+            yield store
+        finally:
+            store.close()
+
+    def close(self) -> None:
+        self.db.dispose()

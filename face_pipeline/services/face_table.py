@@ -1,0 +1,143 @@
+"""Bulk reads and writes of face assignments: one query to read every face, executemany to write changes.
+
+Automatic runs (supervised assignment, unknown clustering) describe their result as a `FaceChanges` set;
+`apply_changes` writes only the faces whose person or cluster really changed, one audit event each,
+and never touches a face a user confirmed.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from face_pipeline.storage.models import FaceAssignmentEvent, FaceInstance, FaceRejection, utcnow
+from face_pipeline.storage.vectors import VectorStore
+
+
+@dataclass
+class FaceTable:
+    """Every face of the library as parallel arrays, sorted by face id."""
+
+    ids: np.ndarray  # (n,) int64
+    image_ids: np.ndarray  # (n,) int64
+    person_ids: np.ndarray  # (n,) object: str or None
+    cluster_ids: np.ndarray  # (n,) object: str or None
+    sources: np.ndarray  # (n,) object
+    confirmed: np.ndarray  # (n,) bool
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def positions(self, face_ids: np.ndarray) -> np.ndarray:
+        """Row of each face id (all must exist)."""
+        return np.searchsorted(self.ids, face_ids)
+
+
+def read_faces(session: Session) -> FaceTable:
+    rows = session.execute(
+        select(
+            FaceInstance.id,
+            FaceInstance.image_id,
+            FaceInstance.person_id,
+            FaceInstance.cluster_id,
+            FaceInstance.assignment_source,
+            FaceInstance.user_confirmed,
+        ).order_by(FaceInstance.id)
+    ).all()
+    columns = list(zip(*rows, strict=True)) if rows else [()] * 6
+    return FaceTable(
+        ids=np.array(columns[0], dtype=np.int64),
+        image_ids=np.array(columns[1], dtype=np.int64),
+        person_ids=np.array(columns[2], dtype=object),
+        cluster_ids=np.array(columns[3], dtype=object),
+        sources=np.array(columns[4], dtype=object),
+        confirmed=np.array(columns[5], dtype=bool),
+    )
+
+
+def read_rejections(session: Session) -> list[tuple[int, str]]:
+    return [(r.face_id, r.person_id) for r in session.execute(select(FaceRejection.face_id, FaceRejection.person_id))]
+
+
+@dataclass
+class FaceChanges:
+    """New state for some faces (rows of a FaceTable)."""
+
+    rows: np.ndarray  # (m,) int positions in the table
+    person_ids: np.ndarray  # (m,) object
+    cluster_ids: np.ndarray  # (m,) object
+    sources: np.ndarray  # (m,) object
+    confidences: np.ndarray  # (m,) float, NaN for none
+
+
+def apply_changes(
+    session: Session, table: FaceTable, changes: FaceChanges, *, action: str, run_id: str | None
+) -> np.ndarray:
+    """Write the faces whose person, cluster or source changed; returns their table rows.
+
+    User-confirmed faces are never written, whatever `changes` says.
+    """
+    rows = changes.rows
+    differs = (
+        (table.person_ids[rows] != changes.person_ids)
+        | (table.cluster_ids[rows] != changes.cluster_ids)
+        | (table.sources[rows] != changes.sources)
+    ) & ~table.confirmed[rows]
+    picked = np.flatnonzero(differs)
+    if picked.size == 0:
+        return picked
+    now = utcnow()
+    ids = table.ids[rows[picked]].tolist()
+    people = changes.person_ids[picked].tolist()
+    clusters = changes.cluster_ids[picked].tolist()
+    sources = changes.sources[picked].tolist()
+    confidences = [None if np.isnan(c) else round(float(c), 5) for c in changes.confidences[picked]]
+    session.execute(
+        update(FaceInstance),
+        [
+            {"id": i, "person_id": p, "cluster_id": c, "assignment_source": s, "confidence": f, "updated_at": now}
+            for i, p, c, s, f in zip(ids, people, clusters, sources, confidences, strict=True)
+        ],
+    )
+    old_people = table.person_ids[rows[picked]].tolist()
+    old_clusters = table.cluster_ids[rows[picked]].tolist()
+    session.execute(
+        insert(FaceAssignmentEvent),
+        [
+            {
+                "face_id": i,
+                "action": action,
+                "source": s,
+                "old_person_id": op,
+                "new_person_id": p,
+                "old_cluster_id": oc,
+                "new_cluster_id": c,
+                "confidence": f,
+                "run_id": run_id,
+                "created_at": now,
+            }
+            for i, s, op, p, oc, c, f in zip(
+                ids, sources, old_people, people, old_clusters, clusters, confidences, strict=True
+            )
+        ],
+    )
+    table.person_ids[rows[picked]] = changes.person_ids[picked]
+    table.cluster_ids[rows[picked]] = changes.cluster_ids[picked]
+    table.sources[rows[picked]] = changes.sources[picked]
+    return rows[picked]
+
+
+def sync_payloads(vectors: VectorStore, space: str, table: FaceTable, rows: np.ndarray) -> None:
+    """Mirror person_id / cluster_id of these faces onto their vector-store points (one call per group)."""
+    groups: dict[tuple[Any, Any], list[int]] = defaultdict(list)
+    for row in rows.tolist():
+        groups[(table.person_ids[row], table.cluster_ids[row])].append(int(table.ids[row]))
+    for (person_id, cluster_id), face_ids in groups.items():
+        vectors.set_payload(
+            space, np.array(face_ids, dtype=np.int64), {"person_id": person_id, "cluster_id": cluster_id}
+        )

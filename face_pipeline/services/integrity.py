@@ -1,0 +1,163 @@
+"""Invariants the pipeline promises, as queries: each returns what is wrong, naming the first offending ids.
+
+The Dagster asset checks (defs/checks.py) call these; so can a test or a script.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy import String, cast, func, literal, or_, select
+from sqlalchemy.orm import Session
+
+from face_pipeline.domain.naming import NOISE_PREFIX, PERSON_PREFIX
+from face_pipeline.services.spaces import active_space
+from face_pipeline.storage.db import Database
+from face_pipeline.storage.models import FaceAssignmentEvent, FaceInstance
+from face_pipeline.storage.vectors import VectorStore
+
+SHOWN = 20  # offending ids named per problem
+
+
+@dataclass
+class Finding:
+    """passed, a sentence saying why, and the offending ids by problem (first SHOWN of each)."""
+
+    passed: bool
+    description: str
+    counts: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[int]] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+def _problems(found: dict[str, tuple[int, list[int]]], ok: str, what: str) -> Finding:
+    counts = {name: n for name, (n, _) in found.items()}
+    examples = {name: ids for name, (n, ids) in found.items() if n}
+    if not examples:
+        return Finding(True, ok, counts)
+    parts = [f"{counts[name]} {name.replace('_', ' ')} (e.g. face ids {ids})" for name, ids in examples.items()]
+    return Finding(False, f"{what}: " + "; ".join(parts), counts, examples)
+
+
+def _count_and_first(session: Session, condition: Any) -> tuple[int, list[int]]:
+    total = session.scalar(select(func.count()).select_from(FaceInstance).where(condition)) or 0
+    ids = session.scalars(select(FaceInstance.id).where(condition).order_by(FaceInstance.id).limit(SHOWN)).all()
+    return int(total), list(ids)
+
+
+def cluster_id_problems(db: Database) -> Finding:
+    """Every face has one cluster id, and it agrees with person_id: person_{uuid} iff a person is set;
+    a singleton's id names its own face."""
+    face = FaceInstance
+    person_cluster = literal(PERSON_PREFIX) + face.person_id
+    with db.session() as session:
+        found = {
+            "faces_without_cluster": _count_and_first(session, face.cluster_id.is_(None)),
+            "named_faces_outside_their_person_cluster": _count_and_first(
+                session,
+                face.person_id.is_not(None) & face.cluster_id.is_not(None) & (face.cluster_id != person_cluster),
+            ),
+            "unnamed_faces_in_a_person_cluster": _count_and_first(
+                session, face.person_id.is_(None) & face.cluster_id.like(PERSON_PREFIX.replace("_", "\\_") + "%", "\\")
+            ),
+            "singletons_named_after_another_face": _count_and_first(
+                session,
+                face.cluster_id.like(NOISE_PREFIX.replace("_", "\\_") + "%", "\\")
+                & (face.cluster_id != literal(NOISE_PREFIX) + cast(face.id, String)),
+            ),
+        }
+        faces = session.scalar(select(func.count()).select_from(face)) or 0
+    finding = _problems(
+        found,
+        f"all {faces} faces have exactly one cluster id that agrees with their person",
+        "cluster ids out of step with person ids",
+    )
+    finding.facts["faces"] = int(faces)
+    return finding
+
+
+def user_label_overrides(db: Database) -> Finding:
+    """No automatic run changed a face a user confirmed: no audit event from a source other than 'user'
+    after the face's latest user event, and the face still says it was assigned by the user."""
+    event, face = FaceAssignmentEvent, FaceInstance
+    last_user = (
+        select(event.face_id, func.max(event.id).label("last_id"))
+        .where(event.source == "user", event.face_id.is_not(None))
+        .group_by(event.face_id)
+        .subquery()
+    )
+    overridden = (
+        select(event.face_id)
+        .join(face, face.id == event.face_id)
+        .outerjoin(last_user, last_user.c.face_id == event.face_id)
+        .where(
+            face.user_confirmed.is_(True),
+            event.source != "user",
+            or_(last_user.c.last_id.is_(None), event.id > last_user.c.last_id),
+        )
+        .distinct()
+    )
+    with db.session() as session:
+        found = {
+            "confirmed_faces_changed_by_an_automatic_run": _count_and_first(session, face.id.in_(overridden)),
+            "confirmed_faces_not_marked_as_user_assigned": _count_and_first(
+                session, face.user_confirmed.is_(True) & (func.coalesce(face.assignment_source, "") != "user")
+            ),
+        }
+        confirmed = session.scalar(select(func.count()).where(face.user_confirmed.is_(True))) or 0
+    finding = _problems(
+        found, f"no automatic run changed any of the {confirmed} user-confirmed faces", "user decisions overridden"
+    )
+    finding.facts["confirmed_faces"] = int(confirmed)
+    return finding
+
+
+def vector_store_sync(db: Database, vectors: VectorStore) -> Finding:
+    """The active space's collection holds exactly one point per face row in SQL."""
+    with db.session() as session:
+        space = active_space(session)
+        face_ids = np.array(session.scalars(select(FaceInstance.id).order_by(FaceInstance.id)).all(), dtype=np.int64)
+    if space is None:
+        return Finding(True, "no active embedding space yet (no faces detected): nothing to compare")
+    points = vectors.fetch_all(space.name)[0] if vectors.has_collection(space.name) else np.empty(0, np.int64)
+    missing, extra = np.setdiff1d(face_ids, points), np.setdiff1d(points, face_ids)
+    found = {
+        "faces_without_a_vector": (int(missing.size), missing[:SHOWN].tolist()),
+        "vectors_without_a_face": (int(extra.size), extra[:SHOWN].tolist()),
+    }
+    finding = _problems(
+        found,
+        f"{face_ids.size} face rows and {points.size} points in {space.name}: the same ids",
+        f"collection {space.name} out of step with SQL ({face_ids.size} faces, {points.size} points)",
+    )
+    finding.facts.update(space=space.name, faces=int(face_ids.size), points=int(points.size))
+    return finding
+
+
+def promotion_evidence(db: Database) -> Finding:
+    """The active space is the raw model's, or a trained projection whose evaluation said to promote it."""
+    with db.session() as session:
+        space = active_space(session)
+        if space is None:
+            return Finding(True, "no active embedding space yet (no faces detected): nothing was promoted")
+        name, kind, metrics, labels = space.name, space.kind, dict(space.metrics or {}), space.label_count
+    facts: dict[str, Any] = {"active_space": name, "kind": kind}
+    if kind != "projection":
+        return Finding(
+            True,
+            f"the raw model's space {name} is active: no trained checkpoint is promoted, nothing to beat",
+            facts=facts,
+        )
+    facts.update(label_count=labels, metrics=metrics)
+    if metrics.get("promote") is True:
+        return Finding(
+            True, f"the active projection {name} beat the raw space on validation (promote: true)", facts=facts
+        )
+    return Finding(
+        False,
+        f"the active projection {name} has no evidence it beats the raw space (metrics promote="
+        f"{metrics.get('promote')!r}); retire it or retrain",
+        facts=facts,
+    )

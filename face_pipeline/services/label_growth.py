@@ -1,0 +1,128 @@
+"""How many labels users gave, and whether they grew enough since the last training to train again.
+
+Read by the `face_labels` observation (its data version), the label-growth sensor and the monthly
+retrain schedule. A "label" is a face a user confirmed as a person; rejections ("not this person") are
+counted beside them but do not make a retrain worth it on their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+
+from face_pipeline.domain.projection import TrainingConfig
+from face_pipeline.storage.db import Database
+from face_pipeline.storage.models import EmbeddingSpaceRow, FaceInstance, FaceRejection, SpaceStatus
+
+# The training minimum (the seed's 5 people x 5 labelled faces), as training itself enforces it.
+MIN_TRAINING_PEOPLE = TrainingConfig().min_people
+MIN_FACES_PER_PERSON = TrainingConfig().min_faces_per_person
+
+
+@dataclass(frozen=True)
+class LabelCounts:
+    labelled_faces: int  # user-confirmed faces that name a person
+    rejections: int
+    people: int  # people with at least one labelled face
+    trainable_people: int  # people with at least MIN_FACES_PER_PERSON labelled faces
+    fingerprint: str  # changes whenever any (face, person) label or rejection changes
+
+    @property
+    def enough_to_train(self) -> bool:
+        return self.trainable_people >= MIN_TRAINING_PEOPLE
+
+    def shortfall(self) -> str:
+        return (
+            f"{self.trainable_people} people have >= {MIN_FACES_PER_PERSON} labelled faces; training needs "
+            f"{MIN_TRAINING_PEOPLE} ({self.labelled_faces} labelled faces of {self.people} people so far)"
+        )
+
+
+def count_labels(db: Database) -> LabelCounts:
+    confirmed = FaceInstance.user_confirmed.is_(True) & FaceInstance.person_id.is_not(None)
+    digest = hashlib.sha256()
+    per_person: dict[str, int] = {}
+    with db.session() as session:
+        for face_id, person_id in session.execute(
+            select(FaceInstance.id, FaceInstance.person_id).where(confirmed).order_by(FaceInstance.id)
+        ):
+            digest.update(f"{face_id}:{person_id};".encode())
+            per_person[person_id] = per_person.get(person_id, 0) + 1
+        digest.update(b"|")
+        rejections = 0
+        for face_id, person_id in session.execute(
+            select(FaceRejection.face_id, FaceRejection.person_id).order_by(
+                FaceRejection.face_id, FaceRejection.person_id
+            )
+        ):
+            digest.update(f"{face_id}:{person_id};".encode())
+            rejections += 1
+    return LabelCounts(
+        labelled_faces=sum(per_person.values()),
+        rejections=rejections,
+        people=len(per_person),
+        trainable_people=sum(1 for n in per_person.values() if n >= MIN_FACES_PER_PERSON),
+        fingerprint=digest.hexdigest()[:16],
+    )
+
+
+@dataclass(frozen=True)
+class PromotedCheckpoint:
+    space: str
+    label_count: int
+
+
+def last_promoted_checkpoint(db: Database) -> PromotedCheckpoint | None:
+    """The trained projection most recently made active (it may be retired since), with its label count."""
+    with db.session() as session:
+        row = session.execute(
+            select(EmbeddingSpaceRow.name, EmbeddingSpaceRow.label_count)
+            .where(
+                EmbeddingSpaceRow.kind == "projection",
+                EmbeddingSpaceRow.status.in_([SpaceStatus.ACTIVE, SpaceStatus.RETIRED]),
+            )
+            .order_by(func.coalesce(EmbeddingSpaceRow.activated_at, EmbeddingSpaceRow.created_at).desc())
+            .limit(1)
+        ).first()
+    return None if row is None else PromotedCheckpoint(row.name, int(row.label_count or 0))
+
+
+@dataclass(frozen=True)
+class RetrainDecision:
+    retrain: bool
+    reason: str
+    label_count: int
+    baseline: int  # labels at the last promotion or request (0: never trained)
+
+
+def decide_retrain(
+    counts: LabelCounts,
+    *,
+    promoted: PromotedCheckpoint | None,
+    last_requested: int | None,
+    min_new_labels: int,
+    min_growth: float,
+) -> RetrainDecision:
+    """Retrain when both hold: at least `min_new_labels` new labels and `min_growth` (a fraction) more than
+    the baseline. The baseline is the larger of the promoted checkpoint's label count and the count at the
+    last request, so a retrain whose checkpoint was rejected is not asked for again for the same labels."""
+    current = counts.labelled_faces
+    if not counts.enough_to_train:
+        return RetrainDecision(False, "too few labels to train: " + counts.shortfall(), current, 0)
+    baseline = max(promoted.label_count if promoted else 0, last_requested or 0)
+    new = current - baseline
+    growth = new / baseline if baseline else float("inf")
+    since = (
+        f"the promoted checkpoint {promoted.space} ({promoted.label_count} labels)"
+        if promoted and promoted.label_count >= (last_requested or 0)
+        else (f"the last retrain request ({baseline} labels)" if last_requested is not None else "the start")
+    )
+    enough = new >= max(min_new_labels, 1) and growth >= min_growth
+    verdict = "retrain" if enough else "not enough to retrain"
+    reason = (
+        f"{new} new labels since {since}: {verdict} (needs >= {min_new_labels} new and >= {min_growth:.0%} growth, "
+        f"FACE_RETRAIN_MIN_NEW_LABELS / FACE_RETRAIN_MIN_GROWTH)"
+    )
+    return RetrainDecision(enough, reason, current, baseline)

@@ -1,0 +1,390 @@
+"""A user's decisions: naming clusters and faces, "not this person", unassigning, merging, renaming.
+
+Every decision is stored on the face (person_id + user_confirmed, or a row in face_rejections), never on a
+cluster string, so re-clustering or a new model cannot lose it; every change writes an audit event.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from face_pipeline.domain.naming import noise_cluster_id, person_cluster_id
+from face_pipeline.services.errors import Conflict, InvalidInput, NotFound
+from face_pipeline.storage.db import Database
+from face_pipeline.storage.models import (
+    AssignmentSource,
+    FaceAssignmentEvent,
+    FaceInstance,
+    FaceRejection,
+    Person,
+    PersonPrototype,
+    utcnow,
+)
+
+MAX_NAME_LENGTH = 200
+_PERSON_REF = re.compile(r"^(?:person_)?([0-9a-f]{32})$")
+
+
+@dataclass
+class LabelResult:
+    person_id: str
+    person_name: str
+    created_person: bool
+    faces_labelled: int
+    skipped_confirmed: list[int] = field(default_factory=list)  # confirmed as someone else: untouched
+    skipped_rejected: list[int] = field(default_factory=list)  # the user said "not this person" before
+
+
+def clean_name(name: str) -> str:
+    """Trim and validate a person's name: 1..200 printable characters."""
+    if not isinstance(name, str):
+        raise InvalidInput("name must be text")
+    cleaned = unicodedata.normalize("NFC", name).strip()
+    if not cleaned:
+        raise InvalidInput("name is empty")
+    if len(cleaned) > MAX_NAME_LENGTH:
+        raise InvalidInput(f"name is {len(cleaned)} characters long; at most {MAX_NAME_LENGTH} are allowed")
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Zl", "Zp") for ch in cleaned):
+        raise InvalidInput("name contains control characters")
+    return cleaned
+
+
+def find_person(session: Session, ref: str) -> Person:
+    """A person by id (`<uuid>` or `person_<uuid>`) or by exact name (case-insensitive, must be unique)."""
+    match = _PERSON_REF.match(ref.strip().lower())
+    if match:
+        person = session.get(Person, match.group(1))
+        if person is not None:
+            return _follow_merges(session, person)
+    people = session.scalars(
+        select(Person).where(func.lower(Person.name) == ref.strip().lower(), Person.status == "active")
+    ).all()
+    if not people:
+        raise NotFound("person", ref)
+    if len(people) > 1:
+        raise Conflict(f"{len(people)} people are named {ref!r}; use an id: " + ", ".join(p.id for p in people))
+    return people[0]
+
+
+def _follow_merges(session: Session, person: Person) -> Person:
+    seen = {person.id}
+    while person.status == "merged" and person.merged_into and person.merged_into not in seen:
+        person = session.get(Person, person.merged_into) or person
+        seen.add(person.id)
+    return person
+
+
+def person_by_name(session: Session, name: str) -> tuple[Person, bool]:
+    """The active person with this name (case-insensitive, oldest first), created when none exists."""
+    existing = session.scalars(
+        select(Person)
+        .where(func.lower(Person.name) == name.lower(), Person.status == "active")
+        .order_by(Person.created_at)
+    ).first()
+    if existing is not None:
+        return existing, False
+    person = Person(name=name)
+    session.add(person)
+    session.flush()
+    return person, True
+
+
+def label_cluster(
+    db: Database, cluster_id: str, name: str, *, expected_face_ids: Collection[int] | None = None
+) -> LabelResult:
+    """Name every face of a cluster: creates or reuses the person and confirms the faces.
+
+    `expected_face_ids`: the faces the client saw; if the cluster holds others now (re-clustering ran),
+    nothing changes and Conflict is raised, so a stale page never labels the wrong faces.
+    """
+    cleaned = clean_name(name)
+    with db.session() as session:
+        faces = session.execute(
+            select(FaceInstance.id, FaceInstance.person_id, FaceInstance.user_confirmed, FaceInstance.cluster_id)
+            .where(FaceInstance.cluster_id == cluster_id)
+            .order_by(FaceInstance.id)
+        ).all()
+        if not faces:
+            raise NotFound("cluster", cluster_id)
+        if expected_face_ids is not None and set(expected_face_ids) != {f.id for f in faces}:
+            raise Conflict(f"cluster {cluster_id} changed since it was loaded; reload it and try again")
+        person, created = person_by_name(session, cleaned)
+        rejected = set(
+            session.scalars(
+                select(FaceRejection.face_id).where(
+                    FaceRejection.person_id == person.id, FaceRejection.face_id.in_([f.id for f in faces])
+                )
+            )
+        )
+        result = LabelResult(person.id, person.name, created, 0)
+        chosen = []
+        for face in faces:
+            if face.user_confirmed and face.person_id not in (None, person.id):
+                result.skipped_confirmed.append(face.id)
+            elif face.id in rejected:
+                result.skipped_rejected.append(face.id)
+            else:
+                chosen.append(face)
+        confirm_faces(session, chosen, person.id, action="label_cluster", details={"cluster_id": cluster_id})
+        result.faces_labelled = len(chosen)
+        return result
+
+
+def label_face(db: Database, face_id: int, name: str) -> LabelResult:
+    """Name one face; an explicit choice replaces an earlier one and lifts a "not this person" for it."""
+    cleaned = clean_name(name)
+    with db.session() as session:
+        face = _face(session, face_id)
+        person, created = person_by_name(session, cleaned)
+        _assign_one(session, face, person)
+        return LabelResult(person.id, person.name, created, 1)
+
+
+def assign_face(db: Database, face_id: int, person_ref: str) -> LabelResult:
+    """Confirm one face as an existing person (by id or unique name)."""
+    with db.session() as session:
+        face = _face(session, face_id)
+        person = find_person(session, person_ref)
+        _assign_one(session, face, person)
+        return LabelResult(person.id, person.name, False, 1)
+
+
+def _assign_one(session: Session, face: Any, person: Person) -> None:
+    session.execute(delete(FaceRejection).where(FaceRejection.face_id == face.id, FaceRejection.person_id == person.id))
+    confirm_faces(session, [face], person.id, action="label_face")
+
+
+def reject_face(db: Database, face_id: int, person_ref: str | None = None) -> str:
+    """ "Not this person": the face leaves the person (its current one, or the one named) for good;
+    automatic runs never assign it to that person again. Returns the person's id."""
+    with db.session() as session:
+        face = _face(session, face_id)
+        person = find_person(session, person_ref) if person_ref else None
+        person_id = person.id if person else face.person_id
+        if person_id is None:
+            raise InvalidInput(f"face {face_id} belongs to nobody; say which person it is not")
+        exists = session.get(FaceRejection, (face.id, person_id))
+        if exists is None:
+            session.add(FaceRejection(face_id=face.id, person_id=person_id))
+        if face.person_id == person_id:
+            _release(session, [face], action="reject", source=AssignmentSource.NOISE, person_for_event=person_id)
+        else:
+            _event(
+                session,
+                face,
+                action="reject",
+                new_person_id=None,
+                new_cluster_id=face.cluster_id,
+                details={"rejected_person_id": person_id},
+            )
+        return person_id
+
+
+def unassign_face(db: Database, face_id: int) -> None:
+    """Undo a face's naming (a user's or an automatic one); it becomes a singleton until re-clustered."""
+    with db.session() as session:
+        face = _face(session, face_id)
+        if face.person_id is None and not face.user_confirmed:
+            raise InvalidInput(f"face {face_id} is not assigned to anyone")
+        _release(session, [face], action="unassign", source=AssignmentSource.NOISE, person_for_event=face.person_id)
+
+
+def rename_person(db: Database, person_ref: str, new_name: str) -> Person:
+    cleaned = clean_name(new_name)
+    with db.session() as session:
+        person = find_person(session, person_ref)
+        old = person.name
+        person.name = cleaned
+        session.add(
+            FaceAssignmentEvent(
+                action="rename",
+                source="user",
+                new_person_id=person.id,
+                details={"old_name": old, "new_name": cleaned},
+            )
+        )
+        return person
+
+
+def create_person(db: Database, name: str) -> tuple[Person, bool]:
+    cleaned = clean_name(name)
+    with db.session() as session:
+        person, created = person_by_name(session, cleaned)
+        if created:  # a person with no faces yet still leaves a trace in the audit log
+            session.add(
+                FaceAssignmentEvent(
+                    action="create_person", source="user", new_person_id=person.id, details={"name": person.name}
+                )
+            )
+        return person, created
+
+
+def merge_persons(db: Database, source_ref: str, target_ref: str) -> tuple[Person, int]:
+    """Merge source into target: its faces, rejections and name history move; source is marked merged."""
+    with db.session() as session:
+        source = find_person(session, source_ref)
+        target = find_person(session, target_ref)
+        if source.id == target.id:
+            raise InvalidInput(f"cannot merge {source.name!r} into itself")
+        faces = session.execute(
+            select(FaceInstance.id, FaceInstance.person_id, FaceInstance.cluster_id).where(
+                FaceInstance.person_id == source.id
+            )
+        ).all()
+        session.execute(
+            update(FaceInstance)
+            .where(FaceInstance.person_id == source.id)
+            .values(person_id=target.id, cluster_id=person_cluster_id(target.id), updated_at=utcnow())
+        )
+        _bulk_events(
+            session,
+            faces,
+            action="merge",
+            source="user",
+            new_person_id=target.id,
+            new_cluster_id=person_cluster_id(target.id),
+        )
+        already = set(session.scalars(select(FaceRejection.face_id).where(FaceRejection.person_id == target.id)))
+        session.execute(
+            update(FaceRejection)
+            .where(FaceRejection.person_id == source.id, FaceRejection.face_id.not_in(already or {-1}))
+            .values(person_id=target.id)
+        )
+        session.execute(delete(FaceRejection).where(FaceRejection.person_id == source.id))
+        session.execute(delete(PersonPrototype).where(PersonPrototype.person_id.in_([source.id, target.id])))
+        source.status, source.merged_into = "merged", target.id
+        # One person-level event as well: a merge of someone with no faces would otherwise leave no trace.
+        session.add(
+            FaceAssignmentEvent(
+                action="merge_person",
+                source="user",
+                old_person_id=source.id,
+                new_person_id=target.id,
+                details={"source_name": source.name, "target_name": target.name, "faces": len(faces)},
+            )
+        )
+        return target, len(faces)
+
+
+def remove_from_cluster(db: Database, face_id: int) -> str:
+    """ "Not part of this group" for a face nobody named: it leaves its unknown cluster and stands alone.
+
+    Unlike a rejection this is not remembered: the next clustering run may group the face again. Returns
+    the face's new (singleton) cluster id; Conflict when the face belongs to a person or is alone already.
+    """
+    with db.session() as session:
+        face = _face(session, face_id)
+        if face.person_id is not None:
+            raise Conflict(f"face {face_id} belongs to a person; reject or unassign it instead")
+        alone = noise_cluster_id(face.id)
+        if face.cluster_id == alone:
+            raise Conflict(f"face {face_id} is not in a group")
+        _release(session, [face], action="remove_from_cluster", source=AssignmentSource.NOISE, person_for_event=None)
+        return alone
+
+
+# --- shared steps ---------------------------------------------------------------------------------------
+
+
+def _face(session: Session, face_id: int) -> FaceInstance:
+    face = session.get(FaceInstance, face_id)
+    if face is None:
+        raise NotFound("face", face_id)
+    return face
+
+
+def confirm_faces(
+    session: Session,
+    faces: Sequence[Any],
+    person_id: str,
+    *,
+    action: str,
+    details: dict[str, Any] | None = None,
+) -> None:
+    if not faces:
+        return
+    cluster = person_cluster_id(person_id)
+    session.execute(
+        update(FaceInstance)
+        .where(FaceInstance.id.in_([f.id for f in faces]))
+        .values(
+            person_id=person_id,
+            cluster_id=cluster,
+            assignment_source=AssignmentSource.USER,
+            confidence=1.0,
+            user_confirmed=True,
+            updated_at=utcnow(),
+        )
+    )
+    _bulk_events(
+        session, faces, action=action, source="user", new_person_id=person_id, new_cluster_id=cluster, details=details
+    )
+
+
+def _release(session: Session, faces: Sequence[Any], *, action: str, source: str, person_for_event: str | None) -> None:
+    for face in faces:  # few faces: a user acts on one at a time
+        new_cluster = noise_cluster_id(face.id)
+        _event(
+            session,
+            face,
+            action=action,
+            new_person_id=None,
+            new_cluster_id=new_cluster,
+            details={"person_id": person_for_event},
+        )
+        session.execute(
+            update(FaceInstance)
+            .where(FaceInstance.id == face.id)
+            .values(
+                person_id=None,
+                cluster_id=new_cluster,
+                assignment_source=source,
+                confidence=None,
+                user_confirmed=False,
+                updated_at=utcnow(),
+            )
+        )
+
+
+def _event(session: Session, face: Any, **values: Any) -> None:
+    _bulk_events(session, [face], source="user", **values)
+
+
+def _bulk_events(
+    session: Session,
+    faces: Sequence[Any],
+    *,
+    action: str,
+    source: str,
+    new_person_id: str | None,
+    new_cluster_id: str | None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    if not faces:  # an executemany of no rows would insert one empty row (and fail on NOT NULL)
+        return
+    now = utcnow()
+    session.execute(
+        insert(FaceAssignmentEvent),
+        [
+            {
+                "face_id": face.id,
+                "action": action,
+                "source": source,
+                "old_person_id": face.person_id,
+                "new_person_id": new_person_id,
+                "old_cluster_id": face.cluster_id,
+                "new_cluster_id": new_cluster_id,
+                "confidence": 1.0 if new_person_id else None,
+                "details": details,
+                "created_at": now,
+            }
+            for face in faces
+        ],
+    )

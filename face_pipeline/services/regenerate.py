@@ -1,0 +1,371 @@
+"""Regenerated embeddings: which embedding space is active, and its collection in step with SQL.
+
+A trained projection space has its own vector collection, named after the space, holding every face's
+raw vector passed through the checkpoint's head. Raw vectors stay in the raw space's collection whatever
+is active (detection writes there, and projections are computed from them).
+
+What `regenerate_embeddings` makes active (`mode`):
+
+- "auto" (scheduled and sensor runs; the retrain, reassign and daily jobs): the newest checkpoint when the
+  gate promoted it and it was never active; otherwise the active space stays. It never brings back a
+  retired checkpoint and never switches to the raw space, so a user's `faces reassign` (raw) holds until
+  they ask for the trained model again. With FACE_MODEL_CHECKPOINT set it never switches at all.
+- "trained" (`faces reassign --use-trained-model`): the checkpoint FACE_MODEL_CHECKPOINT names, else the
+  newest promoted one (also one retired earlier). A checkpoint the gate rejected is never activated.
+- "raw" (`faces reassign` without the flag): the raw model's space; an active projection is retired.
+
+Whatever is active afterwards, when it is a projection its collection is brought in step with SQL: faces
+without a vector are projected (new photos), vectors of deleted faces are removed, and a vector that no
+longer matches its face's projection (a face id re-used by SQLite) is rewritten. Unchanged vectors are not
+written, so running again with the same checkpoint writes nothing.
+
+The switch is one SQL statement in one transaction (old active -> retired, new -> active with
+activated_at), so a reader sees the old space or the new one, never none and never two. The new space's
+collection is complete before the switch; the old projection's collection is dropped after it (it can be
+rebuilt from the raw vectors at any time).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from sqlalchemy import case, or_, select, update
+from sqlalchemy.orm import Session
+
+from face_pipeline.domain.projection import load_checkpoint, project
+from face_pipeline.services.context import PipelineContext
+from face_pipeline.services.errors import InvalidInput
+from face_pipeline.services.face_table import FaceTable, read_faces
+from face_pipeline.services.spaces import active_space
+from face_pipeline.settings import Settings
+from face_pipeline.storage.db import Database
+from face_pipeline.storage.models import EmbeddingSpaceRow, SpaceStatus, utcnow
+from face_pipeline.storage.vectors import VectorStore, VectorStoreError
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["auto", "trained", "raw"]
+MODES: tuple[str, ...] = ("auto", "trained", "raw")
+PROJECTION = "projection"
+# Largest change of a stored unit vector still taken as "the same" (the store re-normalises rows, and a
+# different thread count may change the last bits of a matrix product).
+SAME_VECTOR_TOLERANCE = 1e-4
+OPTIMIZE_SHARE = 0.1  # rebuild the search index when at least this share of the collection was written
+PAGE = 4096  # faces per read of raw vectors
+
+
+@dataclass(frozen=True)
+class SpaceRef:
+    """What this module needs of an embedding_spaces row, detached from the session."""
+
+    name: str
+    kind: str
+    status: str
+    dim: int
+    base_space: str | None
+    checkpoint_path: str | None
+    reason: str  # the gate's reason for a checkpoint; "" for a raw space
+
+    @classmethod
+    def of(cls, row: EmbeddingSpaceRow) -> SpaceRef:
+        reason = str((row.metrics or {}).get("promote_reason") or "")
+        return cls(row.name, row.kind, row.status, row.dim, row.base_space, row.checkpoint_path, reason)
+
+    @property
+    def is_projection(self) -> bool:
+        return self.kind == PROJECTION
+
+
+@dataclass
+class RegenerateReport:
+    mode: str
+    active_space: str | None = None
+    previous_space: str | None = None  # the space that was active before, when it changed
+    switched: bool = False
+    projected: int = 0  # vectors written: new faces, or ones that no longer matched
+    removed: int = 0  # vectors of faces that are gone
+    unchanged: int = 0
+    payloads_refreshed: int = 0  # raw vectors re-written with SQL's person/cluster on a switch back to raw
+    dropped_collection: str | None = None
+    message: str = ""
+    seconds: float = 0.0
+
+
+# --- checkpoint files -----------------------------------------------------------------------------------
+
+
+def stored_checkpoint_path(settings: Settings, path: Path) -> str:
+    """Relative to FACE_DATA_DIR when inside it, so a moved or copied library still finds its checkpoints."""
+    try:
+        return Path(path).resolve().relative_to(settings.data_dir.resolve()).as_posix()
+    except ValueError:
+        return str(Path(path).resolve())
+
+
+def checkpoint_file(settings: Settings, stored: str) -> Path:
+    path = Path(stored)
+    return path if path.is_absolute() else settings.data_dir / path
+
+
+# --- the switch -----------------------------------------------------------------------------------------
+
+
+def switch_active_space(db: Database, name: str) -> str | None:
+    """Make `name` the only active space in one statement; returns the previously active space's name."""
+    with db.session() as session:
+        # Row locks on PostgreSQL (a no-op on SQLite, whose writer lock serialises anyway).
+        rows = session.execute(
+            select(EmbeddingSpaceRow.name, EmbeddingSpaceRow.status)
+            .where(or_(EmbeddingSpaceRow.status == SpaceStatus.ACTIVE, EmbeddingSpaceRow.name == name))
+            .with_for_update()
+        ).all()
+        if name not in {r.name for r in rows}:
+            raise InvalidInput(f"unknown embedding space {name!r}")
+        previous = next((r.name for r in rows if r.status == SpaceStatus.ACTIVE), None)
+        if previous == name:
+            return previous
+        target = EmbeddingSpaceRow.name == name
+        session.execute(
+            update(EmbeddingSpaceRow)
+            .where(or_(EmbeddingSpaceRow.status == SpaceStatus.ACTIVE, target))
+            .values(
+                status=case((target, SpaceStatus.ACTIVE.value), else_=SpaceStatus.RETIRED.value),
+                activated_at=case((target, utcnow()), else_=EmbeddingSpaceRow.activated_at),
+            )
+            .execution_options(synchronize_session=False)
+        )
+    log.info("active embedding space: %s (was %s)", name, previous)
+    return previous
+
+
+# --- choosing the space ---------------------------------------------------------------------------------
+
+
+def _checkpoints(session: Session, base: str) -> list[SpaceRef]:
+    rows = session.scalars(
+        select(EmbeddingSpaceRow)
+        .where(EmbeddingSpaceRow.kind == PROJECTION, EmbeddingSpaceRow.base_space == base)
+        .order_by(EmbeddingSpaceRow.created_at.desc(), EmbeddingSpaceRow.id.desc())
+    ).all()
+    return [SpaceRef.of(r) for r in rows]
+
+
+def _gate_reason(space: SpaceRef) -> str:
+    return space.reason.removeprefix("kept raw space: ") or "no reason recorded"
+
+
+def _choose_target(
+    session: Session, settings: Settings, mode: str, active: SpaceRef, raw: SpaceRef
+) -> tuple[SpaceRef, str]:
+    """The space that should be active after this run, and a sentence saying why."""
+    stays = f"{'raw space' if not active.is_projection else active.name} stays active"
+    if mode == "raw":
+        return raw, "raw space requested" if active.is_projection else "raw space is active"
+    if settings.model_checkpoint:
+        if mode == "auto":
+            return active, f"{stays}: FACE_MODEL_CHECKPOINT is set, spaces switch only on `faces reassign`"
+        pinned = _space_for_checkpoint_file(session, settings, raw)
+        if pinned.status == SpaceStatus.REJECTED:
+            return active, f"{stays}: FACE_MODEL_CHECKPOINT {pinned.name} was rejected: {_gate_reason(pinned)}"
+        return pinned, f"FACE_MODEL_CHECKPOINT names {pinned.name}"
+    checkpoints = _checkpoints(session, raw.name)
+    if not checkpoints:
+        return active, f"{stays}: no checkpoint trained yet (`faces train-matching`)"
+    newest = checkpoints[0]
+    if mode == "trained":
+        promoted = next((c for c in checkpoints if c.status != SpaceStatus.REJECTED), None)
+        if promoted is None:
+            return active, f"{stays}: no checkpoint was promoted (newest {newest.name}: {_gate_reason(newest)})"
+        return promoted, f"newest promoted checkpoint {promoted.name}"
+    if newest.status == SpaceStatus.REJECTED:
+        return active, f"{stays}: newest checkpoint {newest.name} was rejected: {_gate_reason(newest)}"
+    if newest.status == SpaceStatus.RETIRED:
+        return active, (
+            f"{stays}: newest checkpoint {newest.name} was retired; `faces reassign --use-trained-model` brings it back"
+        )
+    if newest.status == SpaceStatus.CANDIDATE:
+        return newest, f"newest checkpoint {newest.name} was promoted"
+    return active, f"{newest.name} is active"
+
+
+def _space_for_checkpoint_file(session: Session, settings: Settings, raw: SpaceRef) -> SpaceRef:
+    """The space of FACE_MODEL_CHECKPOINT's file, registered from its JSON metadata if this library does not
+    know it yet (e.g. a checkpoint copied from another library of the same raw model)."""
+    path = Path(str(settings.model_checkpoint)).expanduser()
+    meta_path = path.with_suffix(".json")
+    if not path.is_file() or not meta_path.is_file():
+        raise InvalidInput(f"FACE_MODEL_CHECKPOINT={path}: needs the weights and {meta_path.name} beside them")
+    metadata = json.loads(meta_path.read_text(encoding="utf-8"))
+    stored = stored_checkpoint_path(settings, path)
+    name = str(metadata.get("space") or path.stem)
+    row = session.scalar(
+        select(EmbeddingSpaceRow).where(
+            or_(EmbeddingSpaceRow.checkpoint_path == stored, EmbeddingSpaceRow.name == name)
+        )
+    )
+    if row is None:
+        row = _register_foreign_checkpoint(session, metadata, name, stored, raw, path)
+    elif row.checkpoint_path != stored:
+        row.checkpoint_path = stored  # the file moved: follow it
+    if row.base_space != raw.name:
+        raise InvalidInput(
+            f"FACE_MODEL_CHECKPOINT={path} reads {row.base_space!r} vectors; this library's faces are {raw.name!r}"
+        )
+    return SpaceRef.of(row)
+
+
+def _register_foreign_checkpoint(
+    session: Session, metadata: dict, name: str, stored: str, raw: SpaceRef, path: Path
+) -> EmbeddingSpaceRow:
+    projected = (metadata.get("thresholds") or {}).get("projected") or {}
+    if metadata.get("base_space") != raw.name or not {"threshold", "margin", "cluster_eps"} <= projected.keys():
+        raise InvalidInput(
+            f"FACE_MODEL_CHECKPOINT={path} is not a checkpoint of this library's {raw.name!r} space "
+            f"(base space {metadata.get('base_space')!r}) or lacks its thresholds; train one: `faces train-matching`"
+        )
+    row = EmbeddingSpaceRow(
+        name=name,
+        kind=PROJECTION,
+        model_name=str(metadata.get("model_name") or raw.name),
+        dim=int(metadata["out_dim"]),
+        base_space=raw.name,
+        checkpoint_path=stored,
+        status=SpaceStatus.CANDIDATE if metadata.get("promote") else SpaceStatus.REJECTED,
+        person_threshold=float(projected["threshold"]),
+        person_margin=float(projected["margin"]),
+        cluster_eps=float(projected["cluster_eps"]),
+        label_count=metadata.get("label_count"),
+        metrics={k: metadata.get(k) for k in ("promote", "promote_reason", "raw", "projected", "history", "counts")},
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+# --- the collections ------------------------------------------------------------------------------------
+
+
+def _payloads(table: FaceTable, rows: np.ndarray) -> list[dict[str, object]]:
+    return [
+        {"image_id": int(i), "person_id": p, "cluster_id": c}
+        for i, p, c in zip(
+            table.image_ids[rows].tolist(),
+            table.person_ids[rows].tolist(),
+            table.cluster_ids[rows].tolist(),
+            strict=True,
+        )
+    ]
+
+
+def _raw_pages(vectors: VectorStore, raw: str, table: FaceTable) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(table rows, their raw vectors) a page at a time: the raw collection (512-d for ArcFace) is never
+    held whole."""
+    for start in range(0, len(table), PAGE):
+        rows = np.arange(start, min(start + PAGE, len(table)))
+        try:
+            yield rows, vectors.fetch(raw, table.ids[rows])
+        except VectorStoreError as exc:
+            raise InvalidInput(f"faces without a raw vector in {raw} ({exc}); re-run `faces backfill`") from None
+
+
+def sync_projection(
+    context: PipelineContext, vectors: VectorStore, space: SpaceRef, raw: str, report: RegenerateReport
+) -> None:
+    """Bring the projection's collection in step with SQL, writing only what differs."""
+    if space.checkpoint_path is None:
+        raise InvalidInput(f"embedding space {space.name} has no checkpoint file")
+    try:
+        head, _ = load_checkpoint(checkpoint_file(context.settings, space.checkpoint_path))
+    except FileNotFoundError as exc:
+        raise InvalidInput(f"checkpoint of {space.name} is missing: {exc}") from None
+    with context.db.session() as session:
+        table = read_faces(session)
+    fresh = not vectors.has_collection(space.name)
+    vectors.ensure_collection(space.name, head.spec.out_dim)
+    # The projected vectors are small (128-d by default): one read of what the collection holds.
+    stored_ids, stored = (np.empty(0, np.int64), None) if fresh else vectors.fetch_all(space.name)
+    written = 0
+    for rows, raw_page in _raw_pages(vectors, raw, table):
+        ids = table.ids[rows]
+        projected = project(raw_page, head, device=context.settings.device)
+        write = np.ones(rows.size, dtype=bool)
+        if stored is not None and stored_ids.size:
+            where = np.minimum(np.searchsorted(stored_ids, ids), stored_ids.size - 1)
+            present = stored_ids[where] == ids
+            drift = np.abs(stored[where[present]] - projected[present]).max(axis=1, initial=0.0)
+            write[np.flatnonzero(present)] = drift > SAME_VECTOR_TOLERANCE
+        if write.any():
+            vectors.upsert(space.name, ids[write], projected[write], _payloads(table, rows[write]))
+            written += int(write.sum())
+    gone = np.setdiff1d(stored_ids, table.ids)
+    if gone.size:
+        vectors.delete(space.name, gone)
+    if fresh or written > OPTIMIZE_SHARE * max(len(table), 1):
+        vectors.optimize(space.name)
+    report.projected, report.removed, report.unchanged = written, int(gone.size), len(table) - written
+
+
+def refresh_raw_payloads(context: PipelineContext, vectors: VectorStore, raw: str) -> int:
+    """Rewrite the raw collection's person/cluster payloads from SQL: while a projection was active only
+    its collection's payloads followed the assignments. Vectors are written back unchanged."""
+    with context.db.session() as session:
+        table = read_faces(session)
+    for rows, raw_page in _raw_pages(vectors, raw, table):
+        vectors.upsert(raw, table.ids[rows], raw_page, _payloads(table, rows))
+    return len(table)
+
+
+# --- the use case ---------------------------------------------------------------------------------------
+
+
+def regenerate_embeddings(context: PipelineContext, vectors: VectorStore, *, mode: str = "auto") -> RegenerateReport:
+    """Choose the active space (see the module doc), fill its collection, switch atomically, report."""
+    if mode not in MODES:
+        raise InvalidInput(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    started = time.perf_counter()
+    report = RegenerateReport(mode)
+    with context.db.session() as session:
+        row = active_space(session)
+        if row is None:
+            report.message = "no faces yet: nothing to regenerate"
+            return report
+        active = SpaceRef.of(row)
+        raw_row = (
+            row
+            if not active.is_projection
+            else session.scalar(select(EmbeddingSpaceRow).where(EmbeddingSpaceRow.name == active.base_space))
+        )
+        if raw_row is None:
+            raise InvalidInput(f"the active space {active.name} names an unknown base space {active.base_space!r}")
+        raw = SpaceRef.of(raw_row)
+        target, why = _choose_target(session, context.settings, mode, active, raw)
+
+    if target.is_projection:
+        sync_projection(context, vectors, target, raw.name, report)
+    elif active.is_projection:  # back to raw: its payloads stood still while the projection was active
+        report.payloads_refreshed = refresh_raw_payloads(context, vectors, raw.name)
+    if target.name != active.name:
+        report.previous_space = switch_active_space(context.db, target.name)
+        report.switched = True
+        if active.is_projection:
+            vectors.drop_collection(active.name)
+            report.dropped_collection = active.name
+    report.active_space = target.name
+    report.message = _message(report, why)
+    report.seconds = time.perf_counter() - started
+    log.info("regenerated embeddings: %s", report.message)
+    return report
+
+
+def _message(report: RegenerateReport, why: str) -> str:
+    head = f"switched to {report.active_space} ({why}; was {report.previous_space})" if report.switched else why
+    if report.projected or report.removed or report.unchanged:
+        head += f"; {report.projected} vectors projected, {report.removed} removed, {report.unchanged} unchanged"
+    return head

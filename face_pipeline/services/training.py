@@ -1,0 +1,452 @@
+"""Learning from labels: train a projection head on the users' labels, gate it, register the checkpoint.
+
+`read_training_set` takes every face a user named (and every face a user rejected for someone) with its raw
+vector; `train_checkpoint` trains `domain.projection.train_projection` on them, which measures the head
+against the raw space on people it never trained on and says whether to promote it. Either way the
+checkpoint is kept (weights + JSON metadata under FACE_DATA_DIR/checkpoints) and registered as an
+`embedding_spaces` row: status `candidate` when promoted (services/regenerate.py makes it active),
+`rejected` with its figures otherwise. Too few labels raise `TooFewLabels` and leave nothing behind.
+
+Thresholds of a projected space. Cosines change scale under a projection, so the space gets its own
+person threshold, margin and cluster eps, chosen on the validation pairs the gate used (held-out faces):
+
+- person threshold and cluster eps keep the false-accept rate they have in the raw space. The raw value's
+  rate is measured on the validation pairs (share of different-person pairs scoring at or above it) and
+  `assignment.choose_threshold` finds the projected cosine with the same rate. When fewer than
+  `MIN_TAIL_PAIRS` stranger pairs score above the raw value (a small validation set cannot measure a rate
+  of 1e-4), the rate is matched by z-score instead: the same number of standard deviations above the
+  mean stranger score in both spaces; should that accept no same-person pair where the raw value
+  accepted some, the value just above the highest stranger pair is taken.
+- the margin (a difference of two scores) is scaled by the ratio of the stranger scores' spreads.
+
+`train_and_reassign_stage` is one label -> train -> reassign round for the evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from face_pipeline.domain.assignment import SpaceThresholds, choose_threshold, rates_at, thresholds_for_space
+from face_pipeline.domain.projection import (
+    NotEnoughLabels,
+    TrainingConfig,
+    TrainingResult,
+    check_enough_labels,
+    project,
+    resolve_device,
+    save_checkpoint,
+    train_projection,
+)
+from face_pipeline.domain.verification import UNLABELLED, EvaluationPlan, pair_scores, split_by_identity
+from face_pipeline.services.clustering import (
+    AssignReport,
+    CentroidReport,
+    ClusterReport,
+    NoActiveSpace,
+    assign_known_faces,
+    cluster_unknown_faces,
+    compute_person_centroids,
+)
+from face_pipeline.services.context import PipelineContext
+from face_pipeline.services.errors import InvalidInput
+from face_pipeline.services.regenerate import RegenerateReport, regenerate_embeddings, stored_checkpoint_path
+from face_pipeline.services.spaces import active_space
+from face_pipeline.settings import Settings
+from face_pipeline.storage.db import Database
+from face_pipeline.storage.models import EmbeddingSpaceRow, FaceInstance, FaceRejection, SpaceStatus
+from face_pipeline.storage.vectors import VectorStore, VectorStoreError
+
+log = logging.getLogger(__name__)
+
+PROJECTION = "projection"
+MIN_TAIL_PAIRS = 10  # stranger pairs above a raw threshold needed to measure its false-accept rate directly
+_DEFAULTS = TrainingConfig()
+_CONFIRMED = FaceInstance.user_confirmed.is_(True) & FaceInstance.person_id.is_not(None)
+
+
+class TooFewLabels(InvalidInput, NotEnoughLabels):
+    """Not enough people have enough labelled faces; nothing was trained or written."""
+
+
+# --- what training reads -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """Labelled faces (plus faces rejected for someone) with their raw vectors, in face id order."""
+
+    base_space: str  # the raw model's space the head reads
+    model_name: str
+    base_thresholds: SpaceThresholds
+    face_ids: np.ndarray  # (n,) int64, ascending
+    vectors: np.ndarray  # (n, d) float32, raw
+    labels: np.ndarray  # (n,) int64: index into person_ids, UNLABELLED for faces only rejected
+    person_ids: np.ndarray  # (P,) object
+    rejections: np.ndarray  # (m, 2) int64 rows (face row, person label): "this face is not that person"
+
+    @property
+    def label_count(self) -> int:
+        return int((self.labels != UNLABELLED).sum())
+
+
+def base_space_row(session: Session) -> EmbeddingSpaceRow:
+    """The raw model's space under the active one (the active space itself when it is raw)."""
+    active = active_space(session)
+    if active is None:
+        raise NoActiveSpace()
+    if active.kind != PROJECTION:
+        return active
+    base = session.scalar(select(EmbeddingSpaceRow).where(EmbeddingSpaceRow.name == active.base_space))
+    if base is None:
+        raise InvalidInput(f"the active space {active.name} names base space {active.base_space!r}, which is unknown")
+    return base
+
+
+def _too_few(exc: NotEnoughLabels) -> TooFewLabels:
+    return TooFewLabels(
+        f"not enough labels to train: {exc}; name more faces (`faces label`, or the review page) and train again"
+    )
+
+
+def _require(labels: np.ndarray) -> int:
+    try:
+        return check_enough_labels(labels, _DEFAULTS.min_people, _DEFAULTS.min_faces_per_person)
+    except NotEnoughLabels as exc:
+        raise _too_few(exc) from None
+
+
+def require_enough_labels(db: Database) -> int:
+    """The number of people with enough labelled faces; TooFewLabels (SQL only, cheap) when too few."""
+    with db.session() as session:
+        people = session.scalars(select(FaceInstance.person_id).where(_CONFIRMED)).all()
+    _, labels = np.unique(np.array(people, dtype=object), return_inverse=True)
+    return _require(labels.astype(np.int64))
+
+
+def read_training_set(context: PipelineContext, vectors: VectorStore) -> TrainingSet:
+    """Every user-confirmed face and every rejected face, with raw vectors. Raises TooFewLabels before
+    reading any vector when fewer than 5 people have 5+ labelled faces (the design note's minimum)."""
+    with context.db.session() as session:
+        base = base_space_row(session)
+        labelled = session.execute(select(FaceInstance.id, FaceInstance.person_id).where(_CONFIRMED)).all()
+        rejected = session.execute(select(FaceRejection.face_id, FaceRejection.person_id)).all()
+    labelled_ids = np.array([r.id for r in labelled], dtype=np.int64)
+    person_ids, labelled_labels = _labels_by_first_face(labelled_ids, [r.person_id for r in labelled])
+    _require(labelled_labels)
+
+    # A rejection is usable only against a person who has labelled faces (the person needs a label index).
+    label_of = {pid: i for i, pid in enumerate(person_ids.tolist())}
+    rejections = [(r.face_id, label_of[r.person_id]) for r in rejected if r.person_id in label_of]
+    rejected_ids = np.array([f for f, _ in rejections], dtype=np.int64)
+    rejected_people = np.array([p for _, p in rejections], dtype=np.int64)
+    only_rejected = np.setdiff1d(rejected_ids, labelled_ids)
+    face_ids = np.concatenate([labelled_ids, only_rejected])
+    labels = np.concatenate([labelled_labels, np.full(only_rejected.size, UNLABELLED, np.int64)])
+    order = np.argsort(face_ids)
+    face_ids, labels = face_ids[order], labels[order]
+    rejection_rows = np.stack([np.searchsorted(face_ids, rejected_ids), rejected_people], axis=1).astype(np.int64)
+    try:
+        raw = vectors.fetch(base.name, face_ids)
+    except VectorStoreError as exc:
+        raise InvalidInput(f"raw vectors of labelled faces are missing ({exc}); re-run `faces backfill`") from None
+    return TrainingSet(
+        base_space=base.name,
+        model_name=base.model_name,
+        base_thresholds=_row_thresholds(base),
+        face_ids=face_ids,
+        vectors=raw.astype(np.float32, copy=False),
+        labels=labels,
+        person_ids=person_ids,
+        rejections=rejection_rows,
+    )
+
+
+def _labels_by_first_face(face_ids: np.ndarray, people: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(person ids, (n,) label of each face), people numbered by their first labelled face, not by their random
+    uuid: the identity split then depends on the labels alone, so the same labels train the same head."""
+    person_ids, inverse = np.unique(np.array(people, dtype=object), return_inverse=True)
+    first = np.full(person_ids.size, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, inverse, face_ids)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return person_ids[order], rank[inverse].astype(np.int64)
+
+
+def _row_thresholds(row: EmbeddingSpaceRow) -> SpaceThresholds:
+    if row.person_threshold is None or row.person_margin is None or row.cluster_eps is None:
+        return thresholds_for_space(row.name)
+    return SpaceThresholds(row.person_threshold, row.person_margin, row.cluster_eps)
+
+
+def training_config(
+    settings: Settings,
+    *,
+    epochs: int | None = None,
+    margin: float | None = None,
+    learning_rate: float | None = None,
+    batch_size: int | None = None,
+    device: str | None = None,
+) -> TrainingConfig:
+    """FACE_TRAINING_EPOCHS, FACE_TRIPLET_MARGIN, FACE_LEARNING_RATE, FACE_BATCH_SIZE, FACE_DEVICE, each
+    overridable (CLI options, Dagster run config)."""
+    try:
+        return TrainingConfig(
+            epochs=epochs or settings.training_epochs,
+            margin=margin if margin is not None else settings.triplet_margin,
+            learning_rate=learning_rate or settings.learning_rate,
+            batch_size=batch_size or settings.batch_size,
+            device=device or settings.device,  # type: ignore[arg-type]
+        )
+    except ValueError as exc:  # e.g. FACE_BATCH_SIZE below one batch of 2 people x 4 faces
+        raise InvalidInput(f"{exc} (FACE_TRAINING_EPOCHS, FACE_TRIPLET_MARGIN, FACE_BATCH_SIZE, ...)") from None
+
+
+# --- thresholds of the projected space ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    projected: SpaceThresholds
+    facts: dict[str, Any]  # JSON: the rule used and the rates of both spaces on the validation pairs
+
+
+def map_thresholds(
+    raw_scores: np.ndarray, projected_scores: np.ndarray, same: np.ndarray, raw: SpaceThresholds
+) -> ThresholdChoice:
+    """The projected space's thresholds from the same pairs scored in both spaces (see the module doc).
+
+    raw_scores, projected_scores: (m,) cosines of the same pairs; same: (m,) bool, same person.
+    """
+    diff_raw, diff_proj = raw_scores[~same], projected_scores[~same]
+    same_proj = projected_scores[same]
+    spread_raw, spread_proj = float(diff_raw.std()), float(diff_proj.std())
+    if same_proj.size == 0 or diff_raw.size < 2 or spread_raw <= 0.0:
+        return ThresholdChoice(raw, {"rule": "raw values kept: no usable validation pairs"})
+
+    same_raw = raw_scores[same]
+
+    def mapped(raw_cosine: float) -> tuple[float, str, float]:
+        tail = int((diff_raw >= raw_cosine).sum())
+        if tail >= MIN_TAIL_PAIRS:
+            far = tail / diff_raw.size
+            return choose_threshold(same_proj, diff_proj, far), "same false-accept rate", far
+        z = (raw_cosine - float(diff_raw.mean())) / spread_raw
+        estimate = float(diff_proj.mean()) + z * spread_proj
+        if (same_raw >= raw_cosine).any() and not (same_proj >= estimate).any():
+            # The extrapolation overshot: a value that accepted some same-person pairs must not become one that
+            # accepts none. Fall back to just above the highest stranger pair (no validation stranger accepted).
+            return choose_threshold(same_proj, diff_proj, 0.0), "above every stranger pair", tail / diff_raw.size
+        return estimate, "same z-score over strangers", tail / diff_raw.size
+
+    threshold, threshold_rule, far = mapped(raw.threshold)
+    link, eps_rule, _ = mapped(1.0 - raw.cluster_eps)
+    projected = SpaceThresholds(
+        threshold=round(float(np.clip(threshold, -1.0, 1.0)), 4),
+        margin=round(float(np.clip(raw.margin * spread_proj / spread_raw, 0.0, 2.0)), 4),
+        cluster_eps=round(float(np.clip(1.0 - link, 1e-3, 2.0)), 4),
+    )
+    raw_rates = rates_at(raw.threshold, raw_scores[same], diff_raw)
+    projected_rates = rates_at(projected.threshold, same_proj, diff_proj)
+    facts = {
+        "threshold_rule": threshold_rule,
+        "cluster_eps_rule": eps_rule,
+        "margin_rule": "scaled by the stranger-score spread",
+        "validation_pairs": {"same": int(same.sum()), "different": int(diff_raw.size)},
+        "raw": {**_as_dict(raw), "far": raw_rates[0], "frr": raw_rates[1], "far_measured": far},
+        "projected": {**_as_dict(projected), "far": projected_rates[0], "frr": projected_rates[1]},
+    }
+    return ThresholdChoice(projected, facts)
+
+
+def _as_dict(t: SpaceThresholds) -> dict[str, float]:
+    return {"threshold": t.threshold, "margin": t.margin, "cluster_eps": t.cluster_eps}
+
+
+def _choose_thresholds(data: TrainingSet, result: TrainingResult) -> ThresholdChoice:
+    """Rebuild the gate's validation pairs (same split and seed as train_projection) and map the raw
+    space's thresholds onto the projected space."""
+    config = result.config
+    split = split_by_identity(
+        data.labels,
+        config.val_fraction,
+        config.seed,
+        holdout_fraction=config.holdout_fraction,
+        gallery_size=config.gallery_size,
+    )
+    plan = EvaluationPlan.build(
+        split,
+        data.labels,
+        far=config.far,
+        open_set_far=config.open_set_far,
+        max_pairs=config.max_eval_pairs,
+        seed=config.seed,
+    )
+    evaluation = split.evaluation
+    raw = data.vectors[evaluation]
+    raw = raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
+    projected = project(data.vectors[evaluation], result.state_dict, device="cpu")
+    return map_thresholds(
+        pair_scores(raw, plan.pair_i, plan.pair_j),
+        pair_scores(projected, plan.pair_i, plan.pair_j),
+        plan.pair_same,
+        data.base_thresholds,
+    )
+
+
+# --- training and registering ---------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingReport:
+    space: str
+    base_space: str
+    status: str  # candidate (promoted, not active yet) | rejected
+    promote: bool
+    reason: str
+    checkpoint: str  # weights; the JSON metadata sits beside it
+    thresholds: SpaceThresholds  # of the projected space
+    raw_thresholds: SpaceThresholds
+    figures: dict[str, tuple[float, float]]  # validation figure -> (raw, projected)
+    losses: list[float]  # mean triplet loss per epoch, 1..n
+    val_tar: list[float]  # validation TAR@FAR per epoch, 0 (untrained) ..n
+    best_epoch: int
+    seconds: float
+    device: str
+    label_count: int
+    counts: dict[str, int] = field(default_factory=dict)
+    threshold_facts: dict[str, Any] = field(default_factory=dict)
+
+
+def new_space_name(base_space: str) -> str:
+    """`<base>.proj-<UTC time>-<6 hex>`: sorts by time, unique, a valid collection and file name."""
+    return f"{base_space}.proj-{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+
+
+def train_checkpoint(
+    context: PipelineContext, data: TrainingSet, config: TrainingConfig | None = None
+) -> TrainingReport:
+    """Train, gate, choose the projected space's thresholds, save the checkpoint, register the row."""
+    config = config or training_config(context.settings)
+    try:
+        resolve_device(config.device)
+    except (RuntimeError, ValueError) as exc:  # e.g. FACE_DEVICE=cuda on a machine without a GPU
+        raise InvalidInput(str(exc)) from None
+    try:
+        result = train_projection(data.vectors, data.labels, data.rejections, config)
+    except NotEnoughLabels as exc:
+        raise _too_few(exc) from None
+    choice = _choose_thresholds(data, result)
+    name = new_space_name(data.base_space)
+    path = context.settings.checkpoints_dir / f"{name}.pt"
+    metrics = {**result.summary(), "thresholds": choice.facts, "label_count": data.label_count}
+    # Files first, row second: a crash leaves an unused file, never a row that points at nothing.
+    save_checkpoint(
+        result,
+        path,
+        base_space=data.base_space,
+        extra={
+            "space": name,
+            "model_name": data.model_name,
+            "label_count": data.label_count,
+            "thresholds": choice.facts,
+        },
+    )
+    status = SpaceStatus.CANDIDATE if result.promote else SpaceStatus.REJECTED
+    with context.db.session() as session:
+        session.add(
+            EmbeddingSpaceRow(
+                name=name,
+                kind=PROJECTION,
+                model_name=data.model_name,
+                dim=result.spec.out_dim,
+                base_space=data.base_space,
+                checkpoint_path=stored_checkpoint_path(context.settings, path),
+                status=status,
+                person_threshold=choice.projected.threshold,
+                person_margin=choice.projected.margin,
+                cluster_eps=choice.projected.cluster_eps,
+                label_count=data.label_count,
+                metrics=metrics,
+            )
+        )
+    log.info("checkpoint %s: %s (%s)", name, status, result.promote_reason)
+    return TrainingReport(
+        space=name,
+        base_space=data.base_space,
+        status=str(status),
+        promote=result.promote,
+        reason=result.promote_reason,
+        checkpoint=str(path),
+        thresholds=choice.projected,
+        raw_thresholds=data.base_thresholds,
+        figures=_figures(result),
+        losses=[r.train_loss for r in result.history[1:]],
+        val_tar=[r.val_tar for r in result.history],
+        best_epoch=result.best_epoch,
+        seconds=result.seconds,
+        device=result.device,
+        label_count=data.label_count,
+        counts=dict(result.counts),
+        threshold_facts=choice.facts,
+    )
+
+
+def _figures(result: TrainingResult) -> dict[str, tuple[float, float]]:
+    raw, projected = result.raw, result.projected
+    return {
+        f"TAR@FAR={raw.verification.far:g}": (raw.verification.tar, projected.verification.tar),
+        "unseen-people TAR": (raw.verification_unseen.tar, projected.verification_unseen.tar),
+        "prototype accuracy": (raw.identification.accuracy, projected.identification.accuracy),
+        f"open-set rate@{raw.identification.open_set_far:g}": (
+            raw.identification.open_set_rate,
+            projected.identification.open_set_rate,
+        ),
+    }
+
+
+# --- one evaluation round -------------------------------------------------------------------------------
+
+
+@dataclass
+class StageReport:
+    """One label -> train -> reassign round (the labelling is the caller's)."""
+
+    training: TrainingReport
+    regenerate: RegenerateReport
+    centroids: CentroidReport
+    assignments: AssignReport
+    clusters: ClusterReport
+
+
+def train_and_reassign_stage(
+    context: PipelineContext,
+    *,
+    epochs: int | None = None,
+    margin: float | None = None,
+    learning_rate: float | None = None,
+    person_threshold: float | None = None,
+    use_trained_model: bool = True,
+) -> StageReport:
+    """Train on the current labels, switch to the newest promoted checkpoint (if any; the raw space stays
+    active otherwise), then rebuild prototypes, assign known people and cluster the rest, exactly as
+    `faces train-matching` followed by `faces reassign [--use-trained-model]`, without Dagster.
+
+    Raises TooFewLabels (nothing changed) below 5 people x 5 labelled faces.
+    """
+    config = training_config(context.settings, epochs=epochs, margin=margin, learning_rate=learning_rate)
+    with context.vectors() as vectors:
+        training = train_checkpoint(context, read_training_set(context, vectors), config)
+        regenerate = regenerate_embeddings(context, vectors, mode="trained" if use_trained_model else "raw")
+        centroids = compute_person_centroids(context, vectors)
+        assignments = assign_known_faces(context, vectors, person_threshold=person_threshold)
+        clusters = cluster_unknown_faces(context, vectors)
+    return StageReport(training, regenerate, centroids, assignments, clusters)

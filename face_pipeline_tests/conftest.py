@@ -1,0 +1,97 @@
+"""Shared fixtures: real photo folders, throwaway SQLite/PostgreSQL databases, pipeline settings."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import create_engine, text
+
+REPO = Path(__file__).resolve().parents[1]
+POSTGRES_ADMIN_URL = os.environ.get("FACE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def datasets_root() -> Path:
+    return Path(os.environ.get("FACE_TEST_DATASETS", REPO.parent / "shared" / "datasets"))
+
+
+def dataset(name: str) -> Path:
+    path = datasets_root() / name
+    if not path.is_dir():
+        pytest.skip(f"dataset {name} not found at {path} (set FACE_TEST_DATASETS to the shared datasets folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def lfw_mini() -> Path:
+    return dataset("lfw-mini")
+
+
+@pytest.fixture(scope="session")
+def lfw_dev() -> Path:
+    return dataset("lfw-dev")
+
+
+@pytest.fixture(scope="session")
+def lfw_dev_embeddings(lfw_dev: Path) -> dict[str, np.ndarray]:
+    """Real dlib embeddings of every lfw-dev photo's main face (cached under .cache/, built on first use)."""
+    from face_pipeline_tests.lfw_cache import load_or_build
+
+    return load_or_build(lfw_dev, REPO / ".cache" / "lfw-dev-dlib.npz")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The admin URL of the local PostgreSQL server; tests needing it fail loudly if it is down."""
+    engine = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("select 1"))
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        pytest.fail(f"PostgreSQL at {POSTGRES_ADMIN_URL} is not reachable: {exc}")
+    finally:
+        engine.dispose()
+    return POSTGRES_ADMIN_URL
+
+
+@contextmanager
+def throwaway_database(admin_url: str, prefix: str = "fp_test") -> Iterator[str]:
+    """A new, empty PostgreSQL database; dropped (even with connections still open) on exit."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A throwaway database, dropped after the test."""
+    with throwaway_database(postgres_server) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test using it runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'faces.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(scope="session")
+def dlib_embedder():  # -> face_pipeline.vision.dlib_embedder.DlibEmbedder
+    """One dlib embedder for the whole run, so its models load once (~1 s), on first use."""
+    from face_pipeline.vision.dlib_embedder import DlibEmbedder
+
+    return DlibEmbedder()

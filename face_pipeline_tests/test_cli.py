@@ -1,0 +1,71 @@
+"""The `face-pipeline` CLI: backfill through Dagster (visible in run history), stats, clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from typer.testing import CliRunner
+
+from face_pipeline.cli import app
+from face_pipeline_tests.photo_corpus import copy_people
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, lfw_mini: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    photos = tmp_path / "photos"
+    copy_people(lfw_mini, photos, people=2, photos_each=2)
+    monkeypatch.setenv("FACE_PHOTOS_DIR", str(photos))
+    monkeypatch.setenv("FACE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_backfill_runs_through_dagster_and_stats_reports_it(cli_env: Path):
+    result = runner.invoke(app, ["faces", "backfill", "--limit", "3"])
+    assert result.exit_code == 0, result.output
+    assert "4 files, 4 new" in result.output and "in 3 photos" in result.output
+
+    with dg.DagsterInstance.from_config(str(cli_env / "dagster_home")) as instance:
+        runs = instance.get_runs()
+    assert len(runs) == 1 and runs[0].tags["launched_by"] == "face-pipeline CLI"
+
+    result = runner.invoke(app, ["faces", "stats"])
+    assert result.exit_code == 0, result.output
+    assert "done 3" in result.output and "pending 1" in result.output
+    assert "active space: dlib_resnet_v1" in result.output
+
+
+def test_bad_argument_is_one_line_and_changes_nothing(cli_env: Path):
+    result = runner.invoke(app, ["faces", "backfill", "--limit", "0"])
+    assert result.exit_code == 2
+    assert "--limit" in result.output
+    assert not (cli_env / "data").exists()
+
+
+def test_bad_setting_is_one_line_naming_the_variable(cli_env: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("FACE_DEVICE", "tpu")
+    result = runner.invoke(app, ["faces", "stats"])
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0 and "FACE_DEVICE='tpu'" in result.output
+
+
+def test_missing_photos_folder_is_one_line(cli_env: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("FACE_PHOTOS_DIR", str(cli_env / "nowhere"))
+    result = runner.invoke(app, ["faces", "backfill"])
+    assert result.exit_code == 2
+    last_line = result.output.strip().splitlines()[-1]
+    assert last_line.startswith("error: ") and "photos folder not found" in last_line
+
+
+def test_module_entry_point_prints_help():
+    completed = subprocess.run(
+        [sys.executable, "-m", "face_pipeline.cli", "faces", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert completed.returncode == 0 and "backfill" in completed.stdout

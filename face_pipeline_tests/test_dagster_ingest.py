@@ -1,0 +1,49 @@
+"""Dagster: definitions load, and both ingest assets materialise in a temporary DAGSTER_HOME."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+
+from face_pipeline.defs.ingest_assets import detected_faces, photo_catalog
+from face_pipeline.defs.resources import FacePipelineResource
+from face_pipeline_tests.photo_corpus import copy_people
+
+
+def test_definitions_load():
+    from face_pipeline.definitions import defs
+
+    dg.Definitions.validate_loadable(defs)
+    assert defs.resolve_job_def("ingest") is not None
+    keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert {"photo_catalog", "detected_faces"} <= keys
+
+
+def test_materialize_catalog_and_detection(tmp_path: Path, lfw_mini: Path):
+    photos = tmp_path / "photos"
+    copy_people(lfw_mini, photos, people=2, photos_each=3)
+    resource = FacePipelineResource(photos_dir=str(photos), data_dir=str(tmp_path / "data"))
+    (tmp_path / "dagster_home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
+        result = dg.materialize(
+            [photo_catalog, detected_faces],
+            instance=instance,
+            resources={"face_pipeline": resource},
+            run_config={"ops": {"detected_faces": {"config": {"limit": 4}}}},
+        )
+        assert result.success
+        catalog = result.asset_materializations_for_node("photo_catalog")[0].metadata
+        detected = result.asset_materializations_for_node("detected_faces")[0].metadata
+        assert catalog["new"].value == 6
+        assert detected["photos"].value == 4 and detected["faces"].value >= 4
+        assert detected["space"].value == "dlib_resnet_v1"
+        assert "dlib" in str(detected["model_space"].value)
+
+        again = dg.materialize(
+            [photo_catalog, detected_faces], instance=instance, resources={"face_pipeline": resource}
+        )
+        detected = again.asset_materializations_for_node("detected_faces")[0].metadata
+        assert detected["photos"].value == 2  # only what the limit left pending
+        runs = instance.get_runs()
+        assert len(runs) == 2

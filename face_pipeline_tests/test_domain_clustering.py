@@ -1,0 +1,337 @@
+"""Unsupervised mode: the k-NN graph, the clustering methods, the baselines, and stable cluster names."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from face_pipeline.domain.assignment import thresholds_for_space
+from face_pipeline.domain.clustering import (
+    NOISE,
+    UnknownFaceClusterer,
+    cluster_unknown,
+    drop_weak_members,
+    immich_baseline,
+    plain_hdbscan_baseline,
+    relabel_by_size,
+)
+from face_pipeline.domain.metrics import evaluate_clustering
+from face_pipeline.domain.naming import (
+    cluster_ids,
+    noise_cluster_id,
+    parse_cluster_id,
+    person_cluster_id,
+    stable_cluster_numbers,
+    unknown_cluster_id,
+)
+from face_pipeline.domain.neighbors import MISSING, knn_graph
+from face_pipeline.domain.synthetic import synthetic_faces
+
+
+@pytest.fixture(scope="module")
+def library() -> tuple[np.ndarray, np.ndarray]:
+    return synthetic_faces(3000, seed=7)
+
+
+def unit(rows: list[list[float]]) -> np.ndarray:
+    x = np.asarray(rows, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def on_circle(degrees: list[float], dim: int = 4) -> np.ndarray:
+    t = np.radians(np.asarray(degrees))
+    x = np.zeros((len(t), dim), np.float32)
+    x[:, 0], x[:, 1] = np.cos(t), np.sin(t)
+    return x
+
+
+# --- synthetic generator ----------------------------------------------------------------------------
+
+
+def test_synthetic_faces_look_like_a_photo_library() -> None:
+    vectors, identities = synthetic_faces(4000, dim=512, seed=3)
+    assert vectors.dtype == np.float32 and vectors.shape == (4000, 512)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    _, sizes = np.unique(identities, return_counts=True)
+    assert (sizes == 1).mean() > 0.4 and sizes.max() >= 50  # many one-off people, a few big ones
+    rng = np.random.default_rng(0)
+    i, j = rng.integers(0, 4000, (2, 20_000))
+    cos = (vectors[i] * vectors[j]).sum(1)
+    same = (identities[i] == identities[j]) & (i != j)
+    assert 0.6 <= np.median(cos[same]) <= 0.75
+    assert abs(np.median(cos[~same]) - 0.05) < 0.03
+    again, _ = synthetic_faces(4000, dim=512, seed=3)
+    np.testing.assert_array_equal(vectors, again)
+
+
+# --- k-NN graph ---------------------------------------------------------------------------------------
+
+
+def test_exact_knn_graph_matches_brute_force() -> None:
+    vectors, _ = synthetic_faces(500, dim=32, seed=1)
+    graph = knn_graph(vectors, 5, method="exact")
+    sims = vectors @ vectors.T
+    np.fill_diagonal(sims, -np.inf)
+    expected = np.sort(sims, axis=1)[:, ::-1][:, :5]
+    np.testing.assert_allclose(graph.similarities, expected, atol=1e-5)
+    assert not (graph.indices == np.arange(500)[:, None]).any()  # never its own neighbour
+    assert graph.exact
+
+
+def test_ivf_knn_graph_finds_the_close_neighbours(library) -> None:
+    vectors, _ = library
+    exact = knn_graph(vectors, 10, method="exact")
+    approx = knn_graph(vectors, 10, method="ivf")
+    assert not approx.exact
+    found = (exact.indices[:, :, None] == approx.indices[:, None, :]).any(2)
+    strong = exact.similarities >= 0.5  # the edges clustering needs
+    assert found[strong].mean() >= 0.95
+    assert not (approx.indices == np.arange(len(vectors))[:, None]).any()
+
+
+def test_knn_graph_handles_tiny_inputs_and_bad_parameters() -> None:
+    graph = knn_graph(unit([[1, 0], [0, 1], [1, 1]]), 10)
+    assert graph.indices.shape == (3, 2) and (graph.indices != MISSING).all()
+    assert knn_graph(unit([[1, 0]]), 5).indices.shape == (1, 0)
+    with pytest.raises(ValueError, match="n_neighbors must be a positive integer, got 0"):
+        knn_graph(unit([[1, 0], [0, 1]]), 0)
+    with pytest.raises(ValueError, match="method must be 'auto', 'exact' or 'ivf', got 'hnsw'"):
+        knn_graph(unit([[1, 0], [0, 1]]), 1, method="hnsw")  # type: ignore[arg-type]
+
+
+# --- clustering -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [
+        ("hdbscan", {}),
+        ("hdbscan", {"knn_method": "ivf"}),
+        ("dbscan", {}),
+        ("agglomerative", {}),
+        ("agglomerative", {"linkage": "complete"}),
+    ],
+)
+def test_methods_reach_the_quality_floor(library, method, params) -> None:
+    vectors, identities = library
+    labels = cluster_unknown(vectors, method, min_cluster_size=3, eps=0.5, **params)
+    report = evaluate_clustering(identities, labels)
+    assert report.purity >= 0.95
+    assert report.bcubed_f1 >= 0.9
+    assert report.strangers_in_clusters <= 0.02
+
+
+def test_hdbscan_without_eps_is_plain_hdbscan_on_the_graph(library) -> None:
+    vectors, identities = library
+    report = evaluate_clustering(identities, cluster_unknown(vectors, eps=None))
+    assert report.bcubed_f1 >= 0.9
+
+
+def test_labels_are_numbered_by_size_and_small_groups_are_noise(library) -> None:
+    vectors, _ = library
+    clusterer = UnknownFaceClusterer(eps=0.5, min_cluster_size=4).fit(vectors)
+    labels = clusterer.labels_
+    sizes = np.bincount(labels[labels != NOISE])
+    assert clusterer.n_clusters_ == len(sizes)
+    assert (np.diff(sizes) <= 0).all() and sizes.min() >= 4
+    assert labels.dtype == np.int64 and clusterer.graph_.indices.shape[0] == len(vectors)
+
+
+def test_strangers_and_tiny_inputs_are_noise() -> None:
+    far_apart = np.eye(8, dtype=np.float32)
+    assert (cluster_unknown(far_apart, eps=0.5) == NOISE).all()
+    assert (cluster_unknown(far_apart[:2], eps=0.5) == NOISE).all()
+    assert cluster_unknown(np.empty((0, 8), np.float32)).shape == (0,)
+
+
+def test_a_stranger_hanging_on_one_link_is_dropped() -> None:
+    # a tight group of four, plus a face linked (within eps) to only one of them
+    # (eps 0.02 links faces less than 11.5 degrees apart: face 4 reaches face 3 only)
+    vectors = on_circle([0, 2, 4, 6, 16])
+    graph = knn_graph(vectors, 4)
+    kept = drop_weak_members(np.array([0, 0, 0, 0, 0]), graph, eps=0.02, min_links=2, min_cluster_size=3)
+    assert kept.tolist() == [0, 0, 0, 0, NOISE]
+    # clusters that fall under min_cluster_size dissolve entirely
+    assert (drop_weak_members(np.array([0, 0, 1, 1, 1]), graph, 0.02, 2, 3) == NOISE).all()
+
+
+def test_relabel_by_size() -> None:
+    assert relabel_by_size(np.array([5, 5, 9, 9, 9, 2, NOISE]), 2).tolist() == [1, 1, 0, 0, 0, NOISE, NOISE]
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"method": "kmeans"}, "method must be one of"),
+        ({"min_cluster_size": 1}, "min_cluster_size must be an integer >= 2, got 1"),
+        ({"min_samples": 1}, "min_samples must be an integer >= 2, got 1"),
+        ({"eps": 0.0}, r"eps must be a cosine distance in \(0, 2\], got 0.0"),
+        ({"eps": 3}, "eps must be a cosine distance"),
+        ({"method": "dbscan", "eps": None}, "eps is required for method 'dbscan'"),
+        ({"min_links": 3, "eps": 0.5}, r"min_links must be below min_cluster_size \(3\), got 3"),
+        ({"n_neighbors": 0}, "n_neighbors must be a positive integer, got 0"),
+        ({"linkage": "ward", "eps": 0.5}, "linkage must be"),
+    ],
+)
+def test_bad_parameters_are_refused(params, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        UnknownFaceClusterer(**params).fit(np.eye(4, dtype=np.float32))
+
+
+def test_bad_vectors_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"2-D array \(n, d\), got shape \(4,\)"):
+        cluster_unknown(np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        cluster_unknown(np.full((4, 2), np.nan, np.float32))
+
+
+# --- baselines ----------------------------------------------------------------------------------------
+
+
+def test_immich_baseline_follows_immichs_order_and_deferral() -> None:
+    # 0, 1, 2 within 0.06 of each other (core); 3 near 2 only (deferred, joins later); 4 alone;
+    # 5 and 6 only near each other: deferred, and no person to join, so alone.
+    vectors = on_circle([0, 5, 10, 25, 0, 0, 0])
+    vectors[4] = [0, 0, 1, 0]
+    vectors[5], vectors[6] = unit([[0, 0, 0, 1], [0, 0, 0.087, 1]])
+    labels = immich_baseline(vectors, max_distance=0.06, min_faces=3)
+    assert labels.tolist() == [0, 0, 0, 0, NOISE, NOISE, NOISE]
+    with pytest.raises(ValueError, match="max_distance must be a cosine distance"):
+        immich_baseline(vectors, max_distance=0)
+
+
+def test_plain_hdbscan_baseline_runs(library) -> None:
+    vectors, identities = library
+    labels = plain_hdbscan_baseline(vectors[:600], min_cluster_size=3)
+    assert labels.shape == (600,) and (labels >= NOISE).all()
+    assert evaluate_clustering(identities[:600], labels).purity >= 0.9
+
+
+@pytest.mark.slow
+def test_real_lfw_dlib_vectors_beat_both_baselines(lfw_dev_embeddings: dict[str, np.ndarray]) -> None:
+    data = lfw_dev_embeddings
+    vectors, identities = data["vectors"], data["identities"]
+    ours = evaluate_clustering(
+        identities, cluster_unknown(vectors, eps=thresholds_for_space("dlib_resnet_v1").cluster_eps)
+    )
+    immich = evaluate_clustering(identities, immich_baseline(vectors, 0.06))
+    assert ours.purity >= 0.95 and ours.bcubed_f1 >= 0.89
+    assert ours.strangers_in_clusters < min(immich.strangers_in_clusters, 0.05)
+    if os.environ.get("FACE_TEST_PLAIN_HDBSCAN"):
+        plain = evaluate_clustering(identities, plain_hdbscan_baseline(vectors))
+        assert ours.bcubed_f1 > plain.bcubed_f1 and ours.purity > plain.purity
+
+
+# --- names ----------------------------------------------------------------------------------------------
+
+
+def test_cluster_ids_round_trip() -> None:
+    uuid = "a3f9b2c1-0d4e-4f5a-9b6c-7d8e9f001122"
+    assert parse_cluster_id(person_cluster_id(uuid)) == ("person", uuid)
+    assert parse_cluster_id(unknown_cluster_id(5)) == ("unknown", 5)
+    assert parse_cluster_id(noise_cluster_id(123)) == ("noise", "123")
+    assert unknown_cluster_id(np.int64(7)) == "unknown_cluster_7"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "unknown_cluster_",
+        "unknown_cluster_0",
+        "unknown_cluster_x",
+        "person_",
+        "cluster_5",
+        "unknown_noise_a_b",
+        "unknown_cluster_05",
+    ],
+)
+def test_parse_cluster_id_quotes_the_bad_value(bad) -> None:
+    with pytest.raises(ValueError, match=f"not a cluster id: '{bad}'"):
+        parse_cluster_id(bad)
+
+
+def test_cluster_id_builders_validate() -> None:
+    with pytest.raises(ValueError, match="cluster number must be an integer >= 1, got 0"):
+        unknown_cluster_id(0)
+    with pytest.raises(ValueError, match="person id must be letters"):
+        person_cluster_id("bad id")
+
+
+def test_cluster_ids_for_the_pool() -> None:
+    ids = cluster_ids(np.array([0, NOISE, 1]), np.array([10, 11, 12]), np.array([7, 3]))
+    assert ids.tolist() == ["unknown_cluster_7", "unknown_noise_11", "unknown_cluster_3"]
+
+
+def numbers_for(labels, faces, previous, next_free=100):
+    return stable_cluster_numbers(np.array(labels), np.array(faces), previous, next_free)
+
+
+def test_a_growing_or_shrinking_cluster_keeps_its_number() -> None:
+    grown, next_free = numbers_for([0] * 5, [1, 2, 3, 4, 5], {1: 3, 2: 3, 3: 3})
+    assert grown.tolist() == [3] and next_free == 100
+    # seven of ten faces were deleted; the three left still are cluster 3
+    shrunk, _ = numbers_for([0, 0, 0], [1, 2, 3], {i: 3 for i in range(1, 11)})
+    assert shrunk.tolist() == [3]
+
+
+def test_a_split_cluster_leaves_its_number_to_the_larger_part() -> None:
+    previous = {i: 5 for i in range(10)}
+    numbers, next_free = numbers_for([1] * 4 + [0] * 6, list(range(10)), previous)
+    assert numbers.tolist() == [5, 100] and next_free == 101
+
+
+def test_merged_clusters_keep_the_number_they_share_most_with() -> None:
+    previous = {**{i: 5 for i in range(4)}, **{i: 7 for i in range(4, 10)}}
+    numbers, _ = numbers_for([0] * 10, list(range(10)), previous)
+    assert numbers.tolist() == [7]
+
+
+def test_a_few_leaked_faces_do_not_carry_a_number_and_numbers_are_never_reused() -> None:
+    # old 9 = faces 0..9; now 1..9 form cluster 1, face 0 ended in a big new cluster 0 of strangers
+    # old 4 = faces 50..52, now all noise: 4 is retired, not handed to anyone
+    previous = {**{i: 9 for i in range(10)}, 50: 4, 51: 4, 52: 4}
+    faces = [0, *range(20, 39), *range(1, 10), 50, 51, 52]
+    labels = [0] * 20 + [1] * 9 + [NOISE] * 3
+    numbers, next_free = numbers_for(labels, faces, previous, next_free=12)
+    assert numbers.tolist() == [12, 9] and next_free == 13
+
+
+def test_stable_numbers_survive_a_rerun_with_added_and_removed_faces() -> None:
+    vectors, _ = synthetic_faces(3000, seed=11)
+    face_ids = np.arange(3000) + 1000
+    first = cluster_unknown(vectors, eps=0.5)
+    numbers, next_free = stable_cluster_numbers(first, face_ids, {}, 1)
+    assert sorted(numbers.tolist()) == list(range(1, next_free))
+    clustered = first != NOISE
+    previous = (face_ids[clustered], numbers[first[clustered]])
+
+    rng = np.random.default_rng(0)
+    keep = rng.random(3000) > 0.1  # 10% of the photos deleted ...
+    extra, _ = synthetic_faces(300, seed=12)  # ... 300 new faces (other people) added
+    vectors2 = np.concatenate([vectors[keep], extra])
+    face_ids2 = np.concatenate([face_ids[keep], np.arange(300) + 10_000])
+    second = cluster_unknown(vectors2, eps=0.5)
+    numbers2, next_free2 = stable_cluster_numbers(second, face_ids2, previous, next_free)
+    # a new cluster made of exactly the surviving faces of one old cluster (plus new faces) keeps its number
+    old_of_face = dict(zip(previous[0].tolist(), previous[1].tolist(), strict=True))
+    old_now = np.array([old_of_face.get(f, 0) for f in face_ids2.tolist()])
+    kept_right = total = 0
+    for label in range(int(second.max()) + 1):  # a loop over clusters
+        olds = set(old_now[(second == label) & (old_now > 0)].tolist())
+        if len(olds) == 1:
+            (old,) = olds
+            if ((old_now == old) <= (second == label)).all():  # all of the old cluster's faces are here
+                total += 1
+                kept_right += int(numbers2[label] == old)
+    assert total > 50 and kept_right == total
+    assert len(set(numbers2[numbers2 > 0].tolist())) == (numbers2 > 0).sum()  # one cluster per number
+    assert next_free2 >= next_free
+
+
+def test_stable_numbers_validate_their_inputs() -> None:
+    with pytest.raises(ValueError, match="next_free must exceed every previous number"):
+        numbers_for([0], [1], {1: 8}, next_free=8)
+    with pytest.raises(ValueError, match="same length"):
+        stable_cluster_numbers(np.array([0, 0]), np.array([1]), {}, 1)

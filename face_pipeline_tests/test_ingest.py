@@ -1,0 +1,157 @@
+"""Ingest end to end on real photos with the real dlib model: catalog, detection, SQL rows, vectors."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from face_pipeline.services.catalog import scan_photos
+from face_pipeline.services.context import PipelineContext
+from face_pipeline.services.detection import detect_pending_faces
+from face_pipeline.services.thumbnail_store import thumbnail_path
+from face_pipeline.settings import load_settings
+from face_pipeline.storage.models import FaceInstance, Image, ImageStatus
+from face_pipeline_tests.photo_corpus import copy_people, write_bad_inputs, write_odd_but_valid
+
+
+def ingest(context: PipelineContext, **kwargs: object):  # type: ignore[no-untyped-def]
+    scan = scan_photos(context.db, context.settings.photos_dir)
+    with context.vectors() as vectors:
+        return scan, detect_pending_faces(context.settings, context.db, vectors, **kwargs)  # type: ignore[arg-type]
+
+
+def make_context(tmp_path: Path, photos: Path, database_url: str | None = None, **overrides: object) -> PipelineContext:
+    settings = load_settings(
+        photos_dir=photos, data_dir=tmp_path / "data", database_url=database_url, embedder="dlib", **overrides
+    )
+    return PipelineContext.from_settings(settings)
+
+
+@pytest.fixture(scope="module")
+def mini_library(lfw_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipelineContext]:
+    """lfw-mini ingested once (2 worker processes), shared by the read-only tests below."""
+    context = make_context(tmp_path_factory.mktemp("mini"), lfw_mini, workers=2)
+    ingest(context)
+    yield context
+    context.close()
+
+
+def _identity_of_faces(context: PipelineContext, main_faces_only: bool = False) -> dict[int, str]:
+    """face id -> the photo's folder name; with main_faces_only, only each photo's largest face (LFW's
+    labelled face: others in the background are other people)."""
+    with context.db.session() as session:
+        rows = session.execute(
+            select(FaceInstance.id, FaceInstance.image_id, FaceInstance.bbox_w, Image.path).join(
+                Image, Image.id == FaceInstance.image_id
+            )
+        ).all()
+    largest: dict[int, tuple[int, int]] = {}
+    for row in rows:
+        if row.image_id not in largest or row.bbox_w > largest[row.image_id][1]:
+            largest[row.image_id] = (row.id, row.bbox_w)
+    main = {face_id for face_id, _ in largest.values()}
+    return {r.id: Path(r.path).parent.name for r in rows if not main_faces_only or r.id in main}
+
+
+def test_a_face_is_found_in_at_least_95_percent_of_lfw_mini(mini_library: PipelineContext):
+    with mini_library.db.session() as session:
+        photos = session.scalar(select(func.count()).select_from(Image))
+        with_faces = session.scalar(select(func.count()).where(Image.face_count > 0))
+        done = session.scalar(select(func.count()).where(Image.status == ImageStatus.DONE))
+    assert photos == 120 and done == 120
+    assert with_faces / photos >= 0.95
+
+
+def test_every_face_has_a_vector_and_a_thumbnail(mini_library: PipelineContext):
+    identities = _identity_of_faces(mini_library)
+    with mini_library.vectors() as vectors:
+        ids, matrix = vectors.fetch_all("dlib_resnet_v1")
+    assert sorted(identities) == ids.tolist()
+    assert matrix.dtype == np.float32 and matrix.shape == (len(ids), 128)
+    np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-4)
+    for face_id in ids.tolist():
+        assert thumbnail_path(mini_library.settings.thumbnails_dir, face_id).stat().st_size > 500
+
+
+def test_faces_of_one_person_are_closer_than_faces_of_different_people(mini_library: PipelineContext):
+    identities = _identity_of_faces(mini_library, main_faces_only=True)
+    with mini_library.vectors() as vectors:
+        ids = np.array(sorted(identities), dtype=np.int64)
+        matrix = vectors.fetch("dlib_resnet_v1", ids)
+    names = np.array([identities[i] for i in ids.tolist()])
+    cosine = matrix @ matrix.T
+    same = names[:, None] == names[None, :]
+    upper = np.triu(np.ones_like(same), k=1).astype(bool)
+    same_scores, different_scores = cosine[same & upper], cosine[~same & upper]
+    assert np.median(same_scores) - np.median(different_scores) > 0.08
+    # Ranking: a random same-person pair outscores a random different-person pair almost always.
+    auc = (same_scores[:, None] > different_scores[None, :]).mean()
+    assert auc > 0.97
+
+
+def test_second_backfill_is_a_no_op(mini_library: PipelineContext):
+    with mini_library.db.session() as session:
+        before = session.execute(select(FaceInstance.id, FaceInstance.updated_at)).all()
+    scan, detected = ingest(mini_library)
+    assert (scan.new, scan.changed, detected.photos, detected.faces) == (0, 0, 0, 0)
+    with mini_library.db.session() as session:
+        assert session.execute(select(FaceInstance.id, FaceInstance.updated_at)).all() == before
+
+
+def test_bad_files_are_skipped_with_reasons_and_the_run_goes_on(tmp_path: Path, lfw_mini: Path):
+    photos = tmp_path / "photos"
+    good = copy_people(lfw_mini, photos / "good", people=1, photos_each=3)
+    expected = write_bad_inputs(photos / "bad", good[0])
+    valid = write_odd_but_valid(photos / "odd", good[1])
+    context = make_context(tmp_path, photos)
+
+    scan, detected = ingest(context)
+    assert detected.photos == scan.new == len(good) + len(expected) + len(valid)
+    with context.db.session() as session:
+        rows = {Path(r.path).name: r for r in session.scalars(select(Image))}
+    for name, reason in expected.items():
+        assert rows[name].status == ImageStatus.SKIPPED, name
+        assert rows[name].skip_reason and any(w in rows[name].skip_reason.lower() for w in reason.split("|")), (
+            name,
+            rows[name].skip_reason,
+        )
+    for name in valid + [p.name for p in good]:
+        assert rows[name].status == ImageStatus.DONE, (name, rows[name].skip_reason)
+        assert rows[name].face_count >= 1, f"no face found in {name}"
+    assert (rows["rotated.JPG"].width, rows["rotated.JPG"].height) == (250, 250)
+    context.close()
+
+
+def test_changed_photo_gets_new_faces_and_old_vectors_go(tmp_path: Path, lfw_mini: Path, database_url: str):
+    photos = tmp_path / "photos"
+    copied = copy_people(lfw_mini, photos, people=2, photos_each=2)
+    context = make_context(tmp_path, photos, database_url)
+    ingest(context)
+    with context.db.session() as session:
+        old_ids = set(session.scalars(select(FaceInstance.id)))
+    shutil.copy(copied[-1], copied[0])  # same name, other content
+
+    scan, detected = ingest(context)
+    assert (scan.changed, detected.photos, detected.replaced_faces) == (1, 1, 1)
+    with context.db.session() as session:
+        new_ids = set(session.scalars(select(FaceInstance.id)))
+    with context.vectors() as vectors:
+        stored, _ = vectors.fetch_all("dlib_resnet_v1")
+    assert len(new_ids - old_ids) == 1 and len(old_ids - new_ids) == 1
+    assert set(stored.tolist()) == new_ids
+    context.close()
+
+
+def test_limit_processes_at_most_that_many_photos(tmp_path: Path, lfw_mini: Path):
+    photos = tmp_path / "photos"
+    copy_people(lfw_mini, photos, people=2, photos_each=4)
+    context = make_context(tmp_path, photos)
+    _, first = ingest(context, limit=3)
+    _, second = ingest(context)
+    assert (first.photos, second.photos) == (3, 5)
+    context.close()
