@@ -7,17 +7,11 @@ checkpoint is kept (weights + JSON metadata under FACE_DATA_DIR/checkpoints) and
 `embedding_spaces` row: status `candidate` when promoted (services/regenerate.py makes it active),
 `rejected` with its figures otherwise. Too few labels raise `TooFewLabels` and leave nothing behind.
 
-Thresholds of a projected space. Cosines change scale under a projection, so the space gets its own
-person threshold, margin and cluster eps, chosen on the validation pairs the gate used (held-out faces):
-
-- person threshold and cluster eps keep the false-accept rate they have in the raw space. The raw value's
-  rate is measured on the validation pairs (share of different-person pairs scoring at or above it) and
-  `assignment.choose_threshold` finds the projected cosine with the same rate. When fewer than
-  `MIN_TAIL_PAIRS` stranger pairs score above the raw value (a small validation set cannot measure a rate
-  of 1e-4), the rate is matched by z-score instead: the same number of standard deviations above the
-  mean stranger score in both spaces; should that accept no same-person pair where the raw value
-  accepted some, the value just above the highest stranger pair is taken.
-- the margin (a difference of two scores) is scaled by the ratio of the stranger scores' spreads.
+A checkpoint is promoted only when both gates pass: the head's own (pair TAR at a fixed FAR, nearest-prototype
+accuracy, `domain.projection.promotion_decision`) and the pipeline's (`domain.pipeline_check.pipeline_gate`):
+on held-out people, at the thresholds the projected space would run at, it must find more faces of named
+people without naming more strangers or making the unknown groups less pure. Those thresholds are chosen
+there too: the projected space keeps the raw space's error rates against prototypes and between strangers.
 
 `train_and_reassign_stage` is one label -> train -> reassign round for the evaluation.
 """
@@ -34,7 +28,8 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from face_pipeline.domain.assignment import SpaceThresholds, choose_threshold, rates_at, thresholds_for_space
+from face_pipeline.domain.assignment import SpaceThresholds, thresholds_for_space
+from face_pipeline.domain.pipeline_check import PipelineFigures, PipelineVerdict, pipeline_gate
 from face_pipeline.domain.projection import (
     NotEnoughLabels,
     TrainingConfig,
@@ -45,7 +40,7 @@ from face_pipeline.domain.projection import (
     save_checkpoint,
     train_projection,
 )
-from face_pipeline.domain.verification import UNLABELLED, EvaluationPlan, pair_scores, split_by_identity
+from face_pipeline.domain.verification import UNLABELLED, l2_normalise, split_by_identity
 from face_pipeline.services.clustering import (
     AssignReport,
     CentroidReport,
@@ -67,7 +62,6 @@ from face_pipeline.storage.vectors import VectorStore, VectorStoreError
 log = logging.getLogger(__name__)
 
 PROJECTION = "projection"
-MIN_TAIL_PAIRS = 10  # stranger pairs above a raw threshold needed to measure its false-accept rate directly
 _DEFAULTS = TrainingConfig()
 _CONFIRMED = FaceInstance.user_confirmed.is_(True) & FaceInstance.person_id.is_not(None)
 
@@ -210,70 +204,12 @@ def training_config(
         raise InvalidInput(f"{exc} (FACE_TRAINING_EPOCHS, FACE_TRIPLET_MARGIN, FACE_BATCH_SIZE, ...)") from None
 
 
-# --- thresholds of the projected space ------------------------------------------------------------------
+# --- the pipeline gate and the projected space's thresholds ---------------------------------------------
 
 
-@dataclass(frozen=True)
-class ThresholdChoice:
-    projected: SpaceThresholds
-    facts: dict[str, Any]  # JSON: the rule used and the rates of both spaces on the validation pairs
-
-
-def map_thresholds(
-    raw_scores: np.ndarray, projected_scores: np.ndarray, same: np.ndarray, raw: SpaceThresholds
-) -> ThresholdChoice:
-    """The projected space's thresholds from the same pairs scored in both spaces (see the module doc).
-
-    raw_scores, projected_scores: (m,) cosines of the same pairs; same: (m,) bool, same person.
-    """
-    diff_raw, diff_proj = raw_scores[~same], projected_scores[~same]
-    same_proj = projected_scores[same]
-    spread_raw, spread_proj = float(diff_raw.std()), float(diff_proj.std())
-    if same_proj.size == 0 or diff_raw.size < 2 or spread_raw <= 0.0:
-        return ThresholdChoice(raw, {"rule": "raw values kept: no usable validation pairs"})
-
-    same_raw = raw_scores[same]
-
-    def mapped(raw_cosine: float) -> tuple[float, str, float]:
-        tail = int((diff_raw >= raw_cosine).sum())
-        if tail >= MIN_TAIL_PAIRS:
-            far = tail / diff_raw.size
-            return choose_threshold(same_proj, diff_proj, far), "same false-accept rate", far
-        z = (raw_cosine - float(diff_raw.mean())) / spread_raw
-        estimate = float(diff_proj.mean()) + z * spread_proj
-        if (same_raw >= raw_cosine).any() and not (same_proj >= estimate).any():
-            # The extrapolation overshot: a value that accepted some same-person pairs must not become one that
-            # accepts none. Fall back to just above the highest stranger pair (no validation stranger accepted).
-            return choose_threshold(same_proj, diff_proj, 0.0), "above every stranger pair", tail / diff_raw.size
-        return estimate, "same z-score over strangers", tail / diff_raw.size
-
-    threshold, threshold_rule, far = mapped(raw.threshold)
-    link, eps_rule, _ = mapped(1.0 - raw.cluster_eps)
-    projected = SpaceThresholds(
-        threshold=round(float(np.clip(threshold, -1.0, 1.0)), 4),
-        margin=round(float(np.clip(raw.margin * spread_proj / spread_raw, 0.0, 2.0)), 4),
-        cluster_eps=round(float(np.clip(1.0 - link, 1e-3, 2.0)), 4),
-    )
-    raw_rates = rates_at(raw.threshold, raw_scores[same], diff_raw)
-    projected_rates = rates_at(projected.threshold, same_proj, diff_proj)
-    facts = {
-        "threshold_rule": threshold_rule,
-        "cluster_eps_rule": eps_rule,
-        "margin_rule": "scaled by the stranger-score spread",
-        "validation_pairs": {"same": int(same.sum()), "different": int(diff_raw.size)},
-        "raw": {**_as_dict(raw), "far": raw_rates[0], "frr": raw_rates[1], "far_measured": far},
-        "projected": {**_as_dict(projected), "far": projected_rates[0], "frr": projected_rates[1]},
-    }
-    return ThresholdChoice(projected, facts)
-
-
-def _as_dict(t: SpaceThresholds) -> dict[str, float]:
-    return {"threshold": t.threshold, "margin": t.margin, "cluster_eps": t.cluster_eps}
-
-
-def _choose_thresholds(data: TrainingSet, result: TrainingResult) -> ThresholdChoice:
-    """Rebuild the gate's validation pairs (same split and seed as train_projection) and map the raw
-    space's thresholds onto the projected space."""
+def gate_on_pipeline(data: TrainingSet, result: TrainingResult, *, min_cluster_size: int) -> PipelineVerdict:
+    """Rebuild the gate's split (same seed as train_projection) and play the pipeline on its held-out faces
+    in both spaces, each at its own thresholds (`domain.pipeline_check`)."""
     config = result.config
     split = split_by_identity(
         data.labels,
@@ -282,24 +218,9 @@ def _choose_thresholds(data: TrainingSet, result: TrainingResult) -> ThresholdCh
         holdout_fraction=config.holdout_fraction,
         gallery_size=config.gallery_size,
     )
-    plan = EvaluationPlan.build(
-        split,
-        data.labels,
-        far=config.far,
-        open_set_far=config.open_set_far,
-        max_pairs=config.max_eval_pairs,
-        seed=config.seed,
-    )
-    evaluation = split.evaluation
-    raw = data.vectors[evaluation]
-    raw = raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
-    projected = project(data.vectors[evaluation], result.state_dict, device="cpu")
-    return map_thresholds(
-        pair_scores(raw, plan.pair_i, plan.pair_j),
-        pair_scores(projected, plan.pair_i, plan.pair_j),
-        plan.pair_same,
-        data.base_thresholds,
-    )
+    raw = l2_normalise(data.vectors)
+    projected = project(data.vectors, result.state_dict, device="cpu")
+    return pipeline_gate(raw, projected, data.labels, split, data.base_thresholds, min_cluster_size=min_cluster_size)
 
 
 # --- training and registering ---------------------------------------------------------------------------
@@ -324,6 +245,7 @@ class TrainingReport:
     label_count: int
     counts: dict[str, int] = field(default_factory=dict)
     threshold_facts: dict[str, Any] = field(default_factory=dict)
+    pipeline: dict[str, PipelineFigures] = field(default_factory=dict)  # held-out pipeline figures, raw / projected
 
 
 def new_space_name(base_space: str) -> str:
@@ -344,10 +266,25 @@ def train_checkpoint(
         result = train_projection(data.vectors, data.labels, data.rejections, config)
     except NotEnoughLabels as exc:
         raise _too_few(exc) from None
-    choice = _choose_thresholds(data, result)
+    verdict = gate_on_pipeline(data, result, min_cluster_size=context.settings.unknown_min_cluster_size)
+    promote = result.promote and verdict.promote
+    reason = _overall_reason(result, verdict)
     name = new_space_name(data.base_space)
     path = context.settings.checkpoints_dir / f"{name}.pt"
-    metrics = {**result.summary(), "thresholds": choice.facts, "label_count": data.label_count}
+    pipeline = {
+        "promote": verdict.promote,
+        "reason": verdict.reason,
+        "raw": verdict.raw_figures.as_dict(),
+        "projected": verdict.projected_figures.as_dict(),
+    }
+    metrics = {
+        **result.summary(),
+        "thresholds": verdict.threshold_facts,
+        "pipeline_gate": pipeline,
+        "promoted": promote,
+        "reason": reason,
+        "label_count": data.label_count,
+    }
     # Files first, row second: a crash leaves an unused file, never a row that points at nothing.
     save_checkpoint(
         result,
@@ -357,10 +294,13 @@ def train_checkpoint(
             "space": name,
             "model_name": data.model_name,
             "label_count": data.label_count,
-            "thresholds": choice.facts,
+            "thresholds": verdict.threshold_facts,
+            "pipeline_gate": pipeline,
+            "promoted": promote,
+            "reason": reason,
         },
     )
-    status = SpaceStatus.CANDIDATE if result.promote else SpaceStatus.REJECTED
+    status = SpaceStatus.CANDIDATE if promote else SpaceStatus.REJECTED
     with context.db.session() as session:
         session.add(
             EmbeddingSpaceRow(
@@ -371,22 +311,22 @@ def train_checkpoint(
                 base_space=data.base_space,
                 checkpoint_path=stored_checkpoint_path(context.settings, path),
                 status=status,
-                person_threshold=choice.projected.threshold,
-                person_margin=choice.projected.margin,
-                cluster_eps=choice.projected.cluster_eps,
+                person_threshold=verdict.projected.threshold,
+                person_margin=verdict.projected.margin,
+                cluster_eps=verdict.projected.cluster_eps,
                 label_count=data.label_count,
                 metrics=metrics,
             )
         )
-    log.info("checkpoint %s: %s (%s)", name, status, result.promote_reason)
+    log.info("checkpoint %s: %s (%s)", name, status, reason)
     return TrainingReport(
         space=name,
         base_space=data.base_space,
         status=str(status),
-        promote=result.promote,
-        reason=result.promote_reason,
+        promote=promote,
+        reason=reason,
         checkpoint=str(path),
-        thresholds=choice.projected,
+        thresholds=verdict.projected,
         raw_thresholds=data.base_thresholds,
         figures=_figures(result),
         losses=[r.train_loss for r in result.history[1:]],
@@ -396,8 +336,17 @@ def train_checkpoint(
         device=result.device,
         label_count=data.label_count,
         counts=dict(result.counts),
-        threshold_facts=choice.facts,
+        threshold_facts=verdict.threshold_facts,
+        pipeline={"raw": verdict.raw_figures, "projected": verdict.projected_figures},
     )
+
+
+def _overall_reason(result: TrainingResult, verdict: PipelineVerdict) -> str:
+    if not result.promote:
+        return result.promote_reason
+    if not verdict.promote:
+        return verdict.reason
+    return f"{result.promote_reason}; {verdict.reason}"
 
 
 def _figures(result: TrainingResult) -> dict[str, tuple[float, float]]:

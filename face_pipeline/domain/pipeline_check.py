@@ -1,0 +1,256 @@
+"""The pipeline's own figures on held-out labels, and the thresholds that make two spaces comparable.
+
+TAR at a fixed FAR says whether a space separates people on pairs. It does not say what the pipeline does
+with the space: prototypes of the named people, a threshold and margin against them, then the rest grouped
+at a cluster eps. A projection trained on a few dozen people can raise pair TAR and still pull strangers
+towards the named people's prototypes (measured on lfw-dev: TAR@1e-3 0.854 -> 0.911, yet assignment
+precision 100% -> 28% in the reassigned library). So the gate also plays the pipeline on faces it never
+trained on (`pipeline_figures`), in each space at that space's own thresholds.
+
+Roles (`PipelineRoles.from_split`): the training people's training faces and half of the validation
+people's gallery faces are the user's names (prototypes); the training people's held-out faces and those
+validation people's other faces must be found; the other half of the validation people are never named
+(strangers: any name given to them is a false accept, and they are what the unknown clusters must keep
+apart).
+
+Thresholds of a trained space (`match_thresholds`) keep the raw space's error rates where the pipeline
+makes its errors: the person threshold lets in the same share of faces whose best *other* person scores
+above it (the best of many prototypes, so its tail is measurable on a few hundred faces, unlike a pair FAR
+of 1e-4), and the cluster eps links the same share of faces to their nearest face of another person.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from face_pipeline.domain.assignment import NO_PERSON, SpaceThresholds, assign_to_known_people, build_prototypes
+from face_pipeline.domain.clustering import NOISE, cluster_unknown
+from face_pipeline.domain.metrics import (
+    assignment_precision,
+    cluster_purity,
+    false_accepts_per_1000,
+    person_recall,
+)
+from face_pipeline.domain.verification import IdentitySplit
+
+MIN_TAIL = 5  # faces above a raw threshold needed to match its rate; fewer: the strictest value is taken
+
+
+@dataclass(frozen=True)
+class PipelineRoles:
+    """Indices into the caller's arrays: named faces (prototypes), faces to find, faces of strangers."""
+
+    gallery: np.ndarray
+    queries: np.ndarray
+    strangers: np.ndarray
+
+    @property
+    def probes(self) -> np.ndarray:
+        """The faces assignment sees: queries first, then strangers."""
+        return np.concatenate([self.queries, self.strangers])
+
+    @classmethod
+    def from_split(cls, split: IdentitySplit, labels: np.ndarray) -> PipelineRoles:
+        """Every other validation person (in label order) is named from their gallery; the rest never are."""
+        labels = np.asarray(labels)
+        never = split.val_people[1::2]
+        stranger = np.isin(labels, never)
+        gallery = np.concatenate([split.train, split.unseen_gallery[~stranger[split.unseen_gallery]]])
+        queries = np.concatenate([split.holdout, split.unseen_query[~stranger[split.unseen_query]]])
+        strangers = np.sort(split.unseen[stranger[split.unseen]])
+        return cls(np.sort(gallery), np.sort(queries), strangers)
+
+
+@dataclass(frozen=True)
+class PipelineFigures:
+    """What the pipeline does with one space at its thresholds (NaN where a figure has nothing to count)."""
+
+    precision: float  # share of automatic names that are right (strangers named count as wrong)
+    recall: float  # share of the queries named rightly
+    false_accepts_per_1000: float  # strangers' faces given a name, per 1,000
+    purity: float  # size-weighted purity of the groups made of the faces left unnamed
+    grouped: float  # share of the faces left unnamed that were put in a group
+    n_queries: int
+    n_strangers: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+def pipeline_figures(
+    vectors: np.ndarray,
+    labels: np.ndarray,
+    roles: PipelineRoles,
+    thresholds: SpaceThresholds,
+    *,
+    min_cluster_size: int = 3,
+) -> PipelineFigures:
+    """Prototypes from the gallery, assignment of the probes at `thresholds`, grouping of what is left.
+
+    vectors: (n, d) unit rows; labels: (n,) int person labels; every face is its own photo.
+    """
+    labels = np.asarray(labels)
+    prototypes = build_prototypes(vectors[roles.gallery], labels[roles.gallery])
+    probes = roles.probes
+    result = assign_to_known_people(
+        vectors[probes], np.arange(probes.size), prototypes, thresholds.threshold, thresholds.margin
+    )
+    people = prototypes.person_ids.astype(np.int64)
+    named = np.where(result.person_index != NO_PERSON, people[np.maximum(result.person_index, 0)], NO_PERSON)
+    truth = labels[probes]
+    left = probes[named == NO_PERSON]
+    groups = np.full(left.size, NOISE, dtype=np.int64)
+    if left.size >= max(min_cluster_size, 2):
+        groups = cluster_unknown(vectors[left], min_cluster_size=min_cluster_size, eps=thresholds.cluster_eps)
+    return PipelineFigures(
+        precision=assignment_precision(named, truth),
+        recall=person_recall(named, truth, people),
+        false_accepts_per_1000=false_accepts_per_1000(named, truth, people),
+        purity=cluster_purity(labels[left], groups) if left.size else float("nan"),
+        grouped=float((groups != NOISE).mean()) if left.size else float("nan"),
+        n_queries=int(roles.queries.size),
+        n_strangers=int(roles.strangers.size),
+    )
+
+
+# --- thresholds of a trained space ----------------------------------------------------------------------
+
+
+def best_other_person(vectors: np.ndarray, labels: np.ndarray, roles: PipelineRoles) -> np.ndarray:
+    """(probes,) each probe's best score over the prototypes of people other than its own."""
+    labels = np.asarray(labels)
+    prototypes = build_prototypes(vectors[roles.gallery], labels[roles.gallery])
+    probes = roles.probes
+    scores = vectors[probes] @ prototypes.vectors.T  # (probes, prototypes): a few hundred x a few hundred
+    own = prototypes.person_ids.astype(np.int64)[prototypes.owner][None, :] == labels[probes][:, None]
+    scores[own] = -np.inf
+    return scores.max(axis=1)
+
+
+def nearest_other_face(vectors: np.ndarray, labels: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """(faces,) each face's highest cosine to a face of another person among `faces`."""
+    labels = np.asarray(labels)[faces]
+    best = np.empty(faces.size, dtype=np.float32)
+    for start in range(0, faces.size, 2048):  # (chunk, faces) at a time
+        block = vectors[faces[start : start + 2048]] @ vectors[faces].T
+        block[labels[start : start + 2048][:, None] == labels[None, :]] = -np.inf
+        best[start : start + 2048] = block.max(axis=1)
+    return best
+
+
+def _same_rate(raw_scores: np.ndarray, raw_value: float, projected_scores: np.ndarray) -> tuple[float, int]:
+    """The projected value passing the same share of scores as `raw_value` does in the raw space, and how
+    many raw scores passed. Too few to measure a rate: just above the highest projected score."""
+    passed = int((raw_scores >= raw_value).sum())
+    if passed < MIN_TAIL:
+        return float(np.nextafter(np.float32(projected_scores.max()), np.float32(np.inf))), passed
+    kth = projected_scores.size - passed  # the `passed` highest projected scores pass
+    return float(np.partition(projected_scores, kth)[kth]), passed
+
+
+@dataclass(frozen=True)
+class MatchedThresholds:
+    projected: SpaceThresholds
+    facts: dict[str, Any]  # JSON: how each value was chosen and on how many faces
+
+
+def match_thresholds(
+    raw_vectors: np.ndarray,
+    projected_vectors: np.ndarray,
+    labels: np.ndarray,
+    roles: PipelineRoles,
+    raw: SpaceThresholds,
+) -> MatchedThresholds:
+    """The projected space's thresholds with the raw space's error rates (see the module doc)."""
+    raw_other = best_other_person(raw_vectors, labels, roles)
+    projected_other = best_other_person(projected_vectors, labels, roles)
+    threshold, over_threshold = _same_rate(raw_other, raw.threshold, projected_other)
+
+    faces = np.concatenate([roles.gallery, roles.probes])
+    raw_link = nearest_other_face(raw_vectors, labels, faces)
+    projected_link = nearest_other_face(projected_vectors, labels, faces)
+    link, over_link = _same_rate(raw_link, 1.0 - raw.cluster_eps, projected_link)
+
+    spread_raw, spread_projected = float(raw_other.std()), float(projected_other.std())
+    scale = spread_projected / spread_raw if spread_raw > 0 else 1.0
+    projected = SpaceThresholds(
+        threshold=round(float(np.clip(threshold, -1.0, 1.0)), 4),
+        margin=round(float(np.clip(raw.margin * scale, 0.0, 2.0)), 4),
+        cluster_eps=round(float(np.clip(1.0 - link, 1e-3, 2.0)), 4),
+    )
+    facts = {
+        "threshold_rule": "same share of faces whose best other person scores above it",
+        "cluster_eps_rule": "same share of faces linked to a face of another person",
+        "margin_rule": "scaled by the spread of best-other-person scores",
+        "faces": {"probes": int(raw_other.size), "linked": int(faces.size)},
+        "raw_rates": {
+            "threshold": over_threshold / max(raw_other.size, 1),
+            "cluster_eps": over_link / max(faces.size, 1),
+        },
+        "strictest_value_taken": {"threshold": over_threshold < MIN_TAIL, "cluster_eps": over_link < MIN_TAIL},
+    }
+    return MatchedThresholds(projected, facts)
+
+
+# --- the gate -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PipelineVerdict:
+    promote: bool
+    reason: str
+    projected: SpaceThresholds  # the trained space's thresholds (matched rates)
+    raw_figures: PipelineFigures
+    projected_figures: PipelineFigures
+    threshold_facts: dict[str, Any]
+
+
+def _or_perfect(value: float) -> float:
+    """NaN (nothing named, nothing grouped) counts as making no mistake."""
+    return 1.0 if np.isnan(value) else value
+
+
+def pipeline_gate(
+    raw_vectors: np.ndarray,
+    projected_vectors: np.ndarray,
+    labels: np.ndarray,
+    split: IdentitySplit,
+    raw: SpaceThresholds,
+    *,
+    min_cluster_size: int = 3,
+    min_recall_gain: float = 0.005,
+    tolerance: float = 0.005,
+) -> PipelineVerdict:
+    """Play the pipeline on the held-out faces in both spaces; promote only when the projected space finds
+    more of the named people's faces (by `min_recall_gain`, and at least two faces) while naming no more
+    strangers, keeping precision and keeping the groups of the unnamed as pure (each within `tolerance`).
+
+    raw_vectors, projected_vectors: (n, d) and (n, o) unit rows of the same faces; labels: (n,) int.
+    """
+    roles = PipelineRoles.from_split(split, labels)
+    matched = match_thresholds(raw_vectors, projected_vectors, labels, roles, raw)
+    before = pipeline_figures(raw_vectors, labels, roles, raw, min_cluster_size=min_cluster_size)
+    after = pipeline_figures(projected_vectors, labels, roles, matched.projected, min_cluster_size=min_cluster_size)
+    required = max(min_recall_gain, 2.0 / max(before.n_queries, 1))
+    failures = []
+    if not after.recall >= before.recall + required:
+        failures.append(f"recall gain below {required:.3f}")
+    if _or_perfect(after.precision) < _or_perfect(before.precision) - tolerance:
+        failures.append("precision fell")
+    if after.false_accepts_per_1000 > before.false_accepts_per_1000 + 1000 * tolerance:
+        failures.append("more strangers named")
+    if _or_perfect(after.purity) < _or_perfect(before.purity) - tolerance:
+        failures.append("groups of the unnamed less pure")
+    figures = (
+        f"held-out pipeline: precision {before.precision:.3f} -> {after.precision:.3f}, recall "
+        f"{before.recall:.3f} -> {after.recall:.3f}, strangers named/1000 {before.false_accepts_per_1000:.1f} -> "
+        f"{after.false_accepts_per_1000:.1f}, group purity {before.purity:.3f} -> {after.purity:.3f}"
+    )
+    if failures:
+        reason = "kept raw space: " + "; ".join(failures) + f" ({figures})"
+    else:
+        reason = f"projection helps the pipeline ({figures})"
+    return PipelineVerdict(not failures, reason, matched.projected, before, after, matched.facts)

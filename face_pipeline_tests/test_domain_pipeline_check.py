@@ -1,0 +1,104 @@
+"""The pipeline gate on real dlib faces (lfw-dev): roles, thresholds with matched error rates, and the
+verdict both ways.
+
+The "trained" spaces here are built from the real vectors with a known effect, so the right verdict is
+known: a space that pulls every face towards the nearest named person (what an over-fitted head does to
+strangers) must be refused; a space that removes a nuisance added to the raw one must be promoted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from face_pipeline.domain.assignment import thresholds_for_space
+from face_pipeline.domain.pipeline_check import (
+    PipelineRoles,
+    best_other_person,
+    match_thresholds,
+    pipeline_figures,
+    pipeline_gate,
+)
+from face_pipeline.domain.verification import UNLABELLED, l2_normalise, prototypes, split_by_identity
+
+RAW = thresholds_for_space("dlib_resnet_v1")
+
+
+@pytest.fixture(scope="module")
+def labelled(lfw_dev_embeddings: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(unit vectors, labels) of the lfw-dev faces of people with 5+ photos: what a user named."""
+    _, person, counts = np.unique(lfw_dev_embeddings["identities"], return_inverse=True, return_counts=True)
+    keep = counts[person] >= 5
+    return l2_normalise(lfw_dev_embeddings["vectors"][keep]), person[keep].astype(np.int64)
+
+
+def split_of(labels: np.ndarray, seed: int = 0):  # type: ignore[no-untyped-def]
+    return split_by_identity(labels, 0.25, seed, holdout_fraction=0.2, gallery_size=3)
+
+
+def test_roles_keep_strangers_out_of_the_gallery_and_use_every_held_out_face(labelled):  # type: ignore[no-untyped-def]
+    vectors, labels = labelled
+    split = split_of(labels)
+    roles = PipelineRoles.from_split(split, labels)
+    assert np.intersect1d(roles.gallery, roles.probes).size == 0
+    every = np.sort(np.concatenate([split.train, split.evaluation]))
+    assert np.array_equal(np.sort(np.concatenate([roles.gallery, roles.probes])), every)
+    stranger_people = np.unique(labels[roles.strangers])
+    assert stranger_people.size >= 10 and not np.isin(stranger_people, labels[roles.gallery]).any()
+    assert np.isin(labels[roles.queries], labels[roles.gallery]).all()  # every query's person has a name
+
+
+def test_matching_a_space_onto_itself_keeps_its_thresholds(labelled):  # type: ignore[no-untyped-def]
+    vectors, labels = labelled
+    roles = PipelineRoles.from_split(split_of(labels), labels)
+    matched = match_thresholds(vectors, vectors, labels, roles, RAW)
+    other = best_other_person(vectors, labels, roles)
+    # The smallest score at or above the raw threshold lets exactly the same faces through.
+    assert matched.projected.threshold == pytest.approx(other[other >= RAW.threshold].min(), abs=1e-4)
+    assert matched.projected.margin == pytest.approx(RAW.margin)
+    assert matched.projected.cluster_eps == pytest.approx(RAW.cluster_eps, abs=0.01)
+    assert not matched.facts["strictest_value_taken"]["threshold"]  # the rate was measurable
+    assert 0.0 < matched.facts["raw_rates"]["threshold"] < 0.2
+
+
+def test_gate_refuses_a_space_that_drags_faces_towards_the_named_people(labelled):  # type: ignore[no-untyped-def]
+    vectors, labels = labelled
+    split = split_of(labels)
+    # An over-fitted head: every face moves halfway to the nearest training person's centroid.
+    people, centroids = prototypes(vectors[split.train], labels[split.train])
+    nearest = centroids[np.argmax(vectors @ centroids.T, axis=1)]
+    dragged = l2_normalise(vectors + 1.0 * nearest)
+    verdict = pipeline_gate(vectors, dragged, labels, split, RAW)
+    assert not verdict.promote and verdict.reason.startswith("kept raw space")
+    # The matched threshold keeps strangers out as well as the raw one does, so the damage shows as faces
+    # of named people no longer found: the gate sees it and refuses.
+    before, after = verdict.raw_figures, verdict.projected_figures
+    assert after.false_accepts_per_1000 <= before.false_accepts_per_1000 + 5.0
+    assert after.recall < before.recall - 0.1 and "recall gain below" in verdict.reason
+
+
+def test_gate_promotes_a_space_that_removes_a_nuisance(labelled):  # type: ignore[no-untyped-def]
+    vectors, labels = labelled
+    rng = np.random.default_rng(0)
+    # The raw space carries a shared nuisance (a random 4-d component, like lighting); the "trained" space is
+    # the real dlib space without it, which is what a head that learned to drop it would give.
+    basis = np.linalg.qr(rng.normal(size=(vectors.shape[1], 4)))[0]
+    noisy = l2_normalise(vectors + 0.35 * rng.normal(size=(vectors.shape[0], 4)) @ basis.T)
+    split = split_of(labels)
+    raw_here = match_thresholds(vectors, noisy, labels, PipelineRoles.from_split(split, labels), RAW).projected
+    verdict = pipeline_gate(noisy, vectors, labels, split, raw_here)
+    assert verdict.promote, verdict.reason
+    before, after = verdict.raw_figures, verdict.projected_figures
+    assert after.recall > before.recall and after.precision >= before.precision - 0.005
+    assert after.n_strangers == before.n_strangers > 100
+
+
+def test_pipeline_figures_count_strangers_named_as_false_accepts(labelled):  # type: ignore[no-untyped-def]
+    vectors, labels = labelled
+    roles = PipelineRoles.from_split(split_of(labels), labels)
+    strict = pipeline_figures(vectors, labels, roles, RAW)
+    loose = pipeline_figures(vectors, labels, roles, RAW.__class__(0.5, 0.0, RAW.cluster_eps))
+    assert loose.false_accepts_per_1000 == pytest.approx(1000.0)  # at 0.5 every stranger gets a name
+    assert loose.recall >= strict.recall and loose.precision < strict.precision
+    assert strict.precision >= 0.95 and labels[roles.strangers].size == strict.n_strangers
+    assert UNLABELLED not in labels
