@@ -1,6 +1,7 @@
 """Does a trained projection help the pipeline itself? Raw vs projected on real dlib faces (lfw-dev).
 
     .venv/bin/python benchmarks/bench_pipeline_gate.py      # needs .cache/lfw-dev-dlib.npz (built by the tests)
+    .venv/bin/python benchmarks/bench_pipeline_gate.py "margin 0.1" "mlp (design note)"   # other heads
 
 A library as a user leaves it: every person with 5+ photos is named from the first 60% of their photos;
 the rest of their photos must be found, and everyone with fewer photos is a stranger. A head is trained
@@ -66,7 +67,15 @@ def main() -> None:
     show("raw", pipeline_figures(vectors, person, roles, raw_thresholds), {"thresholds": raw_thresholds.__dict__})
 
     base = TrainingConfig(device="cpu", num_threads=1)
-    for config_name, config in {"default": base, "split seed 1": replace(base, seed=1)}.items():
+    variants = {
+        "default": base,
+        "split seed 1": replace(base, seed=1),
+        "margin 0.1": replace(base, margin=0.1),
+        "lr 3e-4, 40 epochs": replace(base, learning_rate=3e-4, epochs=40, patience=40),
+        "mlp (design note)": replace(base, architecture="mlp"),
+    }
+    chosen = sys.argv[1:] or ["default", "split seed 1"]
+    for config_name, config in ((name, variants[name]) for name in chosen):
         named = labels != UNLABELLED
         data_set = TrainingSet(
             base_space="dlib_resnet_v1",

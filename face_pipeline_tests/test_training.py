@@ -234,7 +234,7 @@ def test_real_dlib_faces_give_a_rejected_checkpoint_with_its_figures(library: Pi
         labels,
     )
     assert metadata["history"] and metadata["projected"]["verification"]["tar"] == projected_tar
-    assert metadata["thresholds"]["faces"]["probes"] > 0 and metadata["promoted"] is False
+    assert metadata["thresholds"]["faces"]["probes"] > 0 and metadata["promote"] is False
     gate = metadata["pipeline_gate"]  # the pipeline's own held-out figures are kept whatever the verdict
     assert gate["raw"]["n_queries"] > 0 and 0.0 <= gate["projected"]["recall"] <= 1.0
 

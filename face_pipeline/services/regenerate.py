@@ -221,6 +221,19 @@ def _space_for_checkpoint_file(session: Session, settings: Settings, raw: SpaceR
     return SpaceRef.of(row)
 
 
+_KEPT_METRICS = (
+    "promote",
+    "promote_reason",
+    "verification_gate",
+    "pipeline_gate",
+    "thresholds",
+    "raw",
+    "projected",
+    "history",
+    "counts",
+)
+
+
 def _register_foreign_checkpoint(
     session: Session, metadata: dict, name: str, stored: str, raw: SpaceRef, path: Path
 ) -> EmbeddingSpaceRow:
@@ -242,7 +255,7 @@ def _register_foreign_checkpoint(
         person_margin=float(projected["margin"]),
         cluster_eps=float(projected["cluster_eps"]),
         label_count=metadata.get("label_count"),
-        metrics={k: metadata.get(k) for k in ("promote", "promote_reason", "raw", "projected", "history", "counts")},
+        metrics={k: metadata.get(k) for k in _KEPT_METRICS},
     )
     session.add(row)
     session.flush()

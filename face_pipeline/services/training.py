@@ -271,34 +271,31 @@ def train_checkpoint(
     reason = _overall_reason(result, verdict)
     name = new_space_name(data.base_space)
     path = context.settings.checkpoints_dir / f"{name}.pt"
-    pipeline = {
-        "promote": verdict.promote,
-        "reason": verdict.reason,
-        "raw": verdict.raw_figures.as_dict(),
-        "projected": verdict.projected_figures.as_dict(),
+    thresholds = {
+        **verdict.threshold_facts,
+        "raw": _as_dict(data.base_thresholds),
+        "projected": _as_dict(verdict.projected),
     }
-    metrics = {
-        **result.summary(),
-        "thresholds": verdict.threshold_facts,
-        "pipeline_gate": pipeline,
-        "promoted": promote,
-        "reason": reason,
-        "label_count": data.label_count,
+    # "promote" is the overall verdict (what every reader checks); each gate's own verdict rides along.
+    verdicts = {
+        "promote": promote,
+        "promote_reason": reason,
+        "verification_gate": {"promote": result.promote, "reason": result.promote_reason},
+        "pipeline_gate": {
+            "promote": verdict.promote,
+            "reason": verdict.reason,
+            "raw": verdict.raw_figures.as_dict(),
+            "projected": verdict.projected_figures.as_dict(),
+        },
+        "thresholds": thresholds,
     }
+    metrics = {**result.summary(), **verdicts, "label_count": data.label_count}
     # Files first, row second: a crash leaves an unused file, never a row that points at nothing.
     save_checkpoint(
         result,
         path,
         base_space=data.base_space,
-        extra={
-            "space": name,
-            "model_name": data.model_name,
-            "label_count": data.label_count,
-            "thresholds": verdict.threshold_facts,
-            "pipeline_gate": pipeline,
-            "promoted": promote,
-            "reason": reason,
-        },
+        extra={"space": name, "model_name": data.model_name, "label_count": data.label_count, **verdicts},
     )
     status = SpaceStatus.CANDIDATE if promote else SpaceStatus.REJECTED
     with context.db.session() as session:
@@ -328,7 +325,7 @@ def train_checkpoint(
         checkpoint=str(path),
         thresholds=verdict.projected,
         raw_thresholds=data.base_thresholds,
-        figures=_figures(result),
+        figures=_figures(result, verdict),
         losses=[r.train_loss for r in result.history[1:]],
         val_tar=[r.val_tar for r in result.history],
         best_epoch=result.best_epoch,
@@ -341,6 +338,10 @@ def train_checkpoint(
     )
 
 
+def _as_dict(t: SpaceThresholds) -> dict[str, float]:
+    return {"threshold": t.threshold, "margin": t.margin, "cluster_eps": t.cluster_eps}
+
+
 def _overall_reason(result: TrainingResult, verdict: PipelineVerdict) -> str:
     if not result.promote:
         return result.promote_reason
@@ -349,8 +350,9 @@ def _overall_reason(result: TrainingResult, verdict: PipelineVerdict) -> str:
     return f"{result.promote_reason}; {verdict.reason}"
 
 
-def _figures(result: TrainingResult) -> dict[str, tuple[float, float]]:
+def _figures(result: TrainingResult, verdict: PipelineVerdict) -> dict[str, tuple[float, float]]:
     raw, projected = result.raw, result.projected
+    before, after = verdict.raw_figures, verdict.projected_figures
     return {
         f"TAR@FAR={raw.verification.far:g}": (raw.verification.tar, projected.verification.tar),
         "unseen-people TAR": (raw.verification_unseen.tar, projected.verification_unseen.tar),
@@ -359,6 +361,10 @@ def _figures(result: TrainingResult) -> dict[str, tuple[float, float]]:
             raw.identification.open_set_rate,
             projected.identification.open_set_rate,
         ),
+        "pipeline precision": (before.precision, after.precision),
+        "pipeline recall": (before.recall, after.recall),
+        "strangers named /1000": (before.false_accepts_per_1000, after.false_accepts_per_1000),
+        "unknown group purity": (before.purity, after.purity),
     }
 
 
