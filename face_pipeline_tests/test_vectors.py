@@ -330,25 +330,35 @@ def test_lock_wait_retries_until_the_other_process_lets_go(tmp_path: Path) -> No
     with EdgeVectorStore(root) as setup:
         setup.ensure_collection(SPACE, 4)
     hold_for_a_second = f"""
-        import time
+        import sys, time
         from face_pipeline.storage.vector_backends import EdgeVectorStore
         store = EdgeVectorStore({str(root)!r})
         store.count({SPACE!r})
         print("held", flush=True)
+        sys.stdin.readline()  # hold until the test has seen the lock refused, however slow the machine
         time.sleep(1.5)
         store.close()
     """
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(hold_for_a_second)], stdout=subprocess.PIPE, text=True, cwd=REPO
+        [sys.executable, "-c", textwrap.dedent(hold_for_a_second)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         with pytest.raises(VectorStoreLocked):
             EdgeVectorStore(root).count(SPACE)
+        assert holder.stdin is not None
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
         patient = EdgeVectorStore(root, lock_wait_s=30)
         assert patient.count(SPACE) == 0
         patient.close()
     finally:
+        if holder.stdin is not None:
+            holder.stdin.close()  # end of input lets the holder go even when an assertion failed first
         holder.wait(timeout=60)
 
 
