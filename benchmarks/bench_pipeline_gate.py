@@ -21,7 +21,8 @@ import numpy as np
 
 from face_pipeline.domain.assignment import thresholds_for_space
 from face_pipeline.domain.pipeline_check import PipelineFigures, PipelineRoles, pipeline_figures
-from face_pipeline.domain.projection import TrainingConfig, project, train_projection
+from face_pipeline.domain.projection import TrainingConfig, train_projection
+from face_pipeline.domain.projection_head import project
 from face_pipeline.domain.verification import UNLABELLED, l2_normalise
 from face_pipeline.services.training import TrainingSet, gate_on_pipeline
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from face_pipeline.domain.projection import TrainingConfig, TrainingResult, project, train_projection
+from face_pipeline.domain.projection import TrainingConfig, TrainingResult, train_projection
+from face_pipeline.domain.projection_head import project
 from face_pipeline.domain.synthetic import nuisance_faces
 from face_pipeline.domain.verification import l2_normalise, pair_scores, sample_pairs, tar_at_far
 

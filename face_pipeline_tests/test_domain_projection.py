@@ -10,17 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from face_pipeline.domain.projection import (
-    HeadSpec,
-    NotEnoughLabels,
-    ProjectionHead,
-    TrainingConfig,
-    TrainingResult,
-    load_checkpoint,
-    project,
-    save_checkpoint,
-    train_projection,
-)
+from face_pipeline.domain.checkpoint import load_checkpoint, save_checkpoint
+from face_pipeline.domain.projection import NotEnoughLabels, TrainingConfig, TrainingResult, train_projection
+from face_pipeline.domain.projection_head import HeadSpec, ProjectionHead, project
 from face_pipeline.domain.synthetic import nuisance_faces, synthetic_faces
 from face_pipeline.domain.triplets import (
     NO_PERSON,

@@ -31,7 +31,8 @@ from sqlalchemy import event, func, select, text, update
 from typer.testing import CliRunner
 
 from face_pipeline.cli import app
-from face_pipeline.domain.projection import load_checkpoint, project, resolve_device
+from face_pipeline.domain.checkpoint import load_checkpoint
+from face_pipeline.domain.projection_head import project, resolve_device
 from face_pipeline.services.context import PipelineContext
 from face_pipeline.services.face_table import read_faces
 from face_pipeline.services.labels import confirm_faces, reject_face

@@ -6,7 +6,9 @@ vectors only (the face model stays frozen), so the whole labelled set lives on t
 and an epoch over 10K faces takes well under a second on a CPU core.
 
 A trained head is only worth using if it beats the raw space on people it was not trained on, so
-`train_projection` always measures both spaces on held-out people and returns `promote` with its reason.
+`train_projection` always measures both spaces on held-out people and returns `promote` with its reason
+(the pipeline's own gate, `domain.pipeline_check`, comes on top in services/training.py). The head itself
+is in `domain.projection_head`, checkpoint files in `domain.checkpoint`.
 
 Shapes: n faces, d raw dimensions, o = `out_dim` projected dimensions.
 """
@@ -14,22 +16,25 @@ Shapes: n faces, d raw dimensions, o = `out_dim` projected dimensions.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
+from face_pipeline.domain.checkpoint import jsonable
+from face_pipeline.domain.projection_head import (
+    Architecture,
+    Device,
+    HeadSpec,
+    ProjectionHead,
+    project_tensor,
+    resolve_device,
+)
 from face_pipeline.domain.triplets import PKSampler, batch_hard_triplet_loss
 from face_pipeline.domain.verification import (
     UNLABELLED,
@@ -39,82 +44,9 @@ from face_pipeline.domain.verification import (
     split_by_identity,
 )
 
-Architecture = Literal["mlp", "residual"]
-Device = Literal["auto", "cpu", "cuda"]
-CHECKPOINT_FORMAT = 1
-
 
 class NotEnoughLabels(ValueError):
     """Too few people have enough labelled faces to train (and honestly validate) a projection."""
-
-
-# --- the head -------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HeadSpec:
-    """Everything needed to rebuild a head before loading its weights."""
-
-    in_dim: int
-    out_dim: int = 128
-    hidden_dim: int = 256
-    architecture: Architecture = "residual"
-
-
-class ProjectionHead(nn.Module):
-    """Linear(d -> hidden), ReLU, Linear(hidden -> o), L2-normalise; inputs are L2-normalised first.
-
-    architecture="mlp" is the design note's head as is. "residual" adds a linear skip path from the input,
-    `skip(x) + mlp(x)`, with the MLP's last layer zero-initialised, so the untrained head IS the raw space
-    (identity when d == o) or its best rank-o linear approximation (PCA basis, see `init_skip_`), and
-    training only learns a correction. An untrained or barely trained "mlp" head scrambles the space.
-    """
-
-    def __init__(self, spec: HeadSpec) -> None:
-        super().__init__()
-        self.spec = spec
-        self.fc1 = nn.Linear(spec.in_dim, spec.hidden_dim)
-        self.fc2 = nn.Linear(spec.hidden_dim, spec.out_dim)
-        self.skip: nn.Linear | None = None
-        if spec.architecture == "residual":
-            self.skip = nn.Linear(spec.in_dim, spec.out_dim, bias=False)
-            with torch.no_grad():  # identity on the shared coordinates until `init_skip_` says better
-                self.skip.weight.copy_(torch.eye(spec.out_dim, spec.in_dim))
-            nn.init.zeros_(self.fc2.weight)
-            nn.init.zeros_(self.fc2.bias)
-
-    @torch.no_grad()
-    def init_skip_(self, vectors: torch.Tensor) -> None:
-        """Set the skip path to the top-o principal directions of unit `vectors` (t, d), when d > o.
-
-        Uncentred on purpose: the right singular vectors of X keep the dot products (the cosine space)
-        as well as any rank-o map can, where centred PCA would change which faces are near.
-        """
-        if self.skip is None or self.spec.in_dim <= self.spec.out_dim:
-            return
-        x = F.normalize(vectors.float(), dim=1)
-        _, _, vh = torch.linalg.svd(x, full_matrices=False)
-        basis = vh[: self.spec.out_dim]
-        basis = basis * torch.sign(basis.sum(dim=1, keepdim=True) + 1e-12)  # deterministic signs
-        self.skip.weight.copy_(basis)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(n, d) -> (n, o) unit rows."""
-        x = F.normalize(x, dim=1)
-        y = self.fc2(F.relu(self.fc1(x)))
-        if self.skip is not None:
-            y = y + self.skip(x)
-        return F.normalize(y, dim=1)
-
-    @classmethod
-    def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor]) -> ProjectionHead:
-        """Rebuild a head from its weights alone (the shapes and the presence of `skip` say it all)."""
-        hidden, in_dim = state_dict["fc1.weight"].shape
-        out_dim = state_dict["fc2.weight"].shape[0]
-        architecture: Architecture = "residual" if "skip.weight" in state_dict else "mlp"
-        head = cls(HeadSpec(int(in_dim), int(out_dim), int(hidden), architecture))
-        head.load_state_dict(state_dict)
-        return head
 
 
 # --- configuration and result ---------------------------------------------------------------------------
@@ -228,7 +160,7 @@ class TrainingResult:
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready figures (also the checkpoint's metadata body)."""
-        return _jsonable(
+        return jsonable(
             {
                 "spec": dataclasses.asdict(self.spec),
                 "config": dataclasses.asdict(self.config),
@@ -290,17 +222,6 @@ def promotion_decision(
 # --- training -------------------------------------------------------------------------------------------
 
 
-def resolve_device(device: Device | str = "auto") -> torch.device:
-    """'auto' picks CUDA when torch sees a GPU, else the CPU; 'cuda' without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' was asked for but torch sees no CUDA GPU (use 'auto' or 'cpu')")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    return torch.device(device)
-
-
 @contextmanager
 def _torch_threads(n: int | None) -> Iterator[None]:
     previous = torch.get_num_threads()
@@ -347,15 +268,6 @@ def _validate_inputs(
     if rej.size and (rej[:, 0].min() < 0 or rej[:, 0].max() >= vectors.shape[0]):
         raise ValueError(f"a rejection names a face index outside 0..{vectors.shape[0] - 1}")
     return l2_normalise(vectors), labels.astype(np.int64), rej
-
-
-@torch.no_grad()
-def _project_tensor(head: ProjectionHead, x: torch.Tensor, batch_size: int = 65_536) -> torch.Tensor:
-    was_training = head.training
-    head.eval()
-    out = torch.cat([head(x[s : s + batch_size]) for s in range(0, x.shape[0], batch_size)])
-    head.train(was_training)
-    return out
 
 
 def train_projection(
@@ -420,7 +332,7 @@ def train_projection(
         )
         history, best_epoch, best_state = _fit(head, x, sampler, plan, config, device)
         head.load_state_dict(best_state)
-        projected_np = _project_tensor(head, x).cpu().numpy()
+        projected_np = project_tensor(head, x).cpu().numpy()
 
     raw_figures = plan.evaluate(x_np, labels)
     projected_figures = plan.evaluate(projected_np, labels)
@@ -470,7 +382,7 @@ def _fit(
     evaluation = torch.from_numpy(plan.split.evaluation).to(device)
 
     def val_tar() -> float:
-        return plan.verification(_project_tensor(head, x[evaluation]).cpu().numpy()).tar
+        return plan.verification(project_tensor(head, x[evaluation]).cpu().numpy()).tar
 
     best_tar = val_tar()
     history = [EpochRecord(0, float("nan"), float("nan"), best_tar)]
@@ -502,91 +414,3 @@ def _fit(
         elif epoch - best_epoch >= config.patience:
             break
     return history, best_epoch, best_state
-
-
-# --- using a trained head -------------------------------------------------------------------------------
-
-
-def project(
-    vectors: np.ndarray,
-    head: ProjectionHead | Mapping[str, torch.Tensor],
-    *,
-    batch_size: int = 65_536,
-    device: Device | str = "auto",
-) -> np.ndarray:
-    """Map raw vectors (n, d) through a head (or its state dict) to unit vectors (n, o) float32.
-
-    No gradients, `batch_size` rows at a time; a head passed in is moved to the chosen device.
-    """
-    if not isinstance(head, ProjectionHead):
-        head = ProjectionHead.from_state_dict(head)
-    vectors = np.asarray(vectors, dtype=np.float32)
-    if vectors.ndim != 2 or vectors.shape[1] != head.spec.in_dim:
-        raise ValueError(f"expected vectors of shape (n, {head.spec.in_dim}), got {vectors.shape}")
-    target = resolve_device(device)
-    model = head.to(target)
-    out = np.empty((vectors.shape[0], head.spec.out_dim), np.float32)
-    for start in range(0, vectors.shape[0], batch_size):
-        chunk = torch.from_numpy(vectors[start : start + batch_size]).to(target)
-        out[start : start + batch_size] = _project_tensor(model, chunk).cpu().numpy()
-    return out
-
-
-def save_checkpoint(
-    result: TrainingResult, path: str | Path, *, base_space: str, extra: Mapping[str, Any] | None = None
-) -> Path:
-    """Write the weights to `path` (a torch state dict) and the metadata to `path` with a .json suffix.
-
-    base_space names the raw embedding space the head reads (e.g. "dlib_resnet_v1"). Both files are
-    written to a temporary name and renamed, so a crash never leaves a half checkpoint. Returns the
-    metadata path.
-    """
-    path = Path(path)
-    meta_path = path.with_suffix(".json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {
-        "format": CHECKPOINT_FORMAT,
-        "base_space": base_space,
-        "in_dim": result.spec.in_dim,
-        "out_dim": result.spec.out_dim,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        **result.summary(),
-        **_jsonable(dict(extra or {})),
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(result.state_dict, tmp)
-    os.replace(tmp, path)
-    tmp_meta = meta_path.with_name(meta_path.name + ".tmp")
-    tmp_meta.write_text(json.dumps(metadata, indent=2, allow_nan=False), encoding="utf-8")
-    os.replace(tmp_meta, meta_path)
-    return meta_path
-
-
-def load_checkpoint(path: str | Path) -> tuple[ProjectionHead, dict[str, Any]]:
-    """Read a head written by `save_checkpoint`: (head in eval mode on the CPU, metadata dict)."""
-    path = Path(path)
-    meta_path = path.with_suffix(".json")
-    if not path.is_file() or not meta_path.is_file():
-        raise FileNotFoundError(f"checkpoint needs both {path} and {meta_path}")
-    metadata = json.loads(meta_path.read_text(encoding="utf-8"))
-    if metadata.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{meta_path}: unsupported checkpoint format {metadata.get('format')!r}")
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    head = ProjectionHead.from_state_dict(state_dict)
-    if head.spec.in_dim != metadata["in_dim"] or head.spec.out_dim != metadata["out_dim"]:
-        raise ValueError(f"{path}: weights do not match the dimensions in {meta_path.name}")
-    return head.eval(), metadata
-
-
-def _jsonable(value: Any) -> Any:
-    """Dataclass dicts to strict JSON: numpy scalars to Python, nan/inf to None."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

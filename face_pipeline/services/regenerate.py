@@ -39,7 +39,8 @@ import numpy as np
 from sqlalchemy import case, or_, select, update
 from sqlalchemy.orm import Session
 
-from face_pipeline.domain.projection import load_checkpoint, project
+from face_pipeline.domain.checkpoint import load_checkpoint
+from face_pipeline.domain.projection_head import project
 from face_pipeline.services.context import PipelineContext
 from face_pipeline.services.errors import InvalidInput
 from face_pipeline.services.face_table import FaceTable, read_faces

@@ -29,17 +29,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from face_pipeline.domain.assignment import SpaceThresholds, thresholds_for_space
+from face_pipeline.domain.checkpoint import save_checkpoint
 from face_pipeline.domain.pipeline_check import PipelineFigures, PipelineVerdict, pipeline_gate
 from face_pipeline.domain.projection import (
     NotEnoughLabels,
     TrainingConfig,
     TrainingResult,
     check_enough_labels,
-    project,
-    resolve_device,
-    save_checkpoint,
     train_projection,
 )
+from face_pipeline.domain.projection_head import project, resolve_device
 from face_pipeline.domain.verification import UNLABELLED, l2_normalise, split_by_identity
 from face_pipeline.services.clustering import (
     AssignReport,
