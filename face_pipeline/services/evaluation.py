@@ -368,12 +368,16 @@ def _short(text: str, limit: int) -> str:
 
 
 def _stage_training(report: TrainingReport) -> StageTraining:
-    """The checkpoint's verdict in a few words: the gate's failures (if any) and its TAR, raw -> projected."""
+    """The checkpoint's verdict in a few words: the gates' failures (if any), TAR and held-out pipeline recall,
+    raw -> projected."""
     tar_key = next((k for k in report.figures if k.startswith("TAR@FAR")), None)
     figures = ""
     if tar_key is not None:
         raw, projected = report.figures[tar_key]
         figures = f"{tar_key.replace('TAR@FAR=', 'TAR@')} {raw:.3f}->{projected:.3f}"
+    if "pipeline recall" in report.figures:
+        raw, projected = report.figures["pipeline recall"]
+        figures = f"{figures}, held-out recall {raw:.3f}->{projected:.3f}".lstrip(", ")
     if report.promote:
         reason = f"beats raw: {figures}"
     else:
