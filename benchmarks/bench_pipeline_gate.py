@@ -87,6 +87,7 @@ def main() -> None:
             labels=labels[named],
             person_ids=np.unique(labels[named]).astype(object),
             rejections=np.empty((0, 2), np.int64),
+            library_sample=data["vectors"][~named],  # the unnamed faces, raw, as read_training_set samples them
         )
         result = train_projection(data_set.vectors, data_set.labels, config=config)
         verdict = gate_on_pipeline(data_set, result, min_cluster_size=3)

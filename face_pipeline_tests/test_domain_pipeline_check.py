@@ -15,7 +15,9 @@ from face_pipeline.domain.assignment import thresholds_for_space
 from face_pipeline.domain.pipeline_check import (
     PipelineRoles,
     best_other_person,
+    best_person_scores,
     match_thresholds,
+    match_thresholds_on_library,
     pipeline_figures,
     pipeline_gate,
 )
@@ -102,3 +104,51 @@ def test_pipeline_figures_count_strangers_named_as_false_accepts(labelled):  # t
     assert loose.recall >= strict.recall and loose.precision < strict.precision
     assert strict.precision >= 0.95 and labels[roles.strangers].size == strict.n_strangers
     assert UNLABELLED not in labels
+
+
+def test_library_calibration_keeps_the_raw_spaces_budget_of_names_and_links(lfw_dev_embeddings):  # type: ignore[no-untyped-def]
+    """Named: the first 60% of each 5+ photo person's faces; the library's unnamed faces: everything else."""
+    _, person, counts = np.unique(lfw_dev_embeddings["identities"], return_inverse=True, return_counts=True)
+    vectors = l2_normalise(lfw_dev_embeddings["vectors"])
+    rank = np.zeros(person.size, np.int64)
+    for p in np.unique(person):
+        rank[person == p] = np.arange(int((person == p).sum()))
+    named = (counts[person] >= 5) & (rank < 0.6 * counts[person])
+    gallery, library, gallery_labels = vectors[named], vectors[~named], person[named]
+
+    same = match_thresholds_on_library(library, library, gallery, gallery, gallery_labels, RAW)
+    assert same.projected.threshold == pytest.approx(RAW.threshold, abs=2e-3)
+    assert same.projected.cluster_eps == pytest.approx(RAW.cluster_eps, abs=2e-3)
+
+    # A space that drags every face towards the nearest named person: the same raw threshold would name far
+    # more unnamed faces there; the calibrated one names as many as raw does.
+    _, centroids = prototypes(gallery, gallery_labels)
+
+    def drag(x: np.ndarray) -> np.ndarray:
+        return l2_normalise(x + centroids[np.argmax(x @ centroids.T, axis=1)])
+
+    dragged = match_thresholds_on_library(library, drag(library), gallery, drag(gallery), gallery_labels, RAW)
+    raw_named = (best_person_scores(library, gallery, gallery_labels) >= RAW.threshold).sum()
+    dragged_best = best_person_scores(drag(library), drag(gallery), gallery_labels)
+    assert (dragged_best >= RAW.threshold).sum() > 2 * raw_named  # the unmatched value would flood
+    assert abs(int((dragged_best >= dragged.projected.threshold).sum()) - int(raw_named)) <= 0.01 * raw_named
+    assert dragged.facts["faces"]["library_sample"] == library.shape[0]
+
+
+def test_gate_with_library_calibration_promotes_a_space_that_removes_a_nuisance(lfw_dev_embeddings):  # type: ignore[no-untyped-def]
+    """As above, with the thresholds calibrated on the unnamed faces (people with fewer than 5 photos) the
+    way training calibrates them in a library."""
+    _, person, counts = np.unique(lfw_dev_embeddings["identities"], return_inverse=True, return_counts=True)
+    clean = l2_normalise(lfw_dev_embeddings["vectors"])
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.normal(size=(clean.shape[1], 4)))[0]
+    noisy = l2_normalise(clean + 0.35 * rng.normal(size=(clean.shape[0], 4)) @ basis.T)
+    named = counts[person] >= 5
+    labels = person[named].astype(np.int64)
+    split = split_of(labels)
+    roles = PipelineRoles.from_split(split, labels)
+    raw_here = match_thresholds(clean[named], noisy[named], labels, roles, RAW).projected
+    matched = match_thresholds_on_library(noisy[~named], clean[~named], noisy[named], clean[named], labels, raw_here)
+    verdict = pipeline_gate(noisy[named], clean[named], labels, split, raw_here, matched=matched)
+    assert verdict.promote, verdict.reason
+    assert verdict.threshold_facts["faces"]["library_sample"] == int((~named).sum())

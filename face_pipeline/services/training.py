@@ -10,8 +10,10 @@ checkpoint is kept (weights + JSON metadata under FACE_DATA_DIR/checkpoints) and
 A checkpoint is promoted only when both gates pass: the head's own (pair TAR at a fixed FAR, nearest-prototype
 accuracy, `domain.projection.promotion_decision`) and the pipeline's (`domain.pipeline_check.pipeline_gate`):
 on held-out people, at the thresholds the projected space would run at, it must find more faces of named
-people without naming more strangers or making the unknown groups less pure. Those thresholds are chosen
-there too: the projected space keeps the raw space's error rates against prototypes and between strangers.
+people without naming more strangers or making the unknown groups less pure. Those thresholds are
+calibrated on a seeded sample of the library's unnamed faces (`LIBRARY_SAMPLE`): the projected space may name
+and link the same share of them as the raw space does (`match_thresholds_on_library`); a library with fewer
+than `MIN_LIBRARY_FACES` unnamed faces matches the held-out faces' error rates instead.
 
 `train_and_reassign_stage` is one label -> train -> reassign round for the evaluation.
 """
@@ -30,7 +32,12 @@ from sqlalchemy.orm import Session
 
 from face_pipeline.domain.assignment import SpaceThresholds, thresholds_for_space
 from face_pipeline.domain.checkpoint import save_checkpoint
-from face_pipeline.domain.pipeline_check import PipelineFigures, PipelineVerdict, pipeline_gate
+from face_pipeline.domain.pipeline_check import (
+    PipelineFigures,
+    PipelineVerdict,
+    match_thresholds_on_library,
+    pipeline_gate,
+)
 from face_pipeline.domain.projection import (
     NotEnoughLabels,
     TrainingConfig,
@@ -61,6 +68,8 @@ from face_pipeline.storage.vectors import VectorStore, VectorStoreError
 log = logging.getLogger(__name__)
 
 PROJECTION = "projection"
+LIBRARY_SAMPLE = 10_000  # unnamed faces the projected space's thresholds are calibrated on (seeded sample)
+MIN_LIBRARY_FACES = 50  # fewer unnamed faces: thresholds are matched on the held-out labelled faces instead
 _DEFAULTS = TrainingConfig()
 _CONFIRMED = FaceInstance.user_confirmed.is_(True) & FaceInstance.person_id.is_not(None)
 
@@ -84,6 +93,8 @@ class TrainingSet:
     labels: np.ndarray  # (n,) int64: index into person_ids, UNLABELLED for faces only rejected
     person_ids: np.ndarray  # (P,) object
     rejections: np.ndarray  # (m, 2) int64 rows (face row, person label): "this face is not that person"
+    # (s, d) float32 raw vectors of up to LIBRARY_SAMPLE faces nobody named: what the thresholds are calibrated on
+    library_sample: np.ndarray = field(default_factory=lambda: np.empty((0, 0), np.float32))
 
     @property
     def label_count(self) -> int:
@@ -131,6 +142,7 @@ def read_training_set(context: PipelineContext, vectors: VectorStore) -> Trainin
         base = base_space_row(session)
         labelled = session.execute(select(FaceInstance.id, FaceInstance.person_id).where(_CONFIRMED)).all()
         rejected = session.execute(select(FaceRejection.face_id, FaceRejection.person_id)).all()
+        unnamed_ids = session.scalars(select(FaceInstance.id).where(~_CONFIRMED)).all()
     labelled_ids = np.array([r.id for r in labelled], dtype=np.int64)
     person_ids, labelled_labels = _labels_by_first_face(labelled_ids, [r.person_id for r in labelled])
     _require(labelled_labels)
@@ -146,10 +158,14 @@ def read_training_set(context: PipelineContext, vectors: VectorStore) -> Trainin
     order = np.argsort(face_ids)
     face_ids, labels = face_ids[order], labels[order]
     rejection_rows = np.stack([np.searchsorted(face_ids, rejected_ids), rejected_people], axis=1).astype(np.int64)
+    unnamed = np.setdiff1d(np.array(unnamed_ids, dtype=np.int64), face_ids)
+    if unnamed.size > LIBRARY_SAMPLE:
+        unnamed = np.sort(np.random.default_rng(0).choice(unnamed, LIBRARY_SAMPLE, replace=False))
     try:
         raw = vectors.fetch(base.name, face_ids)
+        library = vectors.fetch(base.name, unnamed) if unnamed.size else np.empty((0, raw.shape[1]), np.float32)
     except VectorStoreError as exc:
-        raise InvalidInput(f"raw vectors of labelled faces are missing ({exc}); re-run `faces backfill`") from None
+        raise InvalidInput(f"raw vectors of some faces are missing ({exc}); re-run `faces backfill`") from None
     return TrainingSet(
         base_space=base.name,
         model_name=base.model_name,
@@ -159,6 +175,7 @@ def read_training_set(context: PipelineContext, vectors: VectorStore) -> Trainin
         labels=labels,
         person_ids=person_ids,
         rejections=rejection_rows,
+        library_sample=library.astype(np.float32, copy=False),
     )
 
 
@@ -219,7 +236,20 @@ def gate_on_pipeline(data: TrainingSet, result: TrainingResult, *, min_cluster_s
     )
     raw = l2_normalise(data.vectors)
     projected = project(data.vectors, result.state_dict, device="cpu")
-    return pipeline_gate(raw, projected, data.labels, split, data.base_thresholds, min_cluster_size=min_cluster_size)
+    matched = None
+    if data.library_sample.shape[0] >= MIN_LIBRARY_FACES:
+        named = data.labels != UNLABELLED
+        matched = match_thresholds_on_library(
+            l2_normalise(data.library_sample),
+            project(data.library_sample, result.state_dict, device="cpu"),
+            raw[named],
+            projected[named],
+            data.labels[named],
+            data.base_thresholds,
+        )
+    return pipeline_gate(
+        raw, projected, data.labels, split, data.base_thresholds, min_cluster_size=min_cluster_size, matched=matched
+    )
 
 
 # --- training and registering ---------------------------------------------------------------------------
