@@ -160,6 +160,32 @@ class MatchedThresholds:
     facts: dict[str, Any]  # JSON: how each value was chosen and on how many faces
 
 
+def _matched(
+    raw: SpaceThresholds,
+    person_scores: tuple[np.ndarray, np.ndarray],
+    link_scores: tuple[np.ndarray, np.ndarray],
+    facts: dict[str, Any],
+) -> MatchedThresholds:
+    """Thresholds passing the same share of (raw, projected) person scores and link scores as the raw
+    values do; the margin scaled by the spread of the person scores."""
+    raw_best, projected_best = person_scores
+    raw_link, projected_link = link_scores
+    threshold, named = _same_rate(raw_best, raw.threshold, projected_best)
+    link, linked = _same_rate(raw_link, 1.0 - raw.cluster_eps, projected_link)
+    spread_raw, spread_projected = float(raw_best.std()), float(projected_best.std())
+    scale = spread_projected / spread_raw if spread_raw > 0 else 1.0
+    projected = SpaceThresholds(
+        threshold=round(float(np.clip(threshold, -1.0, 1.0)), 6),
+        margin=round(float(np.clip(raw.margin * scale, 0.0, 2.0)), 4),
+        cluster_eps=round(float(np.clip(1.0 - link, 1e-3, 2.0)), 6),
+    )
+    rates = {
+        "raw_rates": {"threshold": named / max(raw_best.size, 1), "cluster_eps": linked / max(raw_link.size, 1)},
+        "strictest_value_taken": {"threshold": named < MIN_TAIL, "cluster_eps": linked < MIN_TAIL},
+    }
+    return MatchedThresholds(projected, {**facts, **rates})
+
+
 def match_thresholds(
     raw_vectors: np.ndarray,
     projected_vectors: np.ndarray,
@@ -168,34 +194,18 @@ def match_thresholds(
     raw: SpaceThresholds,
 ) -> MatchedThresholds:
     """The projected space's thresholds with the raw space's error rates (see the module doc)."""
-    raw_other = best_other_person(raw_vectors, labels, roles)
-    projected_other = best_other_person(projected_vectors, labels, roles)
-    threshold, over_threshold = _same_rate(raw_other, raw.threshold, projected_other)
-
     faces = np.concatenate([roles.gallery, roles.probes])
-    raw_link = nearest_other_face(raw_vectors, labels, faces)
-    projected_link = nearest_other_face(projected_vectors, labels, faces)
-    link, over_link = _same_rate(raw_link, 1.0 - raw.cluster_eps, projected_link)
-
-    spread_raw, spread_projected = float(raw_other.std()), float(projected_other.std())
-    scale = spread_projected / spread_raw if spread_raw > 0 else 1.0
-    projected = SpaceThresholds(
-        threshold=round(float(np.clip(threshold, -1.0, 1.0)), 6),
-        margin=round(float(np.clip(raw.margin * scale, 0.0, 2.0)), 4),
-        cluster_eps=round(float(np.clip(1.0 - link, 1e-3, 2.0)), 6),
-    )
-    facts = {
-        "threshold_rule": "same share of faces whose best other person scores above it",
-        "cluster_eps_rule": "same share of faces linked to a face of another person",
-        "margin_rule": "scaled by the spread of best-other-person scores",
-        "faces": {"probes": int(raw_other.size), "linked": int(faces.size)},
-        "raw_rates": {
-            "threshold": over_threshold / max(raw_other.size, 1),
-            "cluster_eps": over_link / max(faces.size, 1),
+    return _matched(
+        raw,
+        (best_other_person(raw_vectors, labels, roles), best_other_person(projected_vectors, labels, roles)),
+        (nearest_other_face(raw_vectors, labels, faces), nearest_other_face(projected_vectors, labels, faces)),
+        {
+            "threshold_rule": "same share of faces whose best other person scores above it",
+            "cluster_eps_rule": "same share of faces linked to a face of another person",
+            "margin_rule": "scaled by the spread of best-other-person scores",
+            "faces": {"probes": int(roles.probes.size), "linked": int(faces.size)},
         },
-        "strictest_value_taken": {"threshold": over_threshold < MIN_TAIL, "cluster_eps": over_link < MIN_TAIL},
-    }
-    return MatchedThresholds(projected, facts)
+    )
 
 
 def best_person_scores(vectors: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray) -> np.ndarray:
@@ -204,17 +214,6 @@ def best_person_scores(vectors: np.ndarray, gallery: np.ndarray, gallery_labels:
     best = np.empty(vectors.shape[0], dtype=np.float32)
     for start in range(0, vectors.shape[0], 4096):
         best[start : start + 4096] = (vectors[start : start + 4096] @ prototypes.vectors.T).max(axis=1)
-    return best
-
-
-def nearest_neighbour_scores(vectors: np.ndarray) -> np.ndarray:
-    """(n,) each face's highest cosine to another face of the set (exact, in blocks; meant for a sample)."""
-    best = np.empty(vectors.shape[0], dtype=np.float32)
-    for start in range(0, vectors.shape[0], 2048):
-        block = vectors[start : start + 2048] @ vectors.T
-        rows = np.arange(block.shape[0])
-        block[rows, start + rows] = -np.inf
-        best[start : start + 2048] = block.max(axis=1)
     return best
 
 
@@ -237,29 +236,24 @@ def match_thresholds_on_library(
 
     *_library: (m, d) / (m, o) unit rows of unnamed faces; *_gallery: unit rows of the named faces.
     """
-    raw_best = best_person_scores(raw_library, raw_gallery, gallery_labels)
-    projected_best = best_person_scores(projected_library, projected_gallery, gallery_labels)
-    threshold, named = _same_rate(raw_best, raw.threshold, projected_best)
-    raw_link = nearest_neighbour_scores(raw_library)
-    projected_link = nearest_neighbour_scores(projected_library)
-    link, linked = _same_rate(raw_link, 1.0 - raw.cluster_eps, projected_link)
-    spread_raw, spread_projected = float(raw_best.std()), float(projected_best.std())
-    scale = spread_projected / spread_raw if spread_raw > 0 else 1.0
-    projected = SpaceThresholds(
-        threshold=round(float(np.clip(threshold, -1.0, 1.0)), 6),
-        margin=round(float(np.clip(raw.margin * scale, 0.0, 2.0)), 4),
-        cluster_eps=round(float(np.clip(1.0 - link, 1e-3, 2.0)), 6),
+    everyone = np.arange(raw_library.shape[0])  # each unnamed face its own "person": links to any other face
+    return _matched(
+        raw,
+        (
+            best_person_scores(raw_library, raw_gallery, gallery_labels),
+            best_person_scores(projected_library, projected_gallery, gallery_labels),
+        ),
+        (
+            nearest_other_face(raw_library, everyone, everyone),
+            nearest_other_face(projected_library, everyone, everyone),
+        ),
+        {
+            "threshold_rule": "same share of the library's unnamed faces reaching a named person",
+            "cluster_eps_rule": "same share of the library's unnamed faces linked to another",
+            "margin_rule": "scaled by the spread of best-person scores",
+            "faces": {"library_sample": int(raw_library.shape[0]), "named": int(raw_gallery.shape[0])},
+        },
     )
-    m = max(raw_library.shape[0], 1)
-    facts = {
-        "threshold_rule": "same share of the library's unnamed faces reaching a named person",
-        "cluster_eps_rule": "same share of the library's unnamed faces linked to another",
-        "margin_rule": "scaled by the spread of best-person scores",
-        "faces": {"library_sample": int(raw_library.shape[0]), "named": int(raw_gallery.shape[0])},
-        "raw_rates": {"threshold": named / m, "cluster_eps": linked / m},
-        "strictest_value_taken": {"threshold": named < MIN_TAIL, "cluster_eps": linked < MIN_TAIL},
-    }
-    return MatchedThresholds(projected, facts)
 
 
 # --- the gate -------------------------------------------------------------------------------------------
