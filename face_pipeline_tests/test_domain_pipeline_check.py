@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from face_pipeline.domain.assignment import thresholds_for_space
+from face_pipeline.domain.assignment import SpaceThresholds, thresholds_for_space
 from face_pipeline.domain.pipeline_check import (
     PipelineRoles,
     best_other_person,
@@ -99,7 +99,7 @@ def test_pipeline_figures_count_strangers_named_as_false_accepts(labelled):  # t
     vectors, labels = labelled
     roles = PipelineRoles.from_split(split_of(labels), labels)
     strict = pipeline_figures(vectors, labels, roles, RAW)
-    loose = pipeline_figures(vectors, labels, roles, RAW.__class__(0.5, 0.0, RAW.cluster_eps))
+    loose = pipeline_figures(vectors, labels, roles, SpaceThresholds(0.5, 0.0, RAW.cluster_eps))
     assert loose.false_accepts_per_1000 == pytest.approx(1000.0)  # at 0.5 every stranger gets a name
     assert loose.recall >= strict.recall and loose.precision < strict.precision
     assert strict.precision >= 0.95 and labels[roles.strangers].size == strict.n_strangers

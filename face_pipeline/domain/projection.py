@@ -39,6 +39,7 @@ from face_pipeline.domain.triplets import PKSampler, batch_hard_triplet_loss
 from face_pipeline.domain.verification import (
     UNLABELLED,
     EvaluationPlan,
+    IdentitySplit,
     SpaceFigures,
     l2_normalise,
     split_by_identity,
@@ -151,6 +152,7 @@ class TrainingResult:
     promote_reason: str
     seconds: float
     device: str
+    split: IdentitySplit  # the faces trained on and the held-out ones the figures come from
     counts: dict[str, int] = field(default_factory=dict)
 
     def head(self) -> ProjectionHead:
@@ -351,6 +353,7 @@ def train_projection(
         promote_reason=reason,
         seconds=time.perf_counter() - started,
         device=str(device),
+        split=split,
         counts={
             "labelled_faces": int((labels != UNLABELLED).sum()),
             "people": int(np.unique(labels[labels != UNLABELLED]).size),

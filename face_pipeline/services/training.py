@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,7 +46,7 @@ from face_pipeline.domain.projection import (
     train_projection,
 )
 from face_pipeline.domain.projection_head import project, resolve_device
-from face_pipeline.domain.verification import UNLABELLED, l2_normalise, split_by_identity
+from face_pipeline.domain.verification import UNLABELLED, l2_normalise
 from face_pipeline.services.clustering import (
     AssignReport,
     CentroidReport,
@@ -224,16 +224,8 @@ def training_config(
 
 
 def gate_on_pipeline(data: TrainingSet, result: TrainingResult, *, min_cluster_size: int) -> PipelineVerdict:
-    """Rebuild the gate's split (same seed as train_projection) and play the pipeline on its held-out faces
-    in both spaces, each at its own thresholds (`domain.pipeline_check`)."""
-    config = result.config
-    split = split_by_identity(
-        data.labels,
-        config.val_fraction,
-        config.seed,
-        holdout_fraction=config.holdout_fraction,
-        gallery_size=config.gallery_size,
-    )
+    """Play the pipeline on the faces training held out (`result.split`) in both spaces, each at its own
+    thresholds (`domain.pipeline_check`)."""
     raw = l2_normalise(data.vectors)
     projected = project(data.vectors, result.state_dict, device="cpu")
     matched = None
@@ -248,7 +240,13 @@ def gate_on_pipeline(data: TrainingSet, result: TrainingResult, *, min_cluster_s
             data.base_thresholds,
         )
     return pipeline_gate(
-        raw, projected, data.labels, split, data.base_thresholds, min_cluster_size=min_cluster_size, matched=matched
+        raw,
+        projected,
+        data.labels,
+        result.split,
+        data.base_thresholds,
+        min_cluster_size=min_cluster_size,
+        matched=matched,
     )
 
 
@@ -302,8 +300,8 @@ def train_checkpoint(
     path = context.settings.checkpoints_dir / f"{name}.pt"
     thresholds = {
         **verdict.threshold_facts,
-        "raw": _as_dict(data.base_thresholds),
-        "projected": _as_dict(verdict.projected),
+        "raw": asdict(data.base_thresholds),
+        "projected": asdict(verdict.projected),
     }
     # "promote" is the overall verdict (what every reader checks); each gate's own verdict rides along.
     verdicts = {
@@ -365,10 +363,6 @@ def train_checkpoint(
         threshold_facts=verdict.threshold_facts,
         pipeline={"raw": verdict.raw_figures, "projected": verdict.projected_figures},
     )
-
-
-def _as_dict(t: SpaceThresholds) -> dict[str, float]:
-    return {"threshold": t.threshold, "margin": t.margin, "cluster_eps": t.cluster_eps}
 
 
 def _overall_reason(result: TrainingResult, verdict: PipelineVerdict) -> str:
