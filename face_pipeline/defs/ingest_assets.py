@@ -7,7 +7,8 @@ import dagster as dg
 from face_pipeline.defs.resources import VECTOR_STORE_POOL, FacePipelineResource
 from face_pipeline.services.catalog import scan_photos
 from face_pipeline.services.detection import DetectReport, detect_pending_faces
-from face_pipeline.vision.embedders import create_embedder, describe_embedder
+from face_pipeline.services.spaces import embedder_for_library
+from face_pipeline.vision.embedders import describe_embedder
 
 GROUP = "ingest"
 
@@ -32,7 +33,7 @@ def detected_faces(
 ) -> dg.MaterializeResult:
     """Faces of pending photos: boxes and landmarks in SQL, embeddings in the raw space's collection."""
     services = face_pipeline.context()
-    embedder = create_embedder(services.settings)
+    embedder = embedder_for_library(services.settings, services.db)
     model = describe_embedder(embedder)
     context.log.info(f"face model: {model}")
 

@@ -96,8 +96,10 @@ class SpaceThresholds:
 # verification operating points, eps 0.5 is Immich's default for its ArcFace models.
 _DLIB = SpaceThresholds(threshold=0.955, margin=0.02, cluster_eps=0.055)
 _ARCFACE = SpaceThresholds(threshold=0.45, margin=0.05, cluster_eps=0.5)
+_BUFFALO_S = SpaceThresholds(threshold=0.40, margin=0.02, cluster_eps=0.6)
 DEFAULT_THRESHOLDS: Mapping[str, SpaceThresholds] = {
     "dlib_resnet_v1": _DLIB,
+    "insightface_buffalo_s": _BUFFALO_S,
     "insightface_buffalo_l": _ARCFACE,
     "insightface_antelopev2": _ARCFACE,
     "arcface": _ARCFACE,

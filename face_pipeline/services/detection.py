@@ -18,7 +18,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from face_pipeline.domain.naming import noise_cluster_id
-from face_pipeline.services.spaces import register_raw_space
+from face_pipeline.services.spaces import embedder_for_library, register_raw_space
 from face_pipeline.services.thumbnail_store import write_thumbnail
 from face_pipeline.settings import Settings
 from face_pipeline.storage.db import Database
@@ -31,7 +31,7 @@ from face_pipeline.storage.models import (
     utcnow,
 )
 from face_pipeline.storage.vectors import VectorStore
-from face_pipeline.vision.embedders import create_embedder, describe_embedder
+from face_pipeline.vision.embedders import model_choice_of
 from face_pipeline.vision.types import FaceEmbedder
 from face_pipeline.vision.worker import PhotoResult, PhotoWorker, init_pool_worker, process_in_pool
 
@@ -85,7 +85,7 @@ def detect_pending_faces(
     report = DetectReport()
     if not tasks:
         return report
-    embedder = embedder or create_embedder(settings)  # models load lazily: only in-process work loads them
+    embedder = embedder or embedder_for_library(settings, db)
     space = embedder.space
     with db.session() as session:
         register_raw_space(session, space)
@@ -122,11 +122,13 @@ def _results(
     # spawn, not fork: the parent may hold threads (Dagster, BLAS) that fork would copy half-way.
     context = multiprocessing.get_context("spawn")
     workers = min(settings.worker_count, len(tasks))
-    # Workers use the back end the parent resolved (no second "InsightFace not found" line per worker).
-    backend = describe_embedder(embedder).get("backend")
-    if backend in ("dlib", "insightface"):
-        settings = settings.model_copy(update={"embedder": backend})
-    with context.Pool(workers, initializer=init_pool_worker, initargs=(settings,)) as pool:
+    # Workers use the model the parent resolved (no second "which model" line per worker) and share the
+    # cores: onnxruntime would otherwise start a thread per core in every worker.
+    choice = model_choice_of(embedder)
+    if choice is not None:
+        settings = settings.model_copy(update={"embedder": choice.value})
+    threads = max(1, settings.worker_count // workers)
+    with context.Pool(workers, initializer=init_pool_worker, initargs=(settings, threads)) as pool:
         yield pool.imap(process_in_pool, tasks, chunksize=4)
 
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from face_pipeline.domain.assignment import thresholds_for_space
+from face_pipeline.settings import Settings
+from face_pipeline.storage.db import Database
 from face_pipeline.storage.models import EmbeddingSpaceRow, FaceInstance, SpaceStatus, utcnow
-from face_pipeline.vision.types import EmbeddingSpaceInfo
+from face_pipeline.vision.model_packs import ModelChoice, choice_for_space
+from face_pipeline.vision.types import EmbeddingSpaceInfo, FaceEmbedder
+
+log = logging.getLogger(__name__)
 
 
 class EmbeddingSpaceMismatch(RuntimeError):
@@ -27,7 +34,8 @@ def register_raw_space(session: Session, info: EmbeddingSpaceInfo) -> EmbeddingS
     if other is not None:
         raise EmbeddingSpaceMismatch(
             f"the library's {other[1]} faces were embedded with '{other[0]}', but the configured model gives "
-            f"'{info.name}'; set FACE_EMBEDDER to the original model, or start a new FACE_DATA_DIR"
+            f"'{info.name}'; leave FACE_EMBEDDER=auto (it keeps the library's model), or move the library "
+            f"to the new model with `faces reembed --model {choice_for_space(info.name)}`"
         )
     row = session.scalar(select(EmbeddingSpaceRow).where(EmbeddingSpaceRow.name == info.name))
     if row is None:
@@ -52,3 +60,35 @@ def register_raw_space(session: Session, info: EmbeddingSpaceInfo) -> EmbeddingS
 
 def active_space(session: Session) -> EmbeddingSpaceRow | None:
     return session.scalar(select(EmbeddingSpaceRow).where(EmbeddingSpaceRow.status == SpaceStatus.ACTIVE))
+
+
+def library_raw_space(session: Session) -> str | None:
+    """The raw model space the library's faces are in (the active one, or the base of an active projection)."""
+    row = active_space(session)
+    if row is not None:
+        return row.name if row.kind == "raw" else row.base_space
+    return session.scalar(select(FaceInstance.embedding_space).limit(1))
+
+
+def embedder_for_library(settings: Settings, db: Database) -> FaceEmbedder:
+    """The face model new photos must go through: the library's own, so every vector stays comparable.
+
+    FACE_EMBEDDER=auto on an existing library keeps its model (and says so when a better one is installed);
+    an explicit FACE_EMBEDDER naming another model is refused by `register_raw_space` with the command that
+    moves the library over (`faces reembed`). A new library gets whatever FACE_EMBEDDER picks.
+    """
+    from face_pipeline.vision.embedders import create_embedder
+
+    with db.session() as session:
+        space = library_raw_space(session)
+    if space is None or settings.embedder != ModelChoice.AUTO:
+        return create_embedder(settings)
+    library_model = choice_for_space(space)
+    embedder = create_embedder(settings, library_model)
+    if library_model is ModelChoice.DLIB:
+        log.info(
+            "the library's faces are in %s: FACE_EMBEDDER=auto keeps dlib; `faces reembed --model buffalo_s` "
+            "moves the library (and every name on it) to InsightFace",
+            space,
+        )
+    return embedder

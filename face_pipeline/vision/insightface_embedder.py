@@ -1,10 +1,9 @@
-"""InsightFace back end: SCRFD detector + ArcFace recognizer (buffalo_l), onnxruntime, GPU when present.
+"""InsightFace back end: SCRFD detector + ArcFace recognizer through InsightFace's own code, onnxruntime,
+CUDA first when onnxruntime-gpu offers it.
 
-Never downloads: the model folder `<model_dir or ~/.insightface>/models/<model_name>` must already hold
-the .onnx files (FaceAnalysis would otherwise try GitHub). The recognizer is its own class,
-`ArcFaceRecognizer` (5-keypoint alignment + one batched ONNX run), so that part of the InsightFace code
-path is tested with a small exported model; SCRFD detection needs the real buffalo_l files and is
-exercised only where they are installed.
+The pack (vision/model_packs.py) names the two .onnx files; they are loaded one by one with
+`insightface.model_zoo.get_model`, so nothing ever reaches InsightFace's downloader. Faces are aligned with
+`face_align.norm_crop` on SCRFD's 5 keypoints and embedded by `ArcFaceONNX` ((x - 127.5) / 127.5 input).
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from face_pipeline.vision.images import check_rgb_array
+from face_pipeline.vision.model_packs import INSIGHTFACE_SPACE_PREFIX, InsightFacePack
 from face_pipeline.vision.quality import face_quality
 from face_pipeline.vision.types import DetectedFace, EmbeddingSpaceInfo, ModelUnavailable
 
@@ -27,47 +27,9 @@ Device = Literal["auto", "cpu", "cuda"]
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 
-# The detector and recognizer of each InsightFace model pack; other names need any .onnx file.
-KNOWN_PACKS: dict[str, tuple[str, ...]] = {
-    "buffalo_l": ("det_10g.onnx", "w600k_r50.onnx"),
-    "buffalo_m": ("det_2.5g.onnx", "w600k_r50.onnx"),
-    "buffalo_s": ("det_500m.onnx", "w600k_mbf.onnx"),
-    "buffalo_sc": ("det_500m.onnx", "w600k_mbf.onnx"),
-    "antelopev2": ("scrfd_10g_bnkps.onnx", "glintr100.onnx"),
-}
-
 # FaceAnalysis' own detection cut; settings.min_detection_score shifts it (see Settings).
 BASE_DETECTION_THRESHOLD = 0.5
-
-
-def model_root(model_dir: Path | None) -> Path:
-    """InsightFace's root folder: `model_dir`, or ~/.insightface as InsightFace itself defaults to."""
-    return (model_dir if model_dir is not None else Path("~/.insightface")).expanduser()
-
-
-def model_folder(model_dir: Path | None, model_name: str) -> Path:
-    """Where the model pack's .onnx files must be: <root>/models/<model_name>."""
-    return model_root(model_dir) / "models" / model_name
-
-
-def missing_model_files(folder: Path, model_name: str) -> list[str]:
-    """What is missing for `model_name` in `folder`; empty when the pack looks complete."""
-    if not folder.is_dir():
-        return [f"no folder {folder}"]
-    present = {p.name for p in folder.glob("*.onnx")}
-    if not present:
-        return ["no .onnx files"]
-    return [name for name in KNOWN_PACKS.get(model_name, ()) if name not in present]
-
-
-def check_model_files(folder: Path, model_name: str) -> None:
-    """Raise ModelUnavailable with an actionable message when the pack is not installed."""
-    missing = missing_model_files(folder, model_name)
-    if missing:
-        raise ModelUnavailable(
-            f"{model_name} model files not found in {folder}: missing {', '.join(missing)} "
-            f"(unzip {model_name}.zip from the InsightFace releases there, or set FACE_EMBEDDER=dlib)"
-        )
+SCRFD_STRIDE = 32  # SCRFD's input sides must be multiples of its largest stride
 
 
 def choose_providers(device: Device) -> tuple[list[str], int]:
@@ -163,6 +125,21 @@ class ArcFaceRecognizer:
         return vectors
 
 
+def detection_input_size(width: int, height: int, det_size: int) -> tuple[int, int]:
+    """SCRFD's input (w, h) for a photo: the photo itself when it fits in `det_size`, else a copy shrunk to it.
+
+    Sides round up to SCRFD's stride, so a 250 px photo runs at 256 x 256 instead of being blown up to
+    640 x 640 (4.5 vs 17 ms on one core); larger photos are shrunk, keeping their shape, and SCRFD maps
+    boxes and keypoints back to the photo's own pixels.
+    """
+    scale = min(1.0, det_size / max(width, height))
+
+    def side(pixels: int) -> int:
+        return max(SCRFD_STRIDE, -(-round(pixels * scale) // SCRFD_STRIDE) * SCRFD_STRIDE)
+
+    return side(width), side(height)
+
+
 @dataclass
 class _Loaded:
     detector: Any  # insightface SCRFD
@@ -171,30 +148,29 @@ class _Loaded:
 
 
 class InsightFaceEmbedder:
-    """FaceEmbedder on an InsightFace model pack (SCRFD + ArcFace). Loads once, on first use, under a lock.
+    """FaceEmbedder on an InsightFace pack (SCRFD + ArcFace). Loads once, on first use, under a lock.
 
-    Raises ModelUnavailable at construction when the pack's files are not installed, so no code path
-    ever reaches InsightFace's downloader.
+    Parameters: `det_size` is the largest detector input side (larger photos are detected on a shrunk copy);
+    faces with a box side under `min_face_size` px are dropped; `threads` caps onnxruntime's threads per
+    session (0 = its default, every core), so several worker processes do not fight over the cores.
     """
 
     def __init__(
         self,
+        pack: InsightFacePack,
         *,
-        model_dir: Path | None = None,
-        model_name: str = "buffalo_l",
         device: Device = "auto",
-        det_size: tuple[int, int] = (640, 640),
+        det_size: int = 640,
         min_face_size: int = 36,
         min_detection_score: float = 0.0,
+        threads: int = 0,
     ) -> None:
-        self.model_dir = model_dir
-        self.model_name = model_name
+        self.pack = pack
         self.device_setting = device
         self.det_size = det_size
         self.min_face_size = min_face_size
         self.det_threshold = BASE_DETECTION_THRESHOLD + min_detection_score
-        self.folder = model_folder(model_dir, model_name)
-        check_model_files(self.folder, model_name)
+        self.threads = threads
         self._loaded_models: _Loaded | None = None
         self._lock = threading.Lock()
 
@@ -214,16 +190,32 @@ class InsightFaceEmbedder:
         """Load both models now (raises ModelUnavailable if they cannot be used)."""
         self._loaded()
 
+    def with_threads(self, threads: int) -> InsightFaceEmbedder:
+        """An unloaded copy with another thread cap (for a worker process)."""
+        return InsightFaceEmbedder(
+            self.pack,
+            device=self.device_setting,
+            det_size=self.det_size,
+            min_face_size=self.min_face_size,
+            min_detection_score=self.det_threshold - BASE_DETECTION_THRESHOLD,
+            threads=threads,
+        )
+
     def detect_and_embed(self, image: np.ndarray) -> list[DetectedFace]:
-        """Faces of one H x W x 3 uint8 RGB photo. SCRFD resizes to `det_size` itself, so no pre-shrink."""
+        """Faces of one H x W x 3 uint8 RGB photo, boxes and keypoints in its own pixels."""
         check_rgb_array(image)
         loaded = self._loaded()
         height, width = image.shape[:2]
-        detections, keypoints = loaded.detector.detect(np.ascontiguousarray(image[:, :, ::-1]), max_num=0)
+        detections, keypoints = loaded.detector.detect(
+            np.ascontiguousarray(image[:, :, ::-1]),
+            input_size=detection_input_size(width, height, self.det_size),
+            max_num=0,
+            det_thresh=self.det_threshold,
+        )
         if len(detections) == 0:
             return []
         if keypoints is None:
-            raise ModelUnavailable(f"the detector in {self.folder} gives no keypoints to align faces with")
+            raise ModelUnavailable(f"the detector {self.pack.detector} gives no keypoints to align faces with")
         x1 = np.clip(np.floor(detections[:, 0]), 0, width).astype(int)
         y1 = np.clip(np.floor(detections[:, 1]), 0, height).astype(int)
         x2 = np.clip(np.ceil(detections[:, 2]), 0, width).astype(int)
@@ -254,33 +246,33 @@ class InsightFaceEmbedder:
         return self._loaded_models
 
     def _load(self) -> _Loaded:
-        from insightface.app import FaceAnalysis
+        import onnxruntime
+        from insightface.model_zoo import get_model
 
-        check_model_files(self.folder, self.model_name)
         providers, ctx_id = choose_providers(self.device_setting)
-        try:
-            # name= the folder itself: FaceAnalysis then uses it as is and never calls its downloader.
-            app = FaceAnalysis(
-                name=str(self.folder),
-                root=str(model_root(self.model_dir)),
-                allowed_modules=["detection", "recognition"],
-                providers=providers,
-            )
-            app.prepare(ctx_id=ctx_id, det_thresh=self.det_threshold, det_size=self.det_size)
-        except AssertionError as exc:  # FaceAnalysis asserts that a detection model was found
-            raise ModelUnavailable(f"no face detection model (SCRFD) among the .onnx in {self.folder}") from exc
-        except Exception as exc:  # onnxruntime raises its own exception types for bad model files
-            raise ModelUnavailable(f"cannot load InsightFace models from {self.folder}: {exc}") from exc
-        if "recognition" not in app.models:
-            raise ModelUnavailable(f"no face recognition model (ArcFace) among the .onnx in {self.folder}")
-        recognizer = ArcFaceRecognizer(app.models["recognition"])
-        space = EmbeddingSpaceInfo(
-            name=f"insightface_{self.model_name}",
-            model_name=self.model_name,
-            dim=recognizer.dim,
-        )
-        logger.info("loaded InsightFace %s from %s on %s", self.model_name, self.folder, recognizer.providers)
-        return _Loaded(detector=app.det_model, recognizer=recognizer, space=space)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        # w600k_mbf declares a batch of 1 in its output shape but runs any batch; onnxruntime would warn per call.
+        options.log_severity_level = 3
+        models = []
+        for path, task in ((self.pack.detector, "detection"), (self.pack.recognizer, "recognition")):
+            if not path.is_file():
+                raise ModelUnavailable(f"{self.pack.name}: {task} model {path} does not exist")
+            try:
+                # An .onnx path never reaches InsightFace's downloader (download defaults to False).
+                model = get_model(str(path), providers=providers, sess_options=options)
+            except Exception as exc:  # onnxruntime raises its own exception types for bad model files
+                raise ModelUnavailable(f"cannot load {task} model {path}: {exc}") from exc
+            if getattr(model, "taskname", None) != task:
+                raise ModelUnavailable(f"{path} is not a face {task} model")
+            models.append(model)
+        detector, recognition = models
+        detector.prepare(ctx_id=ctx_id, det_thresh=self.det_threshold)
+        recognizer = ArcFaceRecognizer(recognition)
+        space = EmbeddingSpaceInfo(name=f"{INSIGHTFACE_SPACE_PREFIX}{self.pack.name}", model_name=self.pack.name, dim=recognizer.dim)
+        logger.info("loaded InsightFace %s from %s on %s", self.pack.name, self.pack.source, recognizer.providers)
+        return _Loaded(detector=detector, recognizer=recognizer, space=space)
 
     def __getstate__(self) -> dict[str, Any]:
         # onnxruntime sessions and locks do not pickle: a copy in a worker process loads its own.

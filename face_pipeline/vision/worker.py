@@ -54,10 +54,10 @@ class PhotoWorker:
 _worker: PhotoWorker | None = None
 
 
-def init_pool_worker(settings: Settings) -> None:
+def init_pool_worker(settings: Settings, threads: int = 0) -> None:
     global _worker  # one embedder per pool process, built once by the pool's initializer
     logging.basicConfig(level=logging.WARNING)
-    _worker = PhotoWorker(settings)
+    _worker = PhotoWorker(settings, create_embedder(settings, threads=threads))
 
 
 def process_in_pool(task: tuple[int, str]) -> PhotoResult:
