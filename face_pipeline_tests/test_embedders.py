@@ -1,8 +1,10 @@
-"""Face models on real photos: dlib on lfw-mini, the InsightFace recognition path, and model selection."""
+"""dlib on real photos (lfw-mini), the InsightFace recognition path with a stand-in model, and explicit model
+choices. buffalo_s with its real files, and FACE_EMBEDDER=auto, are in test_insightface.py."""
 
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +16,10 @@ from PIL import Image, ImageFilter
 from face_pipeline.domain.assignment import thresholds_for_space
 from face_pipeline.settings import load_settings
 from face_pipeline.vision.dlib_embedder import DlibEmbedder
-from face_pipeline.vision.embedders import create_embedder, describe_embedder
+from face_pipeline.vision.embedders import create_embedder
 from face_pipeline.vision.images import load_rgb
 from face_pipeline.vision.insightface_embedder import ArcFaceRecognizer, InsightFaceEmbedder
+from face_pipeline.vision.model_packs import InsightFacePack, folder_pack
 from face_pipeline.vision.types import DetectedFace, ModelUnavailable
 
 LIMITS = {"max_pixels": 80_000_000, "max_bytes": 200 * 1024 * 1024}
@@ -158,21 +161,6 @@ def test_embedder_refuses_arrays_that_are_not_rgb_uint8(dlib_embedder: DlibEmbed
 # --- choosing the model -------------------------------------------------------------------------------
 
 
-def test_auto_falls_back_to_dlib_with_one_warning_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    settings = load_settings(embedder="auto", model_dir=tmp_path)
-    with caplog.at_level(logging.WARNING, logger="face_pipeline.vision"):
-        embedder = create_embedder(settings)
-    assert isinstance(embedder, DlibEmbedder)
-    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(warnings) == 1
-    message = warnings[0].getMessage()
-    assert "\n" not in message
-    assert f"InsightFace buffalo_l not found in {tmp_path / 'models' / 'buffalo_l'}" in message
-    assert "using dlib ResNet (128-d, offline)" in message
-    facts = describe_embedder(embedder)
-    assert facts["backend"] == "dlib" and facts["space"] == "dlib_resnet_v1" and facts["dim"] == 128
-
-
 def test_dlib_embedder_takes_its_limits_from_the_settings() -> None:
     settings = load_settings(embedder="dlib", detect_max_side=900, min_face_size=50, min_detection_score=0.4)
     embedder = create_embedder(settings)
@@ -181,9 +169,9 @@ def test_dlib_embedder_takes_its_limits_from_the_settings() -> None:
 
 
 def test_insightface_without_its_files_is_a_clear_error_and_never_downloads(tmp_path: Path) -> None:
-    settings = load_settings(embedder="insightface", model_dir=tmp_path)
+    settings = load_settings(embedder="insightface", model_dir=tmp_path)  # FACE_MODEL_NAME: buffalo_l
     folder = tmp_path / "models" / "buffalo_l"
-    with pytest.raises(ModelUnavailable, match=f"buffalo_l model files not found in {folder}: .*FACE_EMBEDDER=dlib"):
+    with pytest.raises(ModelUnavailable, match=f"buffalo_l model files not found: no folder {re.escape(str(folder))}"):
         create_embedder(settings)
     assert not (tmp_path / "models").exists()  # nothing was fetched or created
 
@@ -195,11 +183,14 @@ def test_broken_insightface_files_fail_loudly_or_fall_back_on_auto(
     folder.mkdir(parents=True)
     for name in ("det_10g.onnx", "w600k_r50.onnx"):
         (folder / name).write_bytes(b"an interrupted download")
-    with pytest.raises(ModelUnavailable, match=f"cannot load InsightFace models from {folder}"):
+    detector = re.escape(str(folder / "det_10g.onnx"))
+    with pytest.raises(ModelUnavailable, match=f"cannot load detection model {detector}: "):
         create_embedder(load_settings(embedder="insightface", model_dir=tmp_path))
-    with caplog.at_level(logging.WARNING, logger="face_pipeline.vision"):
-        assert isinstance(create_embedder(load_settings(embedder="auto", model_dir=tmp_path)), DlibEmbedder)
-    assert "unusable" in caplog.text and "using dlib" in caplog.text
+    with caplog.at_level(logging.INFO, logger="face_pipeline.vision.embedders"):
+        embedder = create_embedder(load_settings(embedder="auto", model_dir=tmp_path))
+    assert isinstance(embedder, InsightFaceEmbedder) and embedder.pack.name == "buffalo_s"
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "face_pipeline.vision.embedders"]
+    assert line.startswith("face model: buffalo_s from ") and f"cannot load detection model {folder}" in line
 
 
 # --- InsightFace recognition path with a stand-in model -----------------------------------------------
@@ -288,8 +279,10 @@ def test_alignment_undoes_scale_and_position(recognizer: ArcFaceRecognizer, face
 
 
 def test_insightface_embedder_needs_a_detector_model(tiny_recognizer_onnx: Path) -> None:
-    """FaceAnalysis really loads the folder here; SCRFD itself is untested without buffalo_l's files."""
-    model_dir = tiny_recognizer_onnx.parents[2]
-    embedder = InsightFaceEmbedder(model_dir=model_dir, model_name="tinypack", device="cpu")
-    with pytest.raises(ModelUnavailable, match="no face detection model"):
-        embedder.load()
+    """A pack folder with a recognizer only is refused by name; a recognizer given as the detector too."""
+    folder = tiny_recognizer_onnx.parent
+    with pytest.raises(ModelUnavailable, match=f"tinypack: need a detector .* in {re.escape(str(folder))}"):
+        folder_pack(folder.parents[1], "tinypack")
+    pack = InsightFacePack("tinypack", detector=tiny_recognizer_onnx, recognizer=tiny_recognizer_onnx, source="test")
+    with pytest.raises(ModelUnavailable, match="is not a face detection model"):
+        InsightFaceEmbedder(pack, device="cpu").load()
