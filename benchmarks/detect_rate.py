@@ -19,6 +19,7 @@ from pathlib import Path
 from face_pipeline.settings import Settings, load_settings
 from face_pipeline.vision.embedders import create_embedder, describe_embedder
 from face_pipeline.vision.images import ImageRejected, load_rgb
+from face_pipeline.vision.model_packs import ModelChoice
 from face_pipeline.vision.types import FaceEmbedder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, default=REPO.parent / "shared" / "datasets" / "lfw-dev")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--limit", type=int, default=None, help="only the first N photos (sorted)")
-    parser.add_argument("--embedder", choices=["auto", "insightface", "dlib"], default=None)
+    parser.add_argument("--embedder", choices=[c.value for c in ModelChoice], default=None)
     args = parser.parse_args()
 
     overrides = {"embedder": args.embedder} if args.embedder else {}
@@ -87,6 +88,7 @@ def main() -> None:
         "ms_per_photo_in_worker": round(ms_per_photo, 1),
         "min_face_size": settings.min_face_size,
         "min_detection_score": settings.min_detection_score,
+        "detect_size": settings.detect_size,
     }
     print(f"dataset      {args.dataset} ({model['space']} on {model['device']}, {args.workers} workers)")
     print(f"photos       {len(photos)}  (rejected {rejected})")

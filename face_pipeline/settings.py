@@ -71,8 +71,12 @@ class Settings(BaseSettings):
     person_match_margin: float | None = Field(None, ge=0, le=2)
 
     # --- unsupervised clustering (seed) ---------------------------------------------------------------
-    unknown_clustering_method: Literal["hdbscan", "agglomerative", "dbscan"] = "hdbscan"
-    unknown_min_cluster_size: int = Field(3, ge=2, le=10_000)
+    unknown_clustering_method: Literal["hdbscan", "agglomerative", "dbscan"] | None = Field(
+        None, description="Unset = the embedding space's own (dlib: hdbscan, InsightFace: dbscan)."
+    )
+    unknown_min_cluster_size: int | None = Field(
+        None, ge=2, le=10_000, description="Unset = the embedding space's own (dlib 3, InsightFace 2)."
+    )
     unknown_eps: float | None = Field(
         None, gt=0, le=2, description="Cosine distance linking two faces; unset = the space's own (dlib 0.06)."
     )

@@ -314,12 +314,16 @@ class StatsPublic(BaseModel):
     active_space: str | None
     person_threshold: float | None
     person_margin: float | None
+    face_model: dict[str, Any] = Field(
+        default_factory=dict, description="The library's face model: model, space, dim, providers, device, licence."
+    )
     skipped: list[SkippedPhoto]
 
     @classmethod
     def of(cls, stats: LibraryStats, photos_dir: Path) -> StatsPublic:
         data: dict[str, Any] = stats.as_dict()
         data.pop("skip_reasons")
+        data["face_model"] = {k: v for k, v in stats.face_model.items() if k != "model_source"}  # no server paths
         skipped = [
             SkippedPhoto(photo=_relative(path, photos_dir), reason=reason) for path, reason in stats.skip_reasons
         ]

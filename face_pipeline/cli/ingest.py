@@ -71,6 +71,13 @@ def stats(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable
             f"active space: {result.active_space} (person threshold {result.person_threshold}, "
             f"margin {result.person_margin}, {result.active_space_kind})"
         )
+    if result.face_model:
+        model = result.face_model
+        providers = ", ".join(model.get("providers") or []) or "unknown"
+        typer.echo(
+            f"face model: {model.get('model')} (space {model.get('space')}, {model.get('dim')}-d) on {providers}; "
+            f"licence: {model.get('licence', 'unknown')}"
+        )
     if result.last_training_space:
         verdict = f"promoted, {result.last_training_status}" if result.last_training_promoted else "rejected"
         typer.echo(

@@ -70,11 +70,15 @@ class SpaceThresholds:
     threshold : minimum best-person score for an automatic assignment
     margin : minimum lead of the best person over the second-best person
     cluster_eps : cosine distance at which two unknown faces are linked when clustering
+    cluster_method : how the unknown faces are grouped (domain.clustering.METHODS)
+    min_cluster_size : smallest group of unknown faces offered for naming
     """
 
     threshold: float
     margin: float
     cluster_eps: float
+    cluster_method: str = "hdbscan"
+    min_cluster_size: int = 3
 
     def __post_init__(self) -> None:
         if not -1.0 <= self.threshold <= 1.0:
@@ -83,6 +87,8 @@ class SpaceThresholds:
             raise ValueError(f"margin must be in [0, 2], got {self.margin!r}")
         if not 0.0 < self.cluster_eps <= 2.0:
             raise ValueError(f"cluster_eps must be a cosine distance in (0, 2], got {self.cluster_eps!r}")
+        if self.min_cluster_size < 2:
+            raise ValueError(f"min_cluster_size must be >= 2, got {self.min_cluster_size!r}")
 
 
 # Raw model spaces. dlib (lfw-dev, measured): same person median 0.953 (1st percentile 0.908), strangers
@@ -96,7 +102,7 @@ class SpaceThresholds:
 # verification operating points, eps 0.5 is Immich's default for its ArcFace models.
 _DLIB = SpaceThresholds(threshold=0.955, margin=0.02, cluster_eps=0.055)
 _ARCFACE = SpaceThresholds(threshold=0.45, margin=0.05, cluster_eps=0.5)
-_BUFFALO_S = SpaceThresholds(threshold=0.40, margin=0.02, cluster_eps=0.6)
+_BUFFALO_S = SpaceThresholds(threshold=0.40, margin=0.02, cluster_eps=0.6, cluster_method="dbscan", min_cluster_size=2)
 DEFAULT_THRESHOLDS: Mapping[str, SpaceThresholds] = {
     "dlib_resnet_v1": _DLIB,
     "insightface_buffalo_s": _BUFFALO_S,

@@ -15,7 +15,14 @@ import numpy as np
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
-from face_pipeline.domain.assignment import NO_PERSON, Prototypes, assign_to_known_people, build_prototypes
+from face_pipeline.domain.assignment import (
+    NO_PERSON,
+    Prototypes,
+    SpaceThresholds,
+    assign_to_known_people,
+    build_prototypes,
+    thresholds_for_space,
+)
 from face_pipeline.domain.clustering import NOISE, cluster_unknown
 from face_pipeline.domain.naming import (
     cluster_ids,
@@ -35,7 +42,7 @@ from face_pipeline.services.face_table import (
     sync_payloads,
 )
 from face_pipeline.services.spaces import active_space
-from face_pipeline.storage.models import AssignmentSource, PersonPrototype, PipelineState, utcnow
+from face_pipeline.storage.models import AssignmentSource, EmbeddingSpaceRow, PersonPrototype, PipelineState, utcnow
 from face_pipeline.storage.vectors import VectorStore
 
 log = logging.getLogger(__name__)
@@ -55,6 +62,8 @@ class SpaceParams:
     person_threshold: float
     person_margin: float
     cluster_eps: float | None
+    cluster_method: str = "hdbscan"
+    min_cluster_size: int = 3
 
 
 @dataclass
@@ -111,7 +120,24 @@ def space_params(
         raise InvalidInput(f"embedding space {space.name} has no person threshold; set FACE_PERSON_MATCH_THRESHOLD")
     margin = _first(person_margin, settings.person_match_margin, space.person_margin) or 0.0
     eps = _first(settings.unknown_eps, space.cluster_eps)
-    return SpaceParams(space.name, float(threshold), float(margin), None if eps is None else float(eps))
+    grouping = raw_space_defaults(space)
+    return SpaceParams(
+        space.name,
+        float(threshold),
+        float(margin),
+        None if eps is None else float(eps),
+        settings.unknown_clustering_method or grouping.cluster_method,
+        settings.unknown_min_cluster_size or grouping.min_cluster_size,
+    )
+
+
+def raw_space_defaults(space: EmbeddingSpaceRow) -> SpaceThresholds:
+    """The defaults of the model behind `space` (a projection groups faces the way its base space does)."""
+    raw = space.name if space.kind == "raw" else space.base_space
+    try:
+        return thresholds_for_space(raw or space.name)
+    except ValueError:  # a raw model with no defaults of its own: thresholds come from its row
+        return SpaceThresholds(threshold=0.0, margin=0.0, cluster_eps=1.0)
 
 
 def _first(*values: float | None) -> float | None:
@@ -300,10 +326,10 @@ def cluster_unknown_faces(
     """Group the faces that belong to nobody; keep unknown_cluster_{N} numbers across runs."""
     started = time.perf_counter()
     settings = context.settings
-    method = method or settings.unknown_clustering_method
-    min_size = min_cluster_size or settings.unknown_min_cluster_size
     with context.db.session() as session:
         params = space_params(context, session)
+        method = method or params.cluster_method
+        min_size = min_cluster_size or params.min_cluster_size
         eps = eps if eps is not None else params.cluster_eps
         report = ClusterReport(params.space, method)
         table = read_faces(session)
@@ -313,7 +339,14 @@ def cluster_unknown_faces(
             matrix = _vectors_for(vectors, params.space, table)[pool]
             # A member needs fellow members within eps; with groups of 2 allowed, one fellow is all there is.
             links = min(2, min_size - 1)
-            labels = cluster_unknown(matrix, method=method, min_cluster_size=min_size, eps=eps, min_links=links)  # type: ignore[arg-type]
+            labels = cluster_unknown(
+                matrix,
+                method=method,  # type: ignore[arg-type]
+                min_cluster_size=min_size,
+                eps=eps,
+                min_links=links,
+                min_samples=min(3, min_size),
+            )
             cluster_ids = _stable_names(session, table, pool, labels)
             changes = FaceChanges(
                 pool,

@@ -29,7 +29,9 @@ from face_pipeline.storage.db import Database
 from face_pipeline.storage.models import AssignmentSource, FaceInstance, Image, Person
 
 UNKNOWN_IDENTITY = ""  # truth of a background face (or of a photo outside the dataset)
-IMMICH_DISTANCES = (0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.10)  # swept; the best BCubed F is reported
+# Immich's max_distance is swept around the space's own link distance (dlib 0.055 -> 0.033..0.077, buffalo_s
+# 0.6 -> 0.36..0.84, which holds Immich's ArcFace default 0.5); the best BCubed F is reported.
+IMMICH_DISTANCE_FACTORS = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4)
 PLAIN_HDBSCAN_MIN_CLUSTER_SIZE = 3
 
 
@@ -192,7 +194,7 @@ class BaselineFigures:
 
 
 def score_baselines(
-    stage: str, state: LibraryState, matrix: np.ndarray, strangers: frozenset[str]
+    stage: str, state: LibraryState, matrix: np.ndarray, strangers: frozenset[str], space_eps: float
 ) -> list[BaselineFigures]:
     """The seed's plain HDBSCAN and Immich's algorithm (at its best distance) on the same vectors."""
     started = time.perf_counter()
@@ -202,10 +204,10 @@ def score_baselines(
     ]
     rows[0].seconds = time.perf_counter() - started
     best: BaselineFigures | None = None
-    for distance in IMMICH_DISTANCES:
+    for distance in sorted({round(space_eps * factor, 3) for factor in IMMICH_DISTANCE_FACTORS}):
         started = time.perf_counter()
         labels = immich_baseline(matrix, max_distance=distance)
-        row = _baseline("Immich", stage, f"max_distance={distance:.2f} (best of sweep)", state, labels, strangers)
+        row = _baseline("Immich", stage, f"max_distance={distance:g} (best of sweep)", state, labels, strangers)
         row.seconds = time.perf_counter() - started
         if best is None or row.bcubed_f > best.bcubed_f:
             best = row

@@ -348,14 +348,15 @@ class _Run:
             "person_threshold": params.person_threshold,
             "person_margin": params.person_margin,
             "cluster_eps": params.cluster_eps,
-            "method": self.settings.unknown_clustering_method,
-            "min_cluster_size": self.settings.unknown_min_cluster_size,
+            "method": params.cluster_method,
+            "min_cluster_size": params.min_cluster_size,
         }
 
     def _baselines(self, stage: str, state: LibraryState) -> None:
         with self.context.vectors() as vectors:
             matrix = vectors.fetch(self.report.params["space"], state.face_ids)
-        self.report.baselines.extend(score_baselines(stage, state, matrix, self.dataset.strangers))
+        eps = float(self.report.params["cluster_eps"])
+        self.report.baselines.extend(score_baselines(stage, state, matrix, self.dataset.strangers, eps))
 
 
 def _ordinal(n: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -21,10 +22,13 @@ class EmbeddingSpaceMismatch(RuntimeError):
     """The library's faces were embedded by another model than the one configured now."""
 
 
-def register_raw_space(session: Session, info: EmbeddingSpaceInfo) -> EmbeddingSpaceRow:
+def register_raw_space(
+    session: Session, info: EmbeddingSpaceInfo, *, model_facts: dict[str, Any] | None = None
+) -> EmbeddingSpaceRow:
     """Record the detection model's space; it becomes active when no space is active yet.
 
-    Faces of two raw spaces never share a library: their vectors are not comparable.
+    Faces of two raw spaces never share a library: their vectors are not comparable. `model_facts`
+    (vision.embedders.describe_embedder: model, providers, licence, ...) are kept on the row for `faces stats`.
     """
     other = session.execute(
         select(FaceInstance.embedding_space, func.count())
@@ -52,6 +56,8 @@ def register_raw_space(session: Session, info: EmbeddingSpaceInfo) -> EmbeddingS
         )
         session.add(row)
         session.flush()
+    if model_facts is not None:
+        row.metrics = {**(row.metrics or {}), "model": model_facts}
     if active_space(session) is None:
         row.status = SpaceStatus.ACTIVE
         row.activated_at = utcnow()

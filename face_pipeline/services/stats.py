@@ -28,6 +28,8 @@ class LibraryStats:
     people_counts: list[tuple[str, int]] = field(default_factory=list)  # largest first
     largest_unknown: list[tuple[str, int]] = field(default_factory=list)
     active_space_kind: str | None = None  # raw | projection
+    # The face model behind the library's raw space, as the last detection run saw it (vision.embedders).
+    face_model: dict[str, Any] = field(default_factory=dict)
     # The newest trained checkpoint (services/training.py), promoted or not.
     last_training_space: str | None = None
     last_training_at: datetime | None = None
@@ -70,6 +72,7 @@ def library_stats(db: Database, *, skipped_examples: int = 10, top: int = 10) ->
             stats.person_threshold = space.person_threshold
             stats.person_margin = space.person_margin
             stats.active_space_kind = space.kind
+            stats.face_model = _face_model(session, space)
         _add_last_training(session, stats)
         stats.people_counts = [
             (r[0], r[1])
@@ -99,6 +102,14 @@ def library_stats(db: Database, *, skipped_examples: int = 10, top: int = 10) ->
             )
         ]
     return stats
+
+
+def _face_model(session: Any, space: EmbeddingSpaceRow) -> dict[str, Any]:
+    raw = space if space.kind == "raw" else session.scalar(
+        select(EmbeddingSpaceRow).where(EmbeddingSpaceRow.name == space.base_space)
+    )
+    facts = dict(((raw.metrics or {}).get("model") or {}) if raw is not None else {})
+    return facts or ({"space": raw.name, "model": raw.model_name, "dim": raw.dim} if raw is not None else {})
 
 
 def _add_last_training(session: Any, stats: LibraryStats) -> None:

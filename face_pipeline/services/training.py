@@ -293,7 +293,8 @@ def train_checkpoint(
         result = train_projection(data.vectors, data.labels, data.rejections, config)
     except NotEnoughLabels as exc:
         raise _too_few(exc) from None
-    verdict = gate_on_pipeline(data, result, min_cluster_size=context.settings.unknown_min_cluster_size)
+    min_size = context.settings.unknown_min_cluster_size or thresholds_for_space(data.base_space).min_cluster_size
+    verdict = gate_on_pipeline(data, result, min_cluster_size=min_size)
     promote = result.promote and verdict.promote
     reason = _overall_reason(result, verdict)
     name = new_space_name(data.base_space)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,8 @@ from face_pipeline.vision.quality import face_quality
 from face_pipeline.vision.types import DetectedFace, EmbeddingSpaceInfo, ModelUnavailable
 
 logger = logging.getLogger(__name__)
+# insightface 2.1's norm_crop calls scikit-image's deprecated SimilarityTransform.estimate: one line per face.
+warnings.filterwarnings("ignore", message=".*`estimate` is deprecated", category=FutureWarning)
 
 Device = Literal["auto", "cpu", "cuda"]
 CPU = "CPUExecutionProvider"
