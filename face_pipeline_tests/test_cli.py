@@ -23,6 +23,8 @@ def cli_env(tmp_path: Path, lfw_mini: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("FACE_PHOTOS_DIR", str(photos))
     monkeypatch.setenv("FACE_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    monkeypatch.setenv("FACE_MODEL_DIR", str(tmp_path / "insightface"))  # no buffalo_l: auto picks buffalo_s
+    monkeypatch.delenv("FACE_EMBEDDER", raising=False)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -39,7 +41,7 @@ def test_backfill_runs_through_dagster_and_stats_reports_it(cli_env: Path):
     result = runner.invoke(app, ["faces", "stats"])
     assert result.exit_code == 0, result.output
     assert "done 3" in result.output and "pending 1" in result.output
-    assert "active space: dlib_resnet_v1" in result.output
+    assert "active space: insightface_buffalo_s" in result.output  # the default model's space
 
 
 def test_bad_argument_is_one_line_and_changes_nothing(cli_env: Path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from face_pipeline.defs.ingest_assets import detected_faces, photo_catalog
 from face_pipeline.defs.resources import FacePipelineResource
@@ -20,7 +21,9 @@ def test_definitions_load():
     assert {"photo_catalog", "detected_faces"} <= keys
 
 
-def test_materialize_catalog_and_detection(tmp_path: Path, lfw_mini: Path):
+def test_materialize_catalog_and_detection(tmp_path: Path, lfw_mini: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("FACE_MODEL_DIR", str(tmp_path / "insightface"))  # no buffalo_l: auto picks buffalo_s
+    monkeypatch.delenv("FACE_EMBEDDER", raising=False)
     photos = tmp_path / "photos"
     copy_people(lfw_mini, photos, people=2, photos_each=3)
     resource = FacePipelineResource(photos_dir=str(photos), data_dir=str(tmp_path / "data"))
@@ -37,8 +40,10 @@ def test_materialize_catalog_and_detection(tmp_path: Path, lfw_mini: Path):
         detected = result.asset_materializations_for_node("detected_faces")[0].metadata
         assert catalog["new"].value == 6
         assert detected["photos"].value == 4 and detected["faces"].value >= 4
-        assert detected["space"].value == "dlib_resnet_v1"
-        assert "dlib" in str(detected["model_space"].value)
+        assert detected["space"].value == detected["model_space"].value == "insightface_buffalo_s"
+        assert (detected["model_model"].value, detected["model_backend"].value) == ("buffalo_s", "insightface")
+        assert "CPUExecutionProvider" in detected["model_providers"].value
+        assert "non-commercial" in detected["model_licence"].value
 
         again = dg.materialize(
             [photo_catalog, detected_faces], instance=instance, resources={"face_pipeline": resource}
