@@ -1,4 +1,4 @@
-"""The labelling API over real state: lfw-mini ingested with the real dlib model, then clustered.
+"""The labelling API over real state: lfw-mini ingested with the real default model (buffalo_s), then clustered.
 
 Every module-scoped library is built once per database back end (SQLite, PostgreSQL); tests that write
 take a cluster or face of their own, so they do not depend on each other's order.
@@ -40,7 +40,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 BASE_URL = "http://127.0.0.1"  # the host check admits loopback names only (TestClient's default is testserver)
 API = "/api/v1"
-SPACE = "dlib_resnet_v1"
+SPACE = "insightface_buffalo_s"
 
 
 # --- building the library ------------------------------------------------------------------------------
@@ -60,7 +60,7 @@ def _ingested_template(tmp_path_factory: pytest.TempPathFactory, lfw_mini: Path)
 def sqlite_library(tmp_path_factory: pytest.TempPathFactory, lfw_mini: Path, **overrides: Any) -> PipelineContext:
     root = tmp_path_factory.mktemp("api_library")
     shutil.copytree(_ingested_template(tmp_path_factory, lfw_mini), root / "data")
-    settings = load_settings(photos_dir=lfw_mini, data_dir=root / "data", embedder="dlib", **overrides)
+    settings = load_settings(photos_dir=lfw_mini, data_dir=root / "data", embedder="buffalo_s", **overrides)
     return PipelineContext.from_settings(settings)
 
 

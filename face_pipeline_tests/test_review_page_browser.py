@@ -1,5 +1,5 @@
 """The review page in a real browser: Debian's chromium driven by Playwright, against the app served by
-uvicorn on a free port, over lfw-mini ingested with the real dlib model and clustered.
+uvicorn on a free port, over lfw-mini ingested with the real default model (buffalo_s) and clustered.
 
 Screenshots go to test-artifacts/ (gitignored). Without /usr/bin/chromium this fails when CI=true and
 skips (saying why) elsewhere; install it with `apt-get install -y chromium chromium-driver`.
