@@ -1,8 +1,9 @@
 """Orchestration: lineage, jobs, schedules, the label-growth sensor and the asset checks, on real state.
 
 Layers: the definitions load with the issue's lineage; schedules and the sensor tick (build_schedule_context,
-build_sensor_context) against a real library whose faces were found by the dlib model and named through the
-labels service; jobs run in process and their checks pass, or fail naming the faces when the state is broken.
+build_sensor_context) against a real library whose faces were found by the default model (buffalo_s) and
+named through the labels service; jobs run in process and their checks pass, or fail naming the faces when the
+state is broken.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from face_pipeline.settings import SettingsError, load_settings
 from face_pipeline.storage.models import EmbeddingSpaceRow, FaceAssignmentEvent, FaceInstance, SpaceStatus, utcnow
 from face_pipeline_tests.photo_corpus import copy_people
 from face_pipeline_tests.test_dual_mode import faces
-from face_pipeline_tests.test_ingest import ingest, make_context
+from face_pipeline_tests.test_ingest import SPACE, ingest, make_context
 
 CLUSTERING_STEPS = ("person_centroids", "supervised_assignments", "unknown_clusters")
 PEOPLE = 6  # lfw-mini people, 6 photos each; 5 of them x 5 faces is the training minimum
@@ -187,7 +188,7 @@ def test_orchestration_settings_reject_bad_values(variable: str, value: object, 
         load_settings(**{variable: value})
 
 
-# --- a real library: lfw-mini faces found by dlib, named through the labels service ---------------------
+# --- a real library: lfw-mini faces found by buffalo_s, named through the labels service ----------------
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +209,8 @@ def library(ingested: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     for name, value in {
         "FACE_PHOTOS_DIR": str(ingested / "photos"),  # read only: the catalog finds nothing new
         "FACE_DATA_DIR": str(tmp_path / "data"),
-        "FACE_EMBEDDER": "dlib",
+        "FACE_EMBEDDER": "auto",  # the product's default: it keeps the library's model (buffalo_s)
+        "FACE_MODEL_DIR": str(tmp_path / "insightface"),  # no buffalo_l here, whatever ~/.insightface holds
         "FACE_WORKERS": "1",
         "FACE_TRAINING_ENABLED": "true",
         "FACE_RETRAIN_MIN_NEW_LABELS": "20",
@@ -256,7 +258,7 @@ def promote(context: PipelineContext, label_count: int, *, promote: bool = True)
                 kind="projection",
                 model_name="projection head",
                 dim=64,
-                base_space="dlib_resnet_v1",
+                base_space=SPACE,
                 status=SpaceStatus.ACTIVE,
                 label_count=label_count,
                 metrics={"promote": promote, "bcubed_f": 0.9},
@@ -438,15 +440,15 @@ def test_checks_name_the_offending_faces(library: PipelineContext):
 
     with library.vectors() as vectors:
         assert vector_store_sync(library.db, vectors).passed
-        vectors.delete("dlib_resnet_v1", np.array([ids[3]], dtype=np.int64))
+        vectors.delete(SPACE, np.array([ids[3]], dtype=np.int64))
         out_of_step = vector_store_sync(library.db, vectors)
     assert not out_of_step.passed and out_of_step.examples == {"faces_without_a_vector": [ids[3]]}
-    assert "dlib_resnet_v1" in out_of_step.description
+    assert SPACE in out_of_step.description
 
 
 def test_promotion_check_passes_on_raw_and_wants_evidence_for_a_projection(library: PipelineContext):
     raw = promotion_evidence(library.db)
-    assert raw.passed and "raw model's space dlib_resnet_v1 is active" in raw.description
+    assert raw.passed and f"raw model's space {SPACE} is active" in raw.description
     promote(library, 25, promote=False)
     failing = promotion_evidence(library.db)
     assert not failing.passed and "projection_25" in failing.description
