@@ -29,8 +29,6 @@ from face_pipeline.vision.insightface_embedder import ArcFaceRecognizer, Insight
 from face_pipeline.vision.model_packs import BUFFALO_S_WHEEL_FILES, buffalo_s_pack
 from face_pipeline.vision.types import DetectedFace, ModelUnavailable
 
-pytestmark = pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")  # insightface's norm_crop
-
 LIMITS = {"max_pixels": 80_000_000, "max_bytes": 200 * 1024 * 1024}
 SPACE = "insightface_buffalo_s"
 CHOICE_LOGGER = "face_pipeline.vision.embedders"  # the one line saying which model was picked, and why
