@@ -5,6 +5,7 @@ Lineage (acyclic; each asset's decorator names its upstream):
         -> unknown_clusters
     face_labels (observed) -> trained_projection_checkpoint -> regenerated_embeddings
     face_labels -> person_centroids
+    detected_faces -> staged_faces -> reembedded_faces (manual: `faces reembed`, another face model)
 """
 
 import dagster as dg
@@ -14,6 +15,7 @@ from face_pipeline.defs.cluster_assets import person_centroids, supervised_assig
 from face_pipeline.defs.ingest_assets import detected_faces, photo_catalog
 from face_pipeline.defs.jobs import build_jobs
 from face_pipeline.defs.labels_source import face_labels
+from face_pipeline.defs.reembed_assets import reembedded_faces, staged_faces
 from face_pipeline.defs.resources import FacePipelineResource
 from face_pipeline.defs.schedules import build_schedules
 from face_pipeline.defs.sensors import label_growth_sensor
@@ -32,6 +34,8 @@ defs = dg.Definitions(
         person_centroids,
         supervised_assignments,
         unknown_clusters,
+        staged_faces,
+        reembedded_faces,
     ],
     asset_checks=ALL_CHECKS,
     jobs=build_jobs(daily_limit=settings.daily_limit),

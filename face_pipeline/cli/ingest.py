@@ -1,14 +1,15 @@
-"""faces backfill, faces stats."""
+"""faces backfill, faces stats, faces reembed."""
 
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from face_pipeline.cli.common import (
     UserError,
+    db_context,
     faces,
     friendly,
     settings_from_env,
@@ -90,3 +91,67 @@ def stats(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable
         typer.echo("largest unknown clusters: " + ", ".join(f"{c} ({n})" for c, n in result.largest_unknown))
     for path, reason in result.skip_reasons:
         typer.echo(f"skipped: {path}: {reason}")
+
+
+@faces.command()
+@friendly
+def reembed(
+    model: Annotated[str, typer.Option(help="The face model to move to: buffalo_s, buffalo_l, dlib or insightface.")],
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Stage at most this many photos now; the switch waits for a later run.")
+    ] = None,
+) -> None:
+    """Move the library to another face model (staged_faces, reembedded_faces).
+
+    Every photo is detected and embedded again into a staging area while the old model keeps serving; an
+    interrupted run resumes. Then, in one step, each face the new model finds again keeps its id, name and
+    "not this person" rejections; decisions on faces it does not find are listed (and saved as a CSV).
+    Automatic groupings are reset: run `faces cluster-dual` afterwards (this command does not run it).
+    """
+    from face_pipeline.defs.runner import asset_metadata, materialize_assets
+    from face_pipeline.services.reembed import check_reembed
+
+    settings = settings_from_env()
+    context = db_context()
+    try:  # a bad model or nothing to do: one line before a run is even recorded
+        target = check_reembed(context, model)
+    finally:
+        context.close()
+    config = {"model": model, "limit": limit}
+    selection = ["staged_faces"] if limit else ["staged_faces", "reembedded_faces"]
+    ops = {name: {"config": config} for name in selection}
+    result = materialize_assets(settings, selection, {"ops": ops})
+    if limit:
+        typer.echo(f"{asset_metadata(result, 'staged_faces').get('message')} (run {result.run_id})")
+        return
+    _print_reembed(asset_metadata(result, "reembedded_faces"))
+    typer.echo(
+        f"active space: {target}; next: faces cluster-dual (groups and names the faces in it; run {result.run_id})"
+    )
+    if settings.embedder not in ("auto", model.strip().lower()):
+        typer.echo(
+            f"note: FACE_EMBEDDER={settings.embedder} names another model: set it to auto before the next backfill"
+        )
+
+
+def _print_reembed(m: dict[str, Any]) -> None:
+    typer.echo(
+        f"staged: {m.get('photos_staged', 0)} photos ({m.get('faces_staged', 0)} faces) in {m.get('seconds')} s; "
+        f"{m.get('photos_not_redone', 0)} photos could not be detected again"
+    )
+    typer.echo(
+        f"faces: {m.get('faces_old', 0)} before, {m.get('faces_new', 0)} after: {m.get('matched', 0)} kept their id, "
+        f"{m.get('added', 0)} new, {m.get('removed', 0)} removed; {m.get('automatic_cleared', 0)} automatic "
+        "assignments reset"
+    )
+    lost = m.get("not_carried") or []
+    typer.echo(
+        f"user decisions: {m.get('decisions_carried', 0)} carried over, {m.get('decisions_not_carried', 0)} not "
+        f"carried{':' if lost else ''}"
+    )
+    for d in lost[:50]:
+        said = ", ".join(filter(None, [d["person_name"], *(f"not {n}" for n in d["not_this_person"])]))
+        typer.echo(f"  face {d['face_id']} ({said}) in {d['photo']}: {d['reason']}")
+    if int(m.get("decisions_not_carried") or 0) > 50:
+        typer.echo(f"  ... {int(m['decisions_not_carried']) - 50} more")
+    typer.echo(f"list: {m.get('csv_path')}")

@@ -5,6 +5,9 @@
 - retrain: observe the labels, train a projection, regenerate and re-cluster (label-growth sensor, monthly).
 - reassign: regenerate embeddings and re-cluster with what is there (manual).
 - ingest, cluster_dual: the two halves on their own (the CLI's backfill and cluster-dual steps).
+- reembed: move the library to another face model (manual; `faces reembed`). No run-level vector-store tag:
+  staging writes only its own collection, so the daily job may run beside it; the switch step takes the
+  face_vector_store pool.
 """
 
 from typing import Any
@@ -16,6 +19,7 @@ RETRAIN = "retrain"
 REASSIGN = "reassign"
 INGEST = "ingest"
 CLUSTER_DUAL = "cluster_dual"
+REEMBED = "reembed"
 
 CLUSTERING = ("person_centroids", "supervised_assignments", "unknown_clusters")
 REGENERATE = "regenerated_embeddings"
@@ -73,6 +77,13 @@ def build_jobs(*, daily_limit: int | None) -> list[AssetJob]:
         ),
         dg.define_asset_job(INGEST, selection=["photo_catalog", "detected_faces"], run_tags=WRITES_VECTORS),
         dg.define_asset_job(CLUSTER_DUAL, selection=list(CLUSTERING), run_tags=WRITES_VECTORS),
+        dg.define_asset_job(
+            REEMBED,
+            selection=["staged_faces", "reembedded_faces"],
+            description="Detect and embed every photo again with another face model (config: model) into a "
+            "staging area, then switch the library over in one transaction: faces keep their ids, names and "
+            "rejections; decisions on faces the new model does not find are listed. Run cluster_dual after it.",
+        ),
     ]
 
 

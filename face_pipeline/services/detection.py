@@ -2,6 +2,9 @@
 
 Work goes in batches; each batch is one transaction, so an interrupted run loses at most the batch in
 flight and the next run picks up the photos still pending. Re-running with nothing pending is a no-op.
+
+`processed_photos` (the worker pool, results in batches) is shared with `faces reembed` (services/reembed.py),
+which runs the library's photos through another model into a staging area.
 """
 
 from __future__ import annotations
@@ -9,21 +12,28 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from face_pipeline.domain.naming import noise_cluster_id
-from face_pipeline.services.spaces import embedder_for_library, register_raw_space
+from face_pipeline.services.spaces import (
+    EmbeddingSpaceMismatch,
+    embedder_for_library,
+    library_raw_space,
+    register_raw_space,
+)
 from face_pipeline.services.thumbnail_store import write_thumbnail
 from face_pipeline.settings import Settings
 from face_pipeline.storage.db import Database
 from face_pipeline.storage.models import (
     AssignmentSource,
+    EmbeddingSpaceRow,
     FaceAssignmentEvent,
     FaceInstance,
     Image,
@@ -31,14 +41,16 @@ from face_pipeline.storage.models import (
     utcnow,
 )
 from face_pipeline.storage.vectors import VectorStore
-from face_pipeline.vision.embedders import model_choice_of
+from face_pipeline.vision.embedders import describe_embedder, model_choice_of
 from face_pipeline.vision.types import FaceEmbedder
 from face_pipeline.vision.worker import PhotoResult, PhotoWorker, init_pool_worker, process_in_pool
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[["DetectReport", int], None]  # (report so far, photos to do in total)
+Task = tuple[int, str]  # (image id, photo path)
 _IN_PROCESS_BELOW = 16  # fewer photos than this are not worth starting worker processes for
+_IN_CHUNK = 5000  # ids per IN (...) list: SQLite allows 32766 bound parameters per statement
 
 
 @dataclass
@@ -60,6 +72,23 @@ class DetectReport:
         data: dict[str, float | int | str] = {k: v for k, v in vars(self).items() if isinstance(v, int | float | str)}
         data["photos_per_second"] = round(self.photos_per_second, 2)
         return data
+
+    def count(self, batch: list[PhotoResult]) -> None:
+        """Add a stored batch's photos, faces and skips."""
+        for result in batch:
+            self.photos += 1
+            self.faces += len(result.faces)
+            self.photos_with_faces += bool(result.faces)
+            if result.skip_reason is not None:
+                self.skipped += 1
+                if len(self.skip_reasons) < 20:
+                    self.skip_reasons[str(result.image_id)] = result.skip_reason
+
+    def progress_line(self, total: int) -> str:
+        return (
+            f"{self.photos}/{total} photos, {self.faces} faces, {self.skipped} skipped, "
+            f"{self.photos_per_second:.1f} photos/s"
+        )
 
 
 def pending_photos(db: Database, limit: int | None) -> list[tuple[int, str]]:
@@ -88,12 +117,11 @@ def detect_pending_faces(
     embedder = embedder or embedder_for_library(settings, db)
     space = embedder.space
     with db.session() as session:
-        register_raw_space(session, space)
+        register_raw_space(session, space, model_facts=describe_embedder(embedder))
     vectors.ensure_collection(space.name, space.dim)
     report.space = space.name
-    in_process = settings.worker_count == 1 or len(tasks) < _IN_PROCESS_BELOW
-    with _results(settings, tasks, embedder, in_process) as results:
-        for batch in _batched(results, settings.detect_batch_size):
+    with processed_photos(settings, tasks, embedder) as batches:
+        for batch in batches:
             _store_batch(settings, db, vectors, space.name, batch, report)
             report.seconds = time.perf_counter() - started
             if progress:
@@ -111,8 +139,20 @@ def detect_pending_faces(
 
 
 @contextmanager
+def processed_photos(
+    settings: Settings, tasks: list[Task], embedder: FaceEmbedder
+) -> Iterator[Iterator[list[PhotoResult]]]:
+    """The photos' results in task order, FACE_DETECT_BATCH_SIZE at a time: from this process for a few
+    photos (or FACE_WORKERS=1), else from a pool of FACE_WORKERS processes. Leaving the block (also by an
+    exception or Ctrl-C) stops the pool; results not yet taken are lost, never half-stored."""
+    in_process = settings.worker_count == 1 or len(tasks) < _IN_PROCESS_BELOW
+    with _results(settings, tasks, embedder, in_process) as results:
+        yield _batched(results, settings.detect_batch_size)
+
+
+@contextmanager
 def _results(
-    settings: Settings, tasks: list[tuple[int, str]], embedder: FaceEmbedder, in_process: bool
+    settings: Settings, tasks: list[Task], embedder: FaceEmbedder, in_process: bool
 ) -> Iterator[Iterable[PhotoResult]]:
     """Results in task order: in this process, or from a pool whose workers each build their own model."""
     if in_process:
@@ -153,9 +193,13 @@ def _store_batch(
 ) -> None:
     image_ids = [r.image_id for r in batch]
     with db.session() as session:
+        _hold_space(session, space)
         report.replaced_faces += _drop_previous_faces(session, vectors, space, image_ids)
-        rows, embeddings, owners = _face_rows(batch, space)
-        face_ids = _insert_faces(session, rows)
+        rows, embeddings, owners = face_columns(batch)
+        now = utcnow()
+        for row in rows:
+            row.update(embedding_space=space, user_confirmed=False, created_at=now, updated_at=now)
+        face_ids = insert_faces(session, rows)
         if face_ids.size:
             payloads = [
                 {
@@ -172,14 +216,25 @@ def _store_batch(
     thumbs = (t for r in batch for t in r.thumbnails)
     for face_id, jpeg in zip(face_ids.tolist(), thumbs, strict=True):
         write_thumbnail(settings.thumbnails_dir, face_id, jpeg)
-    for result in batch:
-        report.photos += 1
-        report.faces += len(result.faces)
-        report.photos_with_faces += bool(result.faces)
-        if result.skip_reason is not None:
-            report.skipped += 1
-            if len(report.skip_reasons) < 20:
-                report.skip_reasons[str(result.image_id)] = result.skip_reason
+    report.count(batch)
+
+
+def _hold_space(session: Session, space: str) -> None:
+    """Lock the space's registry row for this batch, then check the library is still in that space.
+
+    A `faces reembed` switch that committed since this run began moved the library to another model; its
+    faces must not be joined by this model's. The no-op update takes SQLite's writer lock (or the row lock
+    on PostgreSQL, which the switch also takes) before the check, so the two cannot interleave.
+    """
+    row = EmbeddingSpaceRow
+    session.execute(
+        update(row).where(row.name == space).values(name=row.name).execution_options(synchronize_session=False)
+    )
+    current = library_raw_space(session)
+    if current is not None and current != space:
+        raise EmbeddingSpaceMismatch(
+            f"the library moved to {current} while this run detected faces with {space}; run `faces backfill` again"
+        )
 
 
 def _drop_previous_faces(session: Session, vectors: VectorStore, space: str, image_ids: list[int]) -> int:
@@ -191,6 +246,16 @@ def _drop_previous_faces(session: Session, vectors: VectorStore, space: str, ima
     ).all()
     if not old:
         return 0
+    ids = remove_faces(session, old, ["photo content changed"] * len(old))
+    if vectors.has_collection(space):
+        vectors.delete(space, ids)
+    return len(old)
+
+
+def remove_faces(session: Session, faces: Sequence[Any], reasons: Sequence[str]) -> np.ndarray:
+    """Delete faces (rows with id, person_id, cluster_id), one `face_removed` audit event each saying why.
+    Their rejections go with them (ON DELETE CASCADE). Returns the ids."""
+    now = utcnow()
     session.execute(
         insert(FaceAssignmentEvent),
         [
@@ -200,24 +265,24 @@ def _drop_previous_faces(session: Session, vectors: VectorStore, space: str, ima
                 "source": "system",
                 "old_person_id": row.person_id,
                 "old_cluster_id": row.cluster_id,
-                "details": {"face_id": row.id, "reason": "photo content changed"},
-                "created_at": utcnow(),
+                "details": {"face_id": row.id, "reason": reason},
+                "created_at": now,
             }
-            for row in old
+            for row, reason in zip(faces, reasons, strict=True)
         ],
     )
-    ids = np.array([row.id for row in old], dtype=np.int64)
-    session.execute(delete(FaceInstance).where(FaceInstance.id.in_(ids.tolist())))
-    if vectors.has_collection(space):
-        vectors.delete(space, ids)
-    return len(old)
+    ids = np.array([row.id for row in faces], dtype=np.int64)
+    for start in range(0, ids.size, _IN_CHUNK):
+        session.execute(delete(FaceInstance).where(FaceInstance.id.in_(ids[start : start + _IN_CHUNK].tolist())))
+    return ids
 
 
-def _face_rows(batch: list[PhotoResult], space: str) -> tuple[list[dict[str, object]], list[np.ndarray], list[int]]:
+def face_columns(batch: list[PhotoResult]) -> tuple[list[dict[str, object]], list[np.ndarray], list[int]]:
+    """What the model found, as rows (image_id, box, landmarks, score, quality), their embeddings, and the
+    image id of each; the caller adds its own columns."""
     rows: list[dict[str, object]] = []
     embeddings: list[np.ndarray] = []
     owners: list[int] = []
-    now = utcnow()
     for result in batch:
         for face in result.faces:
             x, y, w, h = face.bbox
@@ -231,10 +296,6 @@ def _face_rows(batch: list[PhotoResult], space: str) -> tuple[list[dict[str, obj
                     "landmarks": [[round(px, 2), round(py, 2)] for px, py in face.landmarks],
                     "detection_score": float(face.detection_score),
                     "quality": float(face.quality),
-                    "embedding_space": space,
-                    "user_confirmed": False,
-                    "created_at": now,
-                    "updated_at": now,
                 }
             )
             embeddings.append(face.embedding)
@@ -242,7 +303,8 @@ def _face_rows(batch: list[PhotoResult], space: str) -> tuple[list[dict[str, obj
     return rows, embeddings, owners
 
 
-def _insert_faces(session: Session, rows: list[dict[str, object]]) -> np.ndarray:
+def insert_faces(session: Session, rows: list[dict[str, object]]) -> np.ndarray:
+    """Insert face rows (every column but the cluster's); each starts as its own singleton cluster."""
     if not rows:
         return np.empty(0, dtype=np.int64)
     # One round trip for the whole batch; ids come back in the order of the rows.

@@ -193,3 +193,61 @@ class PipelineState(Base):
     key: Mapped[str] = mapped_column(String(80), primary_key=True)
     value: Mapped[dict[str, Any]] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class ReembedStatus(StrEnum):
+    STAGING = "staging"  # photos are being detected and embedded with the new model; the old space serves
+    SWITCHED = "switched"  # the library moved over in one transaction; staging data may still need removing
+    FINISHED = "finished"  # switched and cleaned up
+    ABANDONED = "abandoned"  # replaced by a run to another model before it switched; its staging data is gone
+
+
+class ReembedRun(Base):
+    """One move of the library to another face model (`faces reembed`): staging, then one switch."""
+
+    __tablename__ = "reembed_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source_space: Mapped[str] = mapped_column(String(128))
+    target_space: Mapped[str] = mapped_column(String(128))
+    target_model: Mapped[str] = mapped_column(String(32))  # the ModelChoice that produces target_space
+    dim: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default=ReembedStatus.STAGING, index=True)
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the switch's figures and the decisions it lost
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    switched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ReembedStagedImage(Base):
+    """A photo detected again by a re-embedding run: the resume point. Stale once the photo's content changes."""
+
+    __tablename__ = "reembed_staged_images"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("reembed_runs.id", ondelete="CASCADE"), primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    content_hash: Mapped[str | None] = mapped_column(String(64))  # the image's hash when it was staged
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    face_count: Mapped[int] = mapped_column(Integer, default=0)
+    skip_reason: Mapped[str | None] = mapped_column(Text)  # could not be detected again (file gone, unreadable)
+    staged_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ReembedStagedFace(Base):
+    """A face the new model found; its vector sits in the run's staging collection under this row's id."""
+
+    __tablename__ = "reembed_staged_faces"
+    __table_args__ = (Index("ix_reembed_staged_faces_run_image", "run_id", "image_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("reembed_runs.id", ondelete="CASCADE"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    bbox_x: Mapped[int] = mapped_column(Integer)
+    bbox_y: Mapped[int] = mapped_column(Integer)
+    bbox_w: Mapped[int] = mapped_column(Integer)
+    bbox_h: Mapped[int] = mapped_column(Integer)
+    landmarks: Mapped[list[Any] | None] = mapped_column(JSON)
+    detection_score: Mapped[float] = mapped_column(Float)
+    quality: Mapped[float | None] = mapped_column(Float)
+    face_id: Mapped[int | None] = mapped_column(Integer)  # the face_instances row it became at the switch
