@@ -1,6 +1,6 @@
 """The projection head: batch-hard triplet mining, rejections as negatives, the raw-vs-projected gate,
-reproducibility and checkpoints. Seeded synthetic vectors keep it fast; one slow test uses real dlib
-embeddings of lfw-dev when the lead's cache exists."""
+reproducibility and checkpoints. Seeded synthetic vectors keep it fast; two slow tests use real lfw-dev
+embeddings (buffalo_s, the default model, and dlib) from the cache (face_pipeline_tests/lfw_cache.py)."""
 
 from __future__ import annotations
 
@@ -275,16 +275,27 @@ def test_pairs_are_capped_on_large_sets() -> None:
     assert plan.pair_i.size == 1000
 
 
-@pytest.mark.slow
-def test_real_dlib_faces_gate_tells_the_truth(lfw_dev_embeddings: dict[str, np.ndarray]) -> None:
-    data = lfw_dev_embeddings
+def _gate_on_real_faces(data: dict[str, np.ndarray]) -> TrainingResult:
     _, labels, counts = np.unique(data["identities"], return_inverse=True, return_counts=True)
     labels = np.where(counts[labels] >= 5, labels, -1)  # a user labelled the people with 5+ photos
     result = train_projection(data["vectors"], labels, config=TrainingConfig(num_threads=1, device="cpu"))
     assert result.counts["people_with_min_faces"] >= 150
-    # dlib already separates these people well; whatever the head does, the gate must not let the
+    # The raw space already separates these people well; whatever the head does, the gate must not let the
     # projected space be worse for people never labelled.
     if result.promote:
         assert result.projected.verification_unseen.tar >= result.raw.verification_unseen.tar - 0.01
     else:
         assert result.promote_reason.startswith("kept raw space")
+    return result
+
+
+@pytest.mark.slow
+def test_real_buffalo_s_faces_gate_tells_the_truth(lfw_dev_arcface: dict[str, np.ndarray]) -> None:
+    result = _gate_on_real_faces(lfw_dev_arcface)
+    # ArcFace on people it never saw: TAR@FAR=1e-3 measured 0.993 (dlib: 0.868); no head shows a gain on that.
+    assert result.raw.verification_unseen.tar >= 0.98
+
+
+@pytest.mark.slow
+def test_real_dlib_faces_gate_tells_the_truth(lfw_dev_embeddings: dict[str, np.ndarray]) -> None:
+    _gate_on_real_faces(lfw_dev_embeddings)
