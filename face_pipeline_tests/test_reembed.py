@@ -271,15 +271,36 @@ def test_a_crash_after_the_switch_is_finished_by_the_next_run(
     context.close()
 
 
-def test_a_small_library_moves_on_each_database(tmp_path: Path, lfw_mini: Path, database_url: str):
+def test_a_small_library_with_a_trained_space_active_moves_on_each_database(
+    tmp_path: Path, lfw_mini: Path, database_url: str
+):
     context = small_library(tmp_path, lfw_mini, database_url)
     named, ruled_out = labels(context), rejections(context)
+    with context.db.session() as session:  # as after `faces reassign --use-trained-model`
+        session.execute(update(EmbeddingSpaceRow).values(status=SpaceStatus.RETIRED))
+        session.add(
+            EmbeddingSpaceRow(
+                name="dlib_resnet_v1_proj_1",
+                kind="projection",
+                model_name="head",
+                dim=128,
+                base_space=DLIB,
+                status=SpaceStatus.ACTIVE,
+            )
+        )
 
     report = move(context)
 
     assert report.switched and report.faces_old >= 8 and report.matched >= 8
     assert labels(context) == named and rejections(context) == ruled_out
     assert_library_is_in(context, BUFFALO_S, 512)
+    with context.db.session() as session:
+        statuses = dict(session.execute(select(EmbeddingSpaceRow.name, EmbeddingSpaceRow.status)).tuples().all())
+    assert statuses == {
+        DLIB: SpaceStatus.RETIRED,
+        "dlib_resnet_v1_proj_1": SpaceStatus.RETIRED,
+        BUFFALO_S: SpaceStatus.ACTIVE,
+    }
     cluster_dual(context)
     context.close()
 

@@ -124,7 +124,7 @@ def reembed(
     if limit:
         typer.echo(f"{asset_metadata(result, 'staged_faces').get('message')} (run {result.run_id})")
         return
-    _print_reembed(asset_metadata(result, "reembedded_faces"))
+    _print_reembed(asset_metadata(result, "staged_faces"), asset_metadata(result, "reembedded_faces"))
     typer.echo(
         f"active space: {target}; next: faces cluster-dual (groups and names the faces in it; run {result.run_id})"
     )
@@ -134,10 +134,13 @@ def reembed(
         )
 
 
-def _print_reembed(m: dict[str, Any]) -> None:
+def _print_reembed(staging: dict[str, Any], m: dict[str, Any]) -> None:
+    def both(key: str) -> float:  # the staging step's share plus what the switch step staged (new arrivals)
+        return staging.get(key, 0) + m.get(key, 0)
+
     typer.echo(
-        f"staged: {m.get('photos_staged', 0)} photos ({m.get('faces_staged', 0)} faces) in {m.get('seconds')} s; "
-        f"{m.get('photos_not_redone', 0)} photos could not be detected again"
+        f"staged: {both('photos_staged'):.0f} photos ({both('faces_staged'):.0f} faces) in {both('seconds'):.1f} s; "
+        f"photos not detected again: {m.get('photos_not_redone', 0)}"
     )
     typer.echo(
         f"faces: {m.get('faces_old', 0)} before, {m.get('faces_new', 0)} after: {m.get('matched', 0)} kept their id, "

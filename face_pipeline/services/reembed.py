@@ -547,27 +547,33 @@ def _read_library(session: Session, run: _Run) -> _Library:
         .order_by(face.id)
         .with_for_update()  # PostgreSQL: a label given now waits for the switch instead of being overwritten
     ).all()
-    current = (
-        (ReembedStagedImage.run_id == run.id)
+    staged_image = ReembedStagedImage
+    current = (  # staged at the photo's present content, and the photo is still part of the library
+        (staged_image.run_id == run.id)
         & (image.status == ImageStatus.DONE)
-        & ReembedStagedImage.content_hash.is_not_distinct_from(image.content_hash)
+        & staged_image.content_hash.is_not_distinct_from(image.content_hash)
     )
     images = session.execute(
-        select(ReembedStagedImage).join(image, image.id == ReembedStagedImage.image_id).where(current)
-    ).scalars()
+        select(staged_image.image_id, staged_image.width, staged_image.height, staged_image.skip_reason)
+        .join(image, image.id == staged_image.image_id)
+        .where(current)
+    ).all()
     redone, failed = {}, {}
     for row in images:
         if row.skip_reason is None:
             redone[row.image_id] = row
         else:
             failed[row.image_id] = f"could not be detected again: {row.skip_reason}"
+    sf = ReembedStagedFace
     staged = session.execute(
-        select(ReembedStagedFace)
-        .join(ReembedStagedImage, ReembedStagedImage.image_id == ReembedStagedFace.image_id)
-        .join(image, image.id == ReembedStagedFace.image_id)
-        .where(current, ReembedStagedFace.run_id == run.id, ReembedStagedImage.skip_reason.is_(None))
-        .order_by(ReembedStagedFace.id)
-    ).scalars()
+        select(
+            sf.id, sf.image_id, sf.bbox_x, sf.bbox_y, sf.bbox_w, sf.bbox_h, sf.landmarks, sf.detection_score, sf.quality
+        )
+        .join(staged_image, staged_image.image_id == sf.image_id)
+        .join(image, image.id == sf.image_id)
+        .where(current, sf.run_id == run.id, staged_image.skip_reason.is_(None))
+        .order_by(sf.id)
+    ).all()
     rejections: dict[int, list[str]] = {}
     for face_id, person_id in session.execute(select(FaceRejection.face_id, FaceRejection.person_id)):
         rejections.setdefault(face_id, []).append(person_id)
