@@ -22,7 +22,7 @@ from face_pipeline.services.context import PipelineContext
 from face_pipeline.services.errors import InvalidInput
 from face_pipeline.services.integrity import cluster_id_problems
 from face_pipeline.services.labels import label_cluster, label_face, reject_face
-from face_pipeline.services.reembed import SameModel, match_faces, reembed_library
+from face_pipeline.services.reembed import SameModel, match_faces, reembed_library, stage_library
 from face_pipeline.services.spaces import active_space
 from face_pipeline.services.thumbnail_store import thumbnail_path
 from face_pipeline.storage.models import (
@@ -261,6 +261,8 @@ def test_a_crash_after_the_switch_is_finished_by_the_next_run(
         assert active_space(session).name == BUFFALO_S  # the switch committed
         assert session.scalar(select(ReembedRun.status)) == ReembedStatus.SWITCHED
 
+    with context.vectors() as vectors:  # the staging step (first in the CLI's run) leaves it to the switch step
+        assert "committed earlier" in stage_library(context, vectors, "buffalo_s").message
     report = move(context)  # the same command again finishes it instead of refusing
 
     assert report.switched and report.message.startswith("finished the switch")

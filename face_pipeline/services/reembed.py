@@ -226,7 +226,7 @@ def stage_library(
 ) -> ReembedReport:
     """Stage up to `limit` photos not staged yet with `model`; never switches (see the module doc)."""
     started = time.perf_counter()
-    prepared = _prepare(context, vectors, model, embedder)
+    prepared = _prepare(context, vectors, model, embedder, finish=False)
     if isinstance(prepared, ReembedReport):
         return prepared
     run, embedder = prepared
@@ -248,7 +248,7 @@ def reembed_library(
 ) -> ReembedReport:
     """Stage what is left (at most `limit` photos), then, when every photo is staged, switch and clean up."""
     started = time.perf_counter()
-    prepared = _prepare(context, vectors, model, embedder)
+    prepared = _prepare(context, vectors, model, embedder, finish=True)
     if isinstance(prepared, ReembedReport):
         return prepared
     run, embedder = prepared
@@ -282,15 +282,21 @@ def finish_switched_runs(context: PipelineContext, vectors: VectorStore) -> list
 
 
 def _prepare(
-    context: PipelineContext, vectors: VectorStore, model: str, embedder: FaceEmbedder | None
+    context: PipelineContext, vectors: VectorStore, model: str, embedder: FaceEmbedder | None, *, finish: bool
 ) -> ReembedReport | tuple[_Run, FaceEmbedder]:
-    """Finish an interrupted switch; refuse a move that cannot start; the run to stage into and its model.
-    Returns the finished run's report when that run already moved the library to `model`'s space."""
+    """Refuse a move that cannot start, else the run to stage into and its model. A switch to `model`'s space
+    that committed but was not cleaned up (a crash) is finished when `finish`, else left to the switch step;
+    either way its report comes back instead."""
     choice = parse_model(model)
     target = target_space_name(context.settings, choice)
-    finished = {r.target_space: r for r in finish_switched_runs(context, vectors)}
+    finished = {r.target_space: r for r in finish_switched_runs(context, vectors)} if finish else {}
     with context.db.session() as session:
         source = library_raw_space(session)
+        pending = _switched_run(session, target)
+        if source == target and pending is not None:
+            report = _report_from_json(dict(pending.report or {}))
+            report.message = f"the switch to {target} committed earlier; its clean-up comes with the switch step"
+            return report
     if target in finished and source == target:
         report = finished[target]
         report.message = "finished the switch an earlier run had committed: " + report.message
