@@ -1,5 +1,6 @@
 """`faces evaluate` end to end on lfw-mini (12 people x 8 photos, 24 strangers) through the CLI, with the
-real dlib model: the table's rows and columns, sane figures, and no ground truth inside the pipeline.
+real default model (buffalo_s): the table's rows and columns, sane figures, and no ground truth inside the
+pipeline.
 
 The full lfw-dev evaluation (5,029 photos: 11 minutes on 2 shared cores, 10.5 of them detection) does not fit
 a test; it is benchmarks/accuracy.py.
@@ -20,6 +21,7 @@ from face_pipeline.cli import app
 from face_pipeline.services.eval_table import COLUMNS, TRAINING_COLUMNS
 from face_pipeline.services.eval_user import display_name
 
+EVAL_ENV = {"FACE_EMBEDDER": "buffalo_s"}  # the default model (auto's pick without buffalo_l's files)
 ROUNDS = 2
 PER_ROUND = 4  # lfw-mini's phase A forms ~8-12 clusters: two rounds of 4 leave work for both
 
@@ -29,7 +31,7 @@ def evaluation(lfw_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     """One `faces evaluate --json` run; the library it built is kept for inspection."""
     data_dir = tmp_path_factory.mktemp("evaluation")
     args = ["faces", "evaluate", str(lfw_mini), "--rounds", str(ROUNDS), "--clusters-per-round", str(PER_ROUND)]
-    result = CliRunner().invoke(app, [*args, "--data-dir", str(data_dir), "--json"], env={"FACE_EMBEDDER": "dlib"})
+    result = CliRunner().invoke(app, [*args, "--data-dir", str(data_dir), "--json"], env=EVAL_ENV)
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     return {"rows": rows, "data_dir": data_dir, "args": args}
@@ -59,21 +61,23 @@ def test_figures_are_shares_and_meet_floors_on_lfw_mini(evaluation: dict[str, An
         for key in shares:
             value = row.get(key)
             assert value is None or 0.0 <= value <= 1.0, (row["stage"], key, value)
+    # Floors from buffalo_s on lfw-mini (measured: purity and precision 1.0, no stranger named, phase B recall
+    # 0.958 (23 of 24), BCubed F 0.993; dlib's were 0.9 / 0.95 / 0.8 / 0.85).
     stages = _pipeline_rows(evaluation)
-    assert stages["round 0"]["named_people"] == 0 and stages["round 0"]["unknown_purity"] >= 0.9
-    assert stages["round 0"]["faces"] >= 70  # 72 photos in phase A, each with its subject found
+    assert stages["round 0"]["named_people"] == 0 and stages["round 0"]["unknown_purity"] >= 0.99
+    assert stages["round 0"]["faces"] >= 72  # 72 photos in phase A, each with its subject found
     assert stages["phase B"]["precision"] is not None  # new photos of named people: automatic assignments
     for stage in ("round 1", "round 2", "phase B"):
         row = stages[stage]
         # In rounds the user names whole clusters; with nothing left to assign automatically, precision is undefined.
-        assert row["precision"] is None or row["precision"] >= 0.95, row
-        assert row["unknown_purity"] is None or row["unknown_purity"] >= 0.9, row
-        assert row["strangers_named"] <= 0.05, row
+        assert row["precision"] is None or row["precision"] >= 0.99, row
+        assert row["unknown_purity"] is None or row["unknown_purity"] >= 0.99, row
+        assert row["strangers_named"] == 0.0, row  # strangers score 0.26 at most against anyone in lfw-mini
     assert stages["round 1"]["user_clusters_named"] == PER_ROUND
     assert stages["round 2"]["named_people"] > stages["round 1"]["named_people"]
-    assert stages["phase B"]["faces"] >= 115  # all 120 photos
-    assert stages["phase B"]["recall"] >= 0.8  # the named people's new photos found their names
-    assert stages["phase B"]["bcubed_f"] >= 0.85
+    assert stages["phase B"]["faces"] >= 119  # 120 photos: SCRFD finds every subject
+    assert stages["phase B"]["recall"] >= 0.9  # the named people's new photos found their names
+    assert stages["phase B"]["bcubed_f"] >= 0.95
 
 
 def test_ground_truth_never_reaches_the_pipeline(evaluation: dict[str, Any], lfw_mini: Path):
@@ -96,7 +100,7 @@ def test_ground_truth_never_reaches_the_pipeline(evaluation: dict[str, Any], lfw
 
 def test_markdown_table_and_a_second_run_reuses_the_first_ingest(evaluation: dict[str, Any]):
     args = [*evaluation["args"][:3], "--rounds", "1", "--clusters-per-round", str(PER_ROUND)]
-    result = CliRunner().invoke(app, [*args, "--data-dir", str(evaluation["data_dir"])], env={"FACE_EMBEDDER": "dlib"})
+    result = CliRunner().invoke(app, [*args, "--data-dir", str(evaluation["data_dir"])], env=EVAL_ENV)
     assert result.exit_code == 0, result.output
     table = [line for line in result.stdout.splitlines() if line.startswith("|")]
     assert [c.strip() for c in table[0].strip("|").split("|")] == list(COLUMNS)
@@ -135,12 +139,26 @@ def test_json_numbers_are_finite_or_null(evaluation: dict[str, Any]):
             assert not (isinstance(value, float) and not math.isfinite(value)), row
 
 
-def test_train_adds_a_training_stage_per_round_with_its_checkpoint(lfw_mini: Path, tmp_path: Path):
+@pytest.mark.parametrize(
+    "model",
+    [
+        pytest.param(
+            "buffalo_s",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="product bug: training a 512-d space on fewer labelled faces than the head's 128 outputs "
+                "fails in ProjectionHead.init_skip_ (test_domain_projection)",
+            ),
+        ),
+        "dlib",
+    ],
+)
+def test_train_adds_a_training_stage_per_round_with_its_checkpoint(lfw_mini: Path, tmp_path: Path, model: str):
     """`--train` on lfw-mini: after each round a training (or "not enough labels": lfw-mini's phase A holds
     only 5 photos per person, and training needs 5 people x 5 labelled faces); each stage is scored with its
     space and checkpoint verdict."""
     args = ["faces", "evaluate", str(lfw_mini), "--rounds", "2", "--clusters-per-round", "6", "--train"]
-    env = {"FACE_EMBEDDER": "dlib", "FACE_TRAINING_EPOCHS": "3"}
+    env = {"FACE_EMBEDDER": model, "FACE_TRAINING_EPOCHS": "3"}
     result = CliRunner().invoke(app, [*args, "--data-dir", str(tmp_path), "--json"], env=env)
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
