@@ -29,7 +29,8 @@ def test_jobs_record_their_runs_and_events_in_postgres(
         "DAGSTER_HOME": str(tmp_path / "dagster_home"),
         "FACE_PHOTOS_DIR": str(photos),
         "FACE_DATA_DIR": str(tmp_path / "data"),
-        "FACE_EMBEDDER": "dlib",
+        "FACE_EMBEDDER": "auto",  # the default: buffalo_s, as no buffalo_l is in FACE_MODEL_DIR
+        "FACE_MODEL_DIR": str(tmp_path / "insightface"),
         "FACE_WORKERS": "1",
     }.items():
         monkeypatch.setenv(name, value)

@@ -112,7 +112,8 @@ def dagster_dev(lfw_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         "DAGSTER_HOME": str(home),
         "FACE_PHOTOS_DIR": str(root / "photos"),
         "FACE_DATA_DIR": str(root / "data"),
-        "FACE_EMBEDDER": "dlib",
+        "FACE_EMBEDDER": "auto",  # the default: buffalo_s, as no buffalo_l is in FACE_MODEL_DIR
+        "FACE_MODEL_DIR": str(root / "insightface"),
         "FACE_WORKERS": "1",
     }
     env.pop("DAGSTER_PG_URL", None)
@@ -200,7 +201,8 @@ def test_daily_job_launched_over_graphql_runs_every_step_through_the_daemon(
         latest = instance.get_latest_materialization_event(dg.AssetKey("detected_faces"))
         assert latest is not None and latest.run_id == run_id
         metadata = latest.asset_materialization.metadata  # type: ignore[union-attr]
-        assert metadata["photos"].value == 6 and metadata["model_backend"].value == "dlib"
+        assert metadata["photos"].value == 6 and metadata["model_backend"].value == "insightface"
+        assert metadata["model_space"].value == "insightface_buffalo_s"
 
 
 def test_the_asset_lineage_in_a_browser_shows_every_asset_and_materialises_one(
