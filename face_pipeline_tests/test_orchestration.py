@@ -75,12 +75,14 @@ def test_definitions_hold_the_issue_lineage_jobs_schedules_sensor_and_checks():
         "person_centroids": {"regenerated_embeddings", "face_labels"},
         "supervised_assignments": {"person_centroids"},
         "unknown_clusters": {"supervised_assignments"},
+        "staged_faces": {"detected_faces"},
+        "reembedded_faces": {"staged_faces"},
     }
 
     clustering = ["person_centroids", "supervised_assignments", "unknown_clusters"]
     assets_of = {
         job: [step for step in job_steps(defs, job) if step in asset_keys(defs)]
-        for job in (DAILY, RETRAIN, REASSIGN, "ingest", CLUSTER_DUAL)
+        for job in (DAILY, RETRAIN, REASSIGN, "ingest", CLUSTER_DUAL, "reembed")
     }
     assert assets_of == {
         DAILY: ["photo_catalog", "detected_faces", "regenerated_embeddings", *clustering],
@@ -88,6 +90,7 @@ def test_definitions_hold_the_issue_lineage_jobs_schedules_sensor_and_checks():
         REASSIGN: ["regenerated_embeddings", *clustering],
         "ingest": ["photo_catalog", "detected_faces"],
         CLUSTER_DUAL: clustering,
+        "reembed": ["staged_faces", "reembedded_faces"],
     }
     for job in (DAILY, RETRAIN, REASSIGN):  # the checks of the selected assets run with them
         assert {"supervised_assignments_assignment_checks", "unknown_clusters_assignment_checks"} <= set(
