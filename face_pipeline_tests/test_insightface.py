@@ -25,7 +25,7 @@ from face_pipeline.vision import model_packs
 from face_pipeline.vision.dlib_embedder import DlibEmbedder
 from face_pipeline.vision.embedders import create_embedder, describe_embedder, model_choice_of
 from face_pipeline.vision.images import load_rgb
-from face_pipeline.vision.insightface_embedder import ArcFaceRecognizer, InsightFaceEmbedder
+from face_pipeline.vision.insightface_embedder import ArcFaceRecognizer, InsightFaceEmbedder, detection_input_size
 from face_pipeline.vision.model_packs import BUFFALO_S_WHEEL_FILES, buffalo_s_pack
 from face_pipeline.vision.types import DetectedFace, ModelUnavailable
 
@@ -168,6 +168,35 @@ def test_several_faces_in_one_photo_each_get_keypoints_and_an_aligned_crop(
     assert crops.shape == (6, 112, 112, 3) and crops.dtype == np.uint8
     assert (crops.reshape(6, -1).std(axis=1) > 20).all()  # faces, not blank canvas
     np.testing.assert_allclose(recognizer.embed_crops(crops), np.stack([f.embedding for f in faces]), atol=1e-5)
+
+
+def test_a_face_in_a_large_photo_comes_back_in_the_photos_own_pixels(
+    mini_photos: list[Photo], buffalo_s: InsightFaceEmbedder
+) -> None:
+    """A 3000 x 2000 photo is detected on a copy shrunk to FACE_DETECT_SIZE (640): the box and keypoints must
+    come back in 3000 px pixels (measured: within 11 px of 3x the original box, cosine 0.976 to the original)."""
+    photo = next(p for p in mini_photos if p.path.name == "Andre_Agassi_0001.jpg")
+    canvas = np.full((2000, 3000, 3), 120, dtype=np.uint8)
+    face_at_3x = Image.open(photo.path).convert("RGB").resize((750, 750), Image.Resampling.BICUBIC)
+    canvas[1000:1750, 1800:2550] = np.asarray(face_at_3x)
+    assert detection_input_size(3000, 2000, buffalo_s.det_size) == (640, 448)
+
+    face = max(buffalo_s.detect_and_embed(canvas), key=lambda f: f.bbox[2] * f.bbox[3])
+    ox, oy, ow, oh = photo.main_face.bbox
+    expected = np.array([1800 + 3 * ox, 1000 + 3 * oy, 3 * ow, 3 * oh])
+    assert np.abs(np.array(face.bbox) - expected).max() < 0.1 * 3 * ow, (face.bbox, expected)
+    assert _keypoints_inside_box(face, 3000, 2000)
+    assert float(face.embedding @ photo.main_face.embedding) > 0.95
+
+
+def test_a_small_photo_is_detected_at_its_own_size(mini_photos: list[Photo], buffalo_s: InsightFaceEmbedder) -> None:
+    """100 x 100 px runs SCRFD at 128 x 128 (not blown up to 640): its ~40 px face is still found."""
+    photo = next(p for p in mini_photos if p.path.name == "Andre_Agassi_0001.jpg")
+    tiny = np.asarray(Image.open(photo.path).convert("RGB").resize((100, 100), Image.Resampling.BICUBIC))
+    assert detection_input_size(100, 100, buffalo_s.det_size) == (128, 128)
+    (face,) = buffalo_s.detect_and_embed(tiny)
+    assert min(face.bbox[2:]) >= buffalo_s.min_face_size
+    assert float(face.embedding @ photo.main_face.embedding) > 0.9  # measured 0.937
 
 
 def _people(photos: list[Photo]) -> list[str]:
