@@ -40,7 +40,7 @@ def run_one(model: str, photos_limit: int, dataset: Path, workers: int) -> dict[
         context = PipelineContext.from_settings(settings)
 
         started = time.perf_counter()
-        scan = scan_photos(context.db, photos)
+        scan_photos(context.db, photos)
         scan_seconds = time.perf_counter() - started
         with context.vectors() as vectors:
             report = detect_pending_faces(settings, context.db, vectors)

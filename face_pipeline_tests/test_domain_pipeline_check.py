@@ -124,19 +124,13 @@ def test_pipeline_figures_count_strangers_named_as_false_accepts(labelled):  # t
     assert UNLABELLED not in labels
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="product bug: pipeline_figures groups with HDBSCAN's default min_links (2) whatever the space's "
-    "grouping; buffalo_s's groups of 2 make cluster_unknown refuse it, so training a buffalo_s library fails",
-)
 def test_pipeline_figures_group_at_the_spaces_own_minimum_size(labelled):  # type: ignore[no-untyped-def]
     """buffalo_s groups unknown faces in pairs (thresholds_for_space: min_cluster_size 2), and the training
     gate plays the pipeline at that size (services.training.train_checkpoint)."""
     vectors, labels = labelled
     roles = PipelineRoles.from_split(split_of(labels), labels)
-    figures = pipeline_figures(vectors, labels, roles, RAW, min_cluster_size=RAW.min_cluster_size)
-    assert figures.purity >= 0.95 and figures.n_strangers > 0
+    figures = pipeline_figures(vectors, labels, roles, RAW)  # the space's own grouping: DBSCAN, pairs
+    assert RAW.min_cluster_size == 2 and figures.purity >= 0.95 and figures.n_strangers > 0
 
 
 def test_library_calibration_keeps_the_raw_spaces_budget_of_names_and_links(lfw_dev_arcface):  # type: ignore[no-untyped-def]

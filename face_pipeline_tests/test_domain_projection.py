@@ -206,12 +206,6 @@ def test_too_few_labels_raise_not_enough_labels_with_the_count() -> None:
 # --- using the head -------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="product bug: ProjectionHead.init_skip_ copies a PCA basis of min(training faces, d) rows into a "
-    "skip layer of out_dim (128) rows, so a 512-d space (buffalo_s) with fewer than 128 training faces fails",
-)
 def test_a_512_d_space_trains_on_fewer_labelled_faces_than_the_head_has_outputs() -> None:
     """buffalo_s vectors are 512-d and a new library has a few dozen labels: 8 people x 6 faces here."""
     labels = np.repeat(np.arange(8), 6)
@@ -221,6 +215,10 @@ def test_a_512_d_space_trains_on_fewer_labelled_faces_than_the_head_has_outputs(
     vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
     result = train_projection(vectors, labels, config=TrainingConfig(num_threads=1, device="cpu", epochs=2))
     assert result.spec.in_dim == 512 and result.promote_reason
+    skip = result.head().skip
+    assert skip is not None  # the skip path is a partial isometry: orthonormal rows, even past the 48 faces
+    gram = skip.weight.detach() @ skip.weight.detach().T
+    np.testing.assert_allclose(gram.numpy(), np.eye(result.spec.out_dim), atol=1e-4)
 
 
 def test_untrained_residual_head_is_the_raw_space_and_mlp_is_not() -> None:

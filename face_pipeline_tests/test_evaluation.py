@@ -139,20 +139,7 @@ def test_json_numbers_are_finite_or_null(evaluation: dict[str, Any]):
             assert not (isinstance(value, float) and not math.isfinite(value)), row
 
 
-@pytest.mark.parametrize(
-    "model",
-    [
-        pytest.param(
-            "buffalo_s",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="product bug: training a 512-d space on fewer labelled faces than the head's 128 outputs "
-                "fails in ProjectionHead.init_skip_ (test_domain_projection)",
-            ),
-        ),
-        "dlib",
-    ],
-)
+@pytest.mark.parametrize("model", ["buffalo_s", "dlib"])
 def test_train_adds_a_training_stage_per_round_with_its_checkpoint(lfw_mini: Path, tmp_path: Path, model: str):
     """`--train` on lfw-mini: after each round a training (or "not enough labels": lfw-mini's phase A holds
     only 5 photos per person, and training needs 5 people x 5 labelled faces); each stage is scored with its

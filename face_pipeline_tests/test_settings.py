@@ -49,7 +49,8 @@ def test_defaults_keep_everything_under_the_data_dir(monkeypatch: pytest.MonkeyP
     assert s.resolved_database_url == f"sqlite:///{tmp_path / 'd' / 'face_pipeline.db'}"
     assert s.vectors_dir == tmp_path / "d" / "vectors" and s.qdrant_url is None
     assert s.person_match_threshold is None  # the embedding space decides
-    assert (s.unknown_clustering_method, s.unknown_min_cluster_size, s.device) == (None, None, "auto")  # the space decides
+    # None: the embedding space decides (domain.assignment.thresholds_for_space)
+    assert (s.unknown_clustering_method, s.unknown_min_cluster_size, s.device) == (None, None, "auto")
 
 
 def test_env_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):

@@ -184,7 +184,13 @@ def cluster_unknown(
     eps: float | None = None,
     **params: object,
 ) -> np.ndarray:
-    """Cluster labels (n,) int64 of `vectors` (n, d), NOISE = -1. See `UnknownFaceClusterer`."""
+    """Cluster labels (n,) int64 of `vectors` (n, d), NOISE = -1. See `UnknownFaceClusterer`.
+
+    Unless given, a member needs min(2, min_cluster_size - 1) fellow members within eps (with groups of two
+    allowed, its one fellow is all there is) and density counts min(3, min_cluster_size) faces.
+    """
+    params.setdefault("min_links", min(2, min_cluster_size - 1))
+    params.setdefault("min_samples", min(3, min_cluster_size))
     clusterer = UnknownFaceClusterer(method, min_cluster_size=min_cluster_size, eps=eps, **params)  # type: ignore[arg-type]
     return clusterer.fit_predict(vectors)
 

@@ -24,7 +24,7 @@ person at the cluster eps.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -89,7 +89,7 @@ def pipeline_figures(
     roles: PipelineRoles,
     thresholds: SpaceThresholds,
     *,
-    min_cluster_size: int = 3,
+    min_cluster_size: int | None = None,
 ) -> PipelineFigures:
     """Prototypes from the gallery, assignment of the probes at `thresholds`, grouping of what is left.
 
@@ -106,8 +106,14 @@ def pipeline_figures(
     truth = labels[probes]
     left = probes[named == NO_PERSON]
     groups = np.full(left.size, NOISE, dtype=np.int64)
-    if left.size >= max(min_cluster_size, 2):
-        groups = cluster_unknown(vectors[left], min_cluster_size=min_cluster_size, eps=thresholds.cluster_eps)
+    min_size = min_cluster_size or thresholds.min_cluster_size
+    if left.size >= min_size:
+        groups = cluster_unknown(
+            vectors[left],
+            method=thresholds.cluster_method,  # type: ignore[arg-type]
+            min_cluster_size=min_size,
+            eps=thresholds.cluster_eps,
+        )
     return PipelineFigures(
         precision=assignment_precision(named, truth),
         recall=person_recall(named, truth, people),
@@ -174,7 +180,8 @@ def _matched(
     link, linked = _same_rate(raw_link, 1.0 - raw.cluster_eps, projected_link)
     spread_raw, spread_projected = float(raw_best.std()), float(projected_best.std())
     scale = spread_projected / spread_raw if spread_raw > 0 else 1.0
-    projected = SpaceThresholds(
+    projected = replace(  # grouped as the raw space groups (method, smallest group), at its own scale
+        raw,
         threshold=round(float(np.clip(threshold, -1.0, 1.0)), 6),
         margin=round(float(np.clip(raw.margin * scale, 0.0, 2.0)), 4),
         cluster_eps=round(float(np.clip(1.0 - link, 1e-3, 2.0)), 6),
@@ -281,7 +288,7 @@ def pipeline_gate(
     split: IdentitySplit,
     raw: SpaceThresholds,
     *,
-    min_cluster_size: int = 3,
+    min_cluster_size: int | None = None,
     min_recall_gain: float = 0.005,
     tolerance: float = 0.005,
     matched: MatchedThresholds | None = None,

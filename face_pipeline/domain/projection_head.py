@@ -59,12 +59,13 @@ class ProjectionHead(nn.Module):
         """Set the skip path to the top-o principal directions of unit `vectors` (t, d), when d > o.
 
         Uncentred on purpose: the right singular vectors of X keep the dot products (the cosine space)
-        as well as any rank-o map can, where centred PCA would change which faces are near.
+        as well as any rank-o map can, where centred PCA would change which faces are near. With fewer
+        faces than o (a 512-d space named from 60 faces), the rows past t complete the basis orthonormally.
         """
         if self.skip is None or self.spec.in_dim <= self.spec.out_dim:
             return
         x = F.normalize(vectors.float(), dim=1)
-        _, _, vh = torch.linalg.svd(x, full_matrices=False)
+        _, _, vh = torch.linalg.svd(x, full_matrices=len(x) < self.spec.out_dim)
         basis = vh[: self.spec.out_dim]
         basis = basis * torch.sign(basis.sum(dim=1, keepdim=True) + 1e-12)  # deterministic signs
         self.skip.weight.copy_(basis)

@@ -325,7 +325,6 @@ def cluster_unknown_faces(
 ) -> ClusterReport:
     """Group the faces that belong to nobody; keep unknown_cluster_{N} numbers across runs."""
     started = time.perf_counter()
-    settings = context.settings
     with context.db.session() as session:
         params = space_params(context, session)
         method = method or params.cluster_method
@@ -337,16 +336,7 @@ def cluster_unknown_faces(
         report.pool = int(pool.size)
         if pool.size:
             matrix = _vectors_for(vectors, params.space, table)[pool]
-            # A member needs fellow members within eps; with groups of 2 allowed, one fellow is all there is.
-            links = min(2, min_size - 1)
-            labels = cluster_unknown(
-                matrix,
-                method=method,  # type: ignore[arg-type]
-                min_cluster_size=min_size,
-                eps=eps,
-                min_links=links,
-                min_samples=min(3, min_size),
-            )
+            labels = cluster_unknown(matrix, method=method, min_cluster_size=min_size, eps=eps)  # type: ignore[arg-type]
             cluster_ids = _stable_names(session, table, pool, labels)
             changes = FaceChanges(
                 pool,

@@ -192,9 +192,10 @@ def _labels_by_first_face(face_ids: np.ndarray, people: list[str]) -> tuple[np.n
 
 
 def _row_thresholds(row: EmbeddingSpaceRow) -> SpaceThresholds:
-    if row.person_threshold is None or row.person_margin is None or row.cluster_eps is None:
-        return thresholds_for_space(row.name)
-    return SpaceThresholds(row.person_threshold, row.person_margin, row.cluster_eps)
+    """The raw row's own thresholds, grouped the way its model's defaults say."""
+    return thresholds_for_space(
+        row.name, threshold=row.person_threshold, margin=row.person_margin, cluster_eps=row.cluster_eps
+    )
 
 
 def training_config(
@@ -223,7 +224,7 @@ def training_config(
 # --- the pipeline gate and the projected space's thresholds ---------------------------------------------
 
 
-def gate_on_pipeline(data: TrainingSet, result: TrainingResult, *, min_cluster_size: int) -> PipelineVerdict:
+def gate_on_pipeline(data: TrainingSet, result: TrainingResult, *, min_cluster_size: int | None) -> PipelineVerdict:
     """Play the pipeline on the faces training held out (`result.split`) in both spaces, each at its own
     thresholds (`domain.pipeline_check`)."""
     raw = l2_normalise(data.vectors)
@@ -293,8 +294,7 @@ def train_checkpoint(
         result = train_projection(data.vectors, data.labels, data.rejections, config)
     except NotEnoughLabels as exc:
         raise _too_few(exc) from None
-    min_size = context.settings.unknown_min_cluster_size or thresholds_for_space(data.base_space).min_cluster_size
-    verdict = gate_on_pipeline(data, result, min_cluster_size=min_size)
+    verdict = gate_on_pipeline(data, result, min_cluster_size=context.settings.unknown_min_cluster_size)
     promote = result.promote and verdict.promote
     reason = _overall_reason(result, verdict)
     name = new_space_name(data.base_space)

@@ -273,7 +273,8 @@ class InsightFaceEmbedder:
         detector, recognition = models
         detector.prepare(ctx_id=ctx_id, det_thresh=self.det_threshold)
         recognizer = ArcFaceRecognizer(recognition)
-        space = EmbeddingSpaceInfo(name=f"{INSIGHTFACE_SPACE_PREFIX}{self.pack.name}", model_name=self.pack.name, dim=recognizer.dim)
+        name = f"{INSIGHTFACE_SPACE_PREFIX}{self.pack.name}"
+        space = EmbeddingSpaceInfo(name=name, model_name=self.pack.name, dim=recognizer.dim)
         logger.info("loaded InsightFace %s from %s on %s", self.pack.name, self.pack.source, recognizer.providers)
         return _Loaded(detector=detector, recognizer=recognizer, space=space)
 
