@@ -2,16 +2,18 @@
 regenerated embeddings, reassignment, and the `train-matching` / `reassign` commands.
 
 lfw-mini's 12 people (6 photos each; 2 more each held back as later arrivals) and its 24 strangers are
-ingested once per module with the real dlib model, and the user names the main face of each of their photos
-(~72 labels: a photo where dlib finds no face has none).
+ingested once per module and model, and the user names the main face of each of their photos (~72 labels).
 Each test works on its own copy.
 
-Real dlib vectors: the gate must reject (dlib already separates these people perfectly on the held-out
-faces, so no head can show a gain). The promote case needs a raw space a projection can improve, so
-`degrade_raw_vectors` adds to every stored raw vector a known nuisance: a random component in one fixed
-4-d subspace (norm ~0.6, like a lighting change shared by all photos), written back into the raw
-collection through the vector store exactly as detection writes vectors. A head can learn to remove that
-subspace for people it never saw; the faces, labels and everything downstream stay real.
+Real vectors of the default model (buffalo_s): the gate must reject (ArcFace already separates these people
+perfectly on the held-out faces, so no head can show a gain). The promote case needs a raw space a
+projection can improve, so `degrade_raw_vectors` adds to every stored raw vector a known nuisance: a random
+component in one fixed 4-d subspace (norm ~0.6, like a lighting change shared by all photos), written back
+into the raw collection through the vector store exactly as detection writes vectors. A head can learn to
+remove that subspace for people it never saw; the faces, labels and everything downstream stay real.
+That case runs on dlib's 128-d space: on buffalo_s's 512-d one, a 128-d head trained on lfw-mini's ~45
+training faces loses more than it removes (measured: unseen-people TAR 0.911 -> 0.311), and the gate
+rightly refuses it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import shutil
 import threading
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +40,7 @@ from face_pipeline.services.context import PipelineContext
 from face_pipeline.services.face_table import read_faces
 from face_pipeline.services.labels import confirm_faces, reject_face
 from face_pipeline.services.regenerate import checkpoint_file, regenerate_embeddings, switch_active_space
-from face_pipeline.services.spaces import register_raw_space
+from face_pipeline.services.spaces import library_raw_space, register_raw_space
 from face_pipeline.services.stats import library_stats
 from face_pipeline.services.training import (
     TooFewLabels,
@@ -59,12 +62,17 @@ from face_pipeline.vision.types import EmbeddingSpaceInfo
 from face_pipeline_tests.photo_corpus import copy_mini_library
 from face_pipeline_tests.test_ingest import ingest, make_context
 
-# dlib, not the default buffalo_s, until training works on a buffalo_s library: a 512-d space with fewer
-# labelled faces than the head's 128 outputs fails in ProjectionHead.init_skip_ (lfw-mini has ~72 labels), and
-# the pipeline gate groups buffalo_s's held-out faces in pairs with HDBSCAN's default min_links of 2, which
-# cluster_unknown refuses ("min_links must be below min_cluster_size (2)").
-EMBEDDER = "dlib"
-RAW = "dlib_resnet_v1"
+
+@dataclass(frozen=True)
+class Model:
+    embedder: str  # FACE_EMBEDDER
+    raw: str  # its embedding space
+    dim: int
+
+
+DEFAULT = Model("buffalo_s", "insightface_buffalo_s", 512)
+DLIB = Model("dlib", "dlib_resnet_v1", 128)  # the promote path (see the module doc)
+OUT_DIM = 128  # the head's output (TrainingConfig.out_dim)
 runner = CliRunner()
 
 
@@ -110,21 +118,29 @@ def label_people(context: PipelineContext, people: dict[str, list[int]]) -> None
             confirm_faces(session, faces, person.id, action="label_face")
 
 
-@pytest.fixture(scope="module")
-def labelled_root(lfw_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("training")
+def labelled_library(lfw_mini: Path, root: Path, model: Model) -> Path:
     photos = root / "photos"
     copy_mini_library(lfw_mini, photos)
-    context = make_context(root, photos, embedder=EMBEDDER, workers=2)
+    context = make_context(root, photos, embedder=model.embedder, workers=2)
     ingest(context)
     label_people(context, main_faces_by_person(context))
     context.close()
     return root
 
 
-def copy_library(source: Path, target: Path) -> PipelineContext:
+@pytest.fixture(scope="module")
+def labelled_root(lfw_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return labelled_library(lfw_mini, tmp_path_factory.mktemp("training"), DEFAULT)
+
+
+@pytest.fixture(scope="module")
+def dlib_labelled_root(lfw_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return labelled_library(lfw_mini, tmp_path_factory.mktemp("training_dlib"), DLIB)
+
+
+def copy_library(source: Path, target: Path, model: Model) -> PipelineContext:
     shutil.copytree(source, target)
-    context = make_context(target, target / "photos", embedder=EMBEDDER)
+    context = make_context(target, target / "photos", embedder=model.embedder)
     with context.db.session() as session:  # the copy's photos live under the copy
         session.execute(update(ImageRow).values(path=func.replace(ImageRow.path, str(source), str(target))))
     return context
@@ -132,26 +148,43 @@ def copy_library(source: Path, target: Path) -> PipelineContext:
 
 @pytest.fixture
 def library(labelled_root: Path, tmp_path: Path) -> Iterator[PipelineContext]:
-    context = copy_library(labelled_root, tmp_path / "lib")
+    """A copy of the default model's library."""
+    context = copy_library(labelled_root, tmp_path / "lib", DEFAULT)
     yield context
     context.close()
+
+
+@pytest.fixture
+def dlib_library(dlib_labelled_root: Path, tmp_path: Path) -> Iterator[PipelineContext]:
+    """A copy of the dlib library, for the promote path."""
+    context = copy_library(dlib_labelled_root, tmp_path / "lib", DLIB)
+    yield context
+    context.close()
+
+
+def raw_space(context: PipelineContext) -> str:
+    with context.db.session() as session:
+        space = library_raw_space(session)
+    assert space is not None
+    return space
 
 
 def degrade_raw_vectors(context: PipelineContext, seed: int = 0) -> None:
     """Add the known nuisance (see the module doc) to every raw vector in the raw collection."""
     rng = np.random.default_rng(seed)
-    basis = np.linalg.qr(rng.standard_normal((128, 128)))[0][:, :4]
+    raw_name = raw_space(context)
     with context.db.session() as session:
         table = read_faces(session)
     with context.vectors() as vectors:
-        ids, matrix = vectors.fetch_all(RAW)
+        ids, matrix = vectors.fetch_all(raw_name)
+        basis = np.linalg.qr(rng.standard_normal((matrix.shape[1], matrix.shape[1])))[0][:, :4]
         assert np.array_equal(ids, table.ids)
         noisy = matrix + 0.3 * rng.standard_normal((ids.size, 4)) @ basis.T
         payloads = [
             {"image_id": int(i), "person_id": p, "cluster_id": c}
             for i, p, c in zip(table.image_ids, table.person_ids, table.cluster_ids, strict=True)
         ]
-        vectors.upsert(RAW, ids, noisy.astype(np.float32), payloads)
+        vectors.upsert(raw_name, ids, noisy.astype(np.float32), payloads)
 
 
 def train(context: PipelineContext, **config: object) -> TrainingReport:
@@ -198,7 +231,7 @@ def assert_collection_is_the_projection_of_every_face(context: PipelineContext, 
     row = spaces(context)[space]
     head, _ = load_checkpoint(checkpoint_file(context.settings, str(row.checkpoint_path)))
     ids, stored = collection(context, space)
-    raw_ids, raw = collection(context, RAW)
+    raw_ids, raw = collection(context, raw_space(context))
     assert np.array_equal(ids, face_ids(context)) and np.array_equal(raw_ids, ids)
     np.testing.assert_allclose(stored, project(raw, head, device="cpu"), atol=1e-5)
 
@@ -206,7 +239,8 @@ def assert_collection_is_the_projection_of_every_face(context: PipelineContext, 
 # --- training and the gate ------------------------------------------------------------------------------
 
 
-def test_real_dlib_faces_give_a_rejected_checkpoint_with_its_figures(library: PipelineContext):
+def test_real_faces_give_a_rejected_checkpoint_with_its_figures(library: PipelineContext):
+    raw_name = DEFAULT.raw
     with library.db.session() as session:  # a user's "not this person" on a stranger's face rides along
         stranger = session.scalar(select(FaceInstance.id).where(FaceInstance.user_confirmed.is_(False)))
         person = session.scalar(select(Person.id).order_by(Person.name))
@@ -218,15 +252,15 @@ def test_real_dlib_faces_give_a_rejected_checkpoint_with_its_figures(library: Pi
     labels = labelled_faces(library)
     assert report.label_count == labels >= 66 and report.counts["people"] == 12
     assert report.counts["rejections_given"] == 1
-    # dlib already separates these people: raw TAR is at or near 1, any gain is inside the noise.
+    # buffalo_s already separates these people: raw TAR is at or near 1, any gain is inside the noise.
     raw_tar, projected_tar = report.figures["TAR@FAR=0.001"]
-    assert raw_tar >= 0.85 and f"TAR@FAR=0.001 {raw_tar:.3f} -> {projected_tar:.3f}" in report.reason
+    assert raw_tar >= 0.98 and f"TAR@FAR=0.001 {raw_tar:.3f} -> {projected_tar:.3f}" in report.reason  # measured 1.0
     row = spaces(library)[report.space]
     assert (row.kind, row.status, row.base_space, row.dim, row.label_count) == (
         "projection",
         "rejected",
-        RAW,
-        128,
+        raw_name,
+        OUT_DIM,
         labels,
     )
     assert row.metrics["promote"] is False and row.metrics["raw"]["verification"]["tar"] == raw_tar
@@ -234,9 +268,9 @@ def test_real_dlib_faces_give_a_rejected_checkpoint_with_its_figures(library: Pi
     weights = checkpoint_file(library.settings, str(row.checkpoint_path))
     metadata = json.loads(weights.with_suffix(".json").read_text())
     assert (metadata["base_space"], metadata["in_dim"], metadata["out_dim"], metadata["label_count"]) == (
-        RAW,
-        128,
-        128,
+        raw_name,
+        DEFAULT.dim,
+        OUT_DIM,
         labels,
     )
     assert metadata["history"] and metadata["projected"]["verification"]["tar"] == projected_tar
@@ -246,11 +280,12 @@ def test_real_dlib_faces_give_a_rejected_checkpoint_with_its_figures(library: Pi
 
     result = regenerate(library)
     assert result.message.startswith(f"raw space stays active: newest checkpoint {report.space} was rejected: ")
-    assert active_names(library) == [RAW] and not result.switched and result.projected == 0
+    assert active_names(library) == [raw_name] and not result.switched and result.projected == 0
     assert collection(library, report.space)[0].size == 0  # no collection was made for it
 
 
-def test_degraded_faces_train_a_promoted_projection_whose_loss_falls(library: PipelineContext):
+def test_degraded_faces_train_a_promoted_projection_whose_loss_falls(dlib_library: PipelineContext):
+    library = dlib_library
     degrade_raw_vectors(library)
     report = train(library, epochs=20)
 
@@ -309,19 +344,20 @@ def test_training_runs_on_the_cpu_here_and_is_tagged_for_the_gpu_pool():
 # --- the active space -----------------------------------------------------------------------------------
 
 
-def test_promoted_checkpoint_is_projected_into_its_own_collection_and_made_active(library: PipelineContext):
+def test_promoted_checkpoint_is_projected_into_its_own_collection_and_made_active(dlib_library: PipelineContext):
+    library, raw_name = dlib_library, DLIB.raw
     degrade_raw_vectors(library)
-    raw_before = collection(library, RAW)
+    raw_before = collection(library, raw_name)
     report = train(library)
     result = regenerate(library)
 
-    assert result.switched and result.active_space == report.space and result.previous_space == RAW
+    assert result.switched and result.active_space == report.space and result.previous_space == raw_name
     assert result.projected == face_ids(library).size and result.removed == 0
     rows = spaces(library)
     assert active_names(library) == [report.space] and rows[report.space].activated_at is not None
-    assert rows[RAW].status == SpaceStatus.RETIRED  # still registered: detection keeps writing its vectors
+    assert rows[raw_name].status == SpaceStatus.RETIRED  # still registered: detection keeps writing its vectors
     assert_collection_is_the_projection_of_every_face(library, report.space)
-    raw_after = collection(library, RAW)
+    raw_after = collection(library, raw_name)
     assert np.array_equal(raw_before[0], raw_after[0]) and np.allclose(raw_before[1], raw_after[1])
 
     # Reassignment now runs in the projected space with that space's own thresholds.
@@ -334,14 +370,20 @@ def test_promoted_checkpoint_is_projected_into_its_own_collection_and_made_activ
 
 
 def test_switch_is_one_statement_and_a_reader_always_sees_exactly_one_active_space(database_url: str):
+    raw_name = DEFAULT.raw
     db = Database(database_url)
-    names = [RAW, f"{RAW}.proj-a", f"{RAW}.proj-b"]
+    names = [raw_name, f"{raw_name}.proj-a", f"{raw_name}.proj-b"]
     with db.session() as session:
-        register_raw_space(session, EmbeddingSpaceInfo(RAW, "dlib", 128))
+        register_raw_space(session, EmbeddingSpaceInfo(raw_name, DEFAULT.embedder, DEFAULT.dim))
         for name in names[1:]:
             session.add(
                 EmbeddingSpaceRow(
-                    name=name, kind="projection", model_name="dlib", dim=128, base_space=RAW, status="candidate"
+                    name=name,
+                    kind="projection",
+                    model_name=DEFAULT.embedder,
+                    dim=OUT_DIM,
+                    base_space=raw_name,
+                    status="candidate",
                 )
             )
     updates: list[str] = []
@@ -384,8 +426,9 @@ def test_switch_is_one_statement_and_a_reader_always_sees_exactly_one_active_spa
 
 
 def test_same_checkpoint_again_is_a_no_op_that_writes_nothing(
-    library: PipelineContext, monkeypatch: pytest.MonkeyPatch
+    dlib_library: PipelineContext, monkeypatch: pytest.MonkeyPatch
 ):
+    library = dlib_library
     space = switch_to_projection(library)
     writes: list[str] = []
     from face_pipeline.storage.vector_backends.edge import EdgeVectorStore
@@ -406,8 +449,9 @@ def test_same_checkpoint_again_is_a_no_op_that_writes_nothing(
 
 
 def test_new_photos_are_projected_and_deleted_faces_removed_while_a_projection_is_active(
-    library: PipelineContext, lfw_mini: Path
+    dlib_library: PipelineContext, lfw_mini: Path
 ):
+    library = dlib_library
     space = switch_to_projection(library)
     before = face_ids(library)
     photos = library.settings.photos_dir
@@ -436,24 +480,27 @@ def test_new_photos_are_projected_and_deleted_faces_removed_while_a_projection_i
     assert_collection_is_the_projection_of_every_face(library, space)  # re-used ids included
 
 
-def test_reassign_modes_raw_holds_until_the_trained_model_is_asked_for(library: PipelineContext):
+def test_reassign_modes_raw_holds_until_the_trained_model_is_asked_for(dlib_library: PipelineContext):
+    library, raw_name = dlib_library, DLIB.raw
     space = switch_to_projection(library)
 
     back = regenerate(library, "raw")
-    assert back.switched and back.active_space == RAW and back.dropped_collection == space
+    assert back.switched and back.active_space == raw_name and back.dropped_collection == space
     assert back.payloads_refreshed == face_ids(library).size
-    assert active_names(library) == [RAW] and spaces(library)[space].status == SpaceStatus.RETIRED
+    assert active_names(library) == [raw_name] and spaces(library)[space].status == SpaceStatus.RETIRED
 
     stays = regenerate(library, "auto")  # a scheduled run does not undo the user's choice
-    assert not stays.switched and "was retired" in stays.message and active_names(library) == [RAW]
+    assert not stays.switched and "was retired" in stays.message and active_names(library) == [raw_name]
 
     again = regenerate(library, "trained")
     assert again.switched and again.active_space == space and again.projected == face_ids(library).size
     assert_collection_is_the_projection_of_every_face(library, space)
 
 
-def test_model_checkpoint_setting_picks_that_checkpoint_and_never_a_rejected_one(labelled_root: Path, tmp_path: Path):
-    library = copy_library(labelled_root, tmp_path / "lib")
+def test_model_checkpoint_setting_picks_that_checkpoint_and_never_a_rejected_one(
+    dlib_labelled_root: Path, tmp_path: Path
+):
+    library = copy_library(dlib_labelled_root, tmp_path / "lib", DLIB)
     rejected = train(library)  # real vectors: rejected
     degrade_raw_vectors(library)
     first, second = train(library), train(library, epochs=5)
@@ -462,7 +509,7 @@ def test_model_checkpoint_setting_picks_that_checkpoint_and_never_a_rejected_one
 
     def with_checkpoint(report: TrainingReport) -> PipelineContext:
         return make_context(
-            tmp_path / "lib", tmp_path / "lib" / "photos", embedder=EMBEDDER, model_checkpoint=report.checkpoint
+            tmp_path / "lib", tmp_path / "lib" / "photos", embedder=DLIB.embedder, model_checkpoint=report.checkpoint
         )
 
     pinned = with_checkpoint(first)
@@ -481,14 +528,25 @@ def test_model_checkpoint_setting_picks_that_checkpoint_and_never_a_rejected_one
 # --- through Dagster and the CLI ------------------------------------------------------------------------
 
 
-@pytest.fixture
-def cli_library(library: PipelineContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PipelineContext:
+def through_the_cli(library: PipelineContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PipelineContext:
+    """FACE_* variables point the CLI (and Dagster) at the library; FACE_EMBEDDER=auto keeps its model."""
     monkeypatch.setenv("FACE_PHOTOS_DIR", str(library.settings.photos_dir))
     monkeypatch.setenv("FACE_DATA_DIR", str(library.settings.data_dir))
-    monkeypatch.setenv("FACE_EMBEDDER", EMBEDDER)
+    monkeypatch.setenv("FACE_EMBEDDER", "auto")
+    monkeypatch.setenv("FACE_MODEL_DIR", str(tmp_path / "insightface"))  # no buffalo_l, whatever ~ holds
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     monkeypatch.chdir(tmp_path)
     return library
+
+
+@pytest.fixture
+def cli_library(library: PipelineContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PipelineContext:
+    return through_the_cli(library, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def dlib_cli_library(dlib_library: PipelineContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PipelineContext:
+    return through_the_cli(dlib_library, tmp_path, monkeypatch)
 
 
 def test_cli_train_matching_reports_the_gate_and_stats_show_it(cli_library: PipelineContext):
@@ -502,7 +560,7 @@ def test_cli_train_matching_reports_the_gate_and_stats_show_it(cli_library: Pipe
 
     stats = runner.invoke(app, ["faces", "stats"])
     assert stats.exit_code == 0, stats.output
-    assert f"active space: {RAW}" in stats.output and "raw)" in stats.output
+    assert f"active space: {DEFAULT.raw}" in stats.output and "raw)" in stats.output
     assert "last training: " in stats.output and f"(rejected, {labelled_faces(cli_library)} labels" in stats.output
 
     regenerated = runner.invoke(app, ["faces", "reassign", "--use-trained-model"])
@@ -520,7 +578,8 @@ def test_cli_train_matching_with_too_few_labels_is_one_line_and_exit_2(cli_libra
     assert not any(row.kind == "projection" for row in spaces(cli_library).values())
 
 
-def test_cli_reassign_with_trained_model_switches_and_leaves_user_labels_alone(cli_library: PipelineContext):
+def test_cli_reassign_with_trained_model_switches_and_leaves_user_labels_alone(dlib_cli_library: PipelineContext):
+    cli_library, raw_name = dlib_cli_library, DLIB.raw
     degrade_raw_vectors(cli_library)
     trained = runner.invoke(app, ["faces", "train-matching"])
     assert trained.exit_code == 0 and "promote yes" in trained.output, trained.output
@@ -536,7 +595,7 @@ def test_cli_reassign_with_trained_model_switches_and_leaves_user_labels_alone(c
     result = runner.invoke(app, ["faces", "reassign", "--person-threshold", "0.75", "--use-trained-model"])
     assert result.exit_code == 0, result.output
     space = active_names(cli_library)[0]
-    assert space.startswith(f"{RAW}.proj-") and f"embeddings: switched to {space}" in result.output
+    assert space.startswith(f"{raw_name}.proj-") and f"embeddings: switched to {space}" in result.output
     assert "(threshold 0.75, margin" in result.output and f"space {space})" in result.output
     assert confirmed() == before and len(before) == labelled_faces(cli_library)
     with cli_library.db.session() as session:
@@ -551,7 +610,7 @@ def test_cli_reassign_with_trained_model_switches_and_leaves_user_labels_alone(c
 
     back = runner.invoke(app, ["faces", "reassign"])
     assert back.exit_code == 0, back.output
-    assert f"embeddings: switched to {RAW} (raw space requested; was {space})" in back.output
+    assert f"embeddings: switched to {raw_name} (raw space requested; was {space})" in back.output
     assert confirmed() == before
 
 
@@ -562,5 +621,5 @@ def test_training_asset_reports_the_loss_curve_and_figures(cli_library: Pipeline
     metadata = asset_metadata(result, "trained_projection_checkpoint")
     assert metadata["promote"] is False and metadata["label_count"] == labelled_faces(cli_library)
     assert metadata["loss_curve"].startswith("![triplet loss](data:image/png;base64,")
-    assert metadata["figures"]["TAR@FAR=0.001"]["raw"] >= 0.85
+    assert metadata["figures"]["TAR@FAR=0.001"]["raw"] >= 0.98  # buffalo_s on lfw-mini: 1.0 measured
     assert "| TAR@FAR=0.001 |" in metadata["validation"]
