@@ -225,7 +225,7 @@ def at_space_defaults(vectors: np.ndarray, space: str) -> np.ndarray:
 
 @pytest.mark.slow
 def test_real_lfw_buffalo_s_vectors_beat_both_baselines(lfw_dev_arcface: dict[str, np.ndarray]) -> None:
-    """The default model's space at its own grouping defaults (provisional: DBSCAN, eps 0.6, pairs allowed).
+    """The default model's space at its own grouping defaults (DBSCAN, eps 0.6, pairs allowed).
     Measured on lfw-dev: BCubed F 0.990, purity 0.994, 0.9% of strangers grouped; Immich's rule at its ArcFace
     default (0.5): F 0.933, 0.3% of strangers grouped (its groups need 3 faces)."""
     vectors, identities = lfw_dev_arcface["vectors"], lfw_dev_arcface["identities"]
