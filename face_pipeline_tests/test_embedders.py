@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,30 +19,14 @@ from face_pipeline.vision.embedders import create_embedder
 from face_pipeline.vision.images import load_rgb
 from face_pipeline.vision.insightface_embedder import ArcFaceRecognizer, InsightFaceEmbedder
 from face_pipeline.vision.model_packs import InsightFacePack, folder_pack
-from face_pipeline.vision.types import DetectedFace, ModelUnavailable
-
-LIMITS = {"max_pixels": 80_000_000, "max_bytes": 200 * 1024 * 1024}
-
-
-@dataclass(frozen=True)
-class EmbeddedPhoto:
-    person: str
-    path: Path
-    faces: list[DetectedFace]
-
-    @property
-    def main_face(self) -> DetectedFace:
-        """LFW photos centre one person; others can appear smaller in the background."""
-        return max(self.faces, key=lambda f: f.bbox[2] * f.bbox[3])
+from face_pipeline.vision.types import ModelUnavailable
+from face_pipeline_tests.embedded_photos import LIMITS, EmbeddedPhoto, embed_folder
 
 
 @pytest.fixture(scope="session")
 def lfw_mini_embedded(lfw_mini: Path, dlib_embedder: DlibEmbedder) -> list[EmbeddedPhoto]:
     """Every lfw-mini photo through dlib once (~12 s on this machine)."""
-    return [
-        EmbeddedPhoto(path.parent.name, path, dlib_embedder.detect_and_embed(load_rgb(path, **LIMITS)))
-        for path in sorted(lfw_mini.glob("*/*.jpg"))
-    ]
+    return embed_folder(lfw_mini, dlib_embedder)
 
 
 @pytest.fixture(scope="session")

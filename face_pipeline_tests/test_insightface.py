@@ -12,7 +12,6 @@ import importlib.util
 import logging
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,26 +23,13 @@ from face_pipeline.settings import load_settings
 from face_pipeline.vision import model_packs
 from face_pipeline.vision.dlib_embedder import DlibEmbedder
 from face_pipeline.vision.embedders import create_embedder, describe_embedder, model_choice_of
-from face_pipeline.vision.images import load_rgb
 from face_pipeline.vision.insightface_embedder import ArcFaceRecognizer, InsightFaceEmbedder, detection_input_size
 from face_pipeline.vision.model_packs import BUFFALO_S_WHEEL_FILES, buffalo_s_pack
 from face_pipeline.vision.types import DetectedFace, ModelUnavailable
+from face_pipeline_tests.embedded_photos import EmbeddedPhoto, embed_folder
 
-LIMITS = {"max_pixels": 80_000_000, "max_bytes": 200 * 1024 * 1024}
 SPACE = "insightface_buffalo_s"
 CHOICE_LOGGER = "face_pipeline.vision.embedders"  # the one line saying which model was picked, and why
-
-
-@dataclass(frozen=True)
-class Photo:
-    person: str
-    path: Path
-    faces: list[DetectedFace]
-
-    @property
-    def main_face(self) -> DetectedFace:
-        """LFW photos centre one person; others can appear smaller in the background."""
-        return max(self.faces, key=lambda f: f.bbox[2] * f.bbox[3])
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +40,9 @@ def buffalo_s() -> InsightFaceEmbedder:
 
 
 @pytest.fixture(scope="module")
-def mini_photos(lfw_mini: Path, buffalo_s: InsightFaceEmbedder) -> list[Photo]:
+def mini_photos(lfw_mini: Path, buffalo_s: InsightFaceEmbedder) -> list[EmbeddedPhoto]:
     """Every lfw-mini photo through buffalo_s once (~4 s on one core)."""
-    return [
-        Photo(path.parent.name, path, buffalo_s.detect_and_embed(load_rgb(path, **LIMITS)))
-        for path in sorted(lfw_mini.glob("*/*.jpg"))
-    ]
+    return embed_folder(lfw_mini, buffalo_s)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +50,7 @@ def recognizer() -> ArcFaceRecognizer:
     return ArcFaceRecognizer.from_onnx(buffalo_s_pack().recognizer, providers=["CPUExecutionProvider"])
 
 
-def _main_faces(photos: list[Photo]) -> tuple[np.ndarray, np.ndarray]:
+def _main_faces(photos: list[EmbeddedPhoto]) -> tuple[np.ndarray, np.ndarray]:
     found = [p for p in photos if p.faces]
     return np.stack([p.main_face.embedding for p in found]), np.array([p.person for p in found])
 
@@ -89,13 +72,13 @@ def _keypoints_inside_box(face: DetectedFace, width: int, height: int, slack: fl
 # --- detection and embeddings on real photos ------------------------------------------------------------
 
 
-def test_buffalo_s_finds_a_face_in_at_least_119_of_120_lfw_mini_photos(mini_photos: list[Photo]) -> None:
+def test_buffalo_s_finds_a_face_in_at_least_119_of_120_lfw_mini_photos(mini_photos: list[EmbeddedPhoto]) -> None:
     assert len(mini_photos) == 120
     missed = [p.path.name for p in mini_photos if not p.faces]
     assert len(missed) <= 1, f"no face found in {missed}"
 
 
-def test_buffalo_s_faces_are_well_formed(mini_photos: list[Photo], buffalo_s: InsightFaceEmbedder) -> None:
+def test_buffalo_s_faces_are_well_formed(mini_photos: list[EmbeddedPhoto], buffalo_s: InsightFaceEmbedder) -> None:
     faces = [f for p in mini_photos for f in p.faces]
     vectors = np.stack([f.embedding for f in faces])
     assert buffalo_s.space.name == SPACE and buffalo_s.space.dim == 512
@@ -113,7 +96,7 @@ def test_buffalo_s_faces_are_well_formed(mini_photos: list[Photo], buffalo_s: In
 
 
 def test_every_person_is_closer_to_themselves_than_any_two_different_people_are(
-    mini_photos: list[Photo],
+    mini_photos: list[EmbeddedPhoto],
 ) -> None:
     """ArcFace's scale: the same person ~0.6, different people ~0.0; every person's median same-person
     cosine sits above every different-person pair, with a gap (measured 0.37 vs 0.25)."""
@@ -134,7 +117,7 @@ def test_every_person_is_closer_to_themselves_than_any_two_different_people_are(
     assert auc > 0.999, f"AUC {auc:.5f}"
 
 
-def test_default_threshold_sits_between_strangers_and_the_same_person(mini_photos: list[Photo]) -> None:
+def test_default_threshold_sits_between_strangers_and_the_same_person(mini_photos: list[EmbeddedPhoto]) -> None:
     vectors, people = _main_faces(mini_photos)
     cosines = vectors @ vectors.T
     upper = np.triu(np.ones(cosines.shape, dtype=bool), k=1)
@@ -144,7 +127,7 @@ def test_default_threshold_sits_between_strangers_and_the_same_person(mini_photo
 
 
 def test_several_faces_in_one_photo_each_get_keypoints_and_an_aligned_crop(
-    mini_photos: list[Photo], buffalo_s: InsightFaceEmbedder, recognizer: ArcFaceRecognizer
+    mini_photos: list[EmbeddedPhoto], buffalo_s: InsightFaceEmbedder, recognizer: ArcFaceRecognizer
 ) -> None:
     """Six lfw-mini people in a 750 x 500 mosaic (detected on a copy shrunk to 640 px): each is found where it
     was pasted, with the vector it has alone, and aligns to a 112 x 112 crop that embeds to the same vector."""
@@ -171,7 +154,7 @@ def test_several_faces_in_one_photo_each_get_keypoints_and_an_aligned_crop(
 
 
 def test_a_face_in_a_large_photo_comes_back_in_the_photos_own_pixels(
-    mini_photos: list[Photo], buffalo_s: InsightFaceEmbedder
+    mini_photos: list[EmbeddedPhoto], buffalo_s: InsightFaceEmbedder
 ) -> None:
     """A 3000 x 2000 photo is detected on a copy shrunk to FACE_DETECT_SIZE (640): the box and keypoints must
     come back in 3000 px pixels (measured: within 11 px of 3x the original box, cosine 0.976 to the original)."""
@@ -189,7 +172,9 @@ def test_a_face_in_a_large_photo_comes_back_in_the_photos_own_pixels(
     assert float(face.embedding @ photo.main_face.embedding) > 0.95
 
 
-def test_a_small_photo_is_detected_at_its_own_size(mini_photos: list[Photo], buffalo_s: InsightFaceEmbedder) -> None:
+def test_a_small_photo_is_detected_at_its_own_size(
+    mini_photos: list[EmbeddedPhoto], buffalo_s: InsightFaceEmbedder
+) -> None:
     """100 x 100 px runs SCRFD at 128 x 128 (not blown up to 640): its ~40 px face is still found."""
     photo = next(p for p in mini_photos if p.path.name == "Andre_Agassi_0001.jpg")
     tiny = np.asarray(Image.open(photo.path).convert("RGB").resize((100, 100), Image.Resampling.BICUBIC))
@@ -199,7 +184,7 @@ def test_a_small_photo_is_detected_at_its_own_size(mini_photos: list[Photo], buf
     assert float(face.embedding @ photo.main_face.embedding) > 0.9  # measured 0.937
 
 
-def _people(photos: list[Photo]) -> list[str]:
+def _people(photos: list[EmbeddedPhoto]) -> list[str]:
     """The people with several photos, in name order."""
     counts: dict[str, int] = {}
     for photo in photos:
