@@ -224,16 +224,8 @@ def stage_library(
     embedder: FaceEmbedder | None = None,
 ) -> ReembedReport:
     """Stage up to `limit` photos not staged yet with `model`; never switches (see the module doc)."""
-    started = time.perf_counter()
-    prepared = _prepare(context, vectors, model, embedder, finish=False)
-    if isinstance(prepared, ReembedReport):
-        return prepared
-    run, embedder = prepared
-    report = ReembedReport(source_space=run.source, target_space=run.target)
-    _stage(context, vectors, run, embedder, limit, progress, report)
-    report.message = _staging_message(report, model)
-    report.seconds = time.perf_counter() - started
-    return report
+    staged = _stage_what_is_left(context, vectors, model, limit, progress, embedder, finish=False)
+    return staged if isinstance(staged, ReembedReport) else staged.report
 
 
 def reembed_library(
@@ -246,17 +238,12 @@ def reembed_library(
     embedder: FaceEmbedder | None = None,
 ) -> ReembedReport:
     """Stage what is left (at most `limit` photos), then, when every photo is staged, switch and clean up."""
-    started = time.perf_counter()
-    prepared = _prepare(context, vectors, model, embedder, finish=True)
-    if isinstance(prepared, ReembedReport):
-        return prepared
-    run, embedder = prepared
-    report = ReembedReport(source_space=run.source, target_space=run.target)
-    _stage(context, vectors, run, embedder, limit, progress, report)
-    if report.photos_remaining:
-        report.message = _staging_message(report, model)
-        report.seconds = time.perf_counter() - started
-        return report
+    staged = _stage_what_is_left(context, vectors, model, limit, progress, embedder, finish=True)
+    if isinstance(staged, ReembedReport):
+        return staged
+    if staged.report.photos_remaining:
+        return staged.report
+    run, embedder, report, started = staged.run, staged.embedder, staged.report, staged.started
     facts = describe_embedder(embedder)
     for _ in range(_SWITCH_ATTEMPTS):
         try:
@@ -271,6 +258,40 @@ def reembed_library(
     finished.seconds = time.perf_counter() - started
     log.info("re-embedded the library: %s", finished.message)
     return finished
+
+
+@dataclass
+class _Staged:
+    """A run staged as far as it goes now; `report` says so (its message is set)."""
+
+    run: _Run
+    embedder: FaceEmbedder
+    report: ReembedReport
+    started: float
+
+
+def _stage_what_is_left(
+    context: PipelineContext,
+    vectors: VectorStore,
+    model: str,
+    limit: int | None,
+    progress: Progress | None,
+    embedder: FaceEmbedder | None,
+    *,
+    finish: bool,
+) -> ReembedReport | _Staged:
+    """Open (or resume) the move to `model` and stage photos; a report instead when the move cannot start or a
+    committed switch was just finished (see `_prepare`)."""
+    started = time.perf_counter()
+    prepared = _prepare(context, vectors, model, embedder, finish=finish)
+    if isinstance(prepared, ReembedReport):
+        return prepared
+    run, embedder = prepared
+    report = ReembedReport(source_space=run.source, target_space=run.target)
+    _stage(context, vectors, run, embedder, limit, progress, report)
+    report.message = _staging_message(report, model)
+    report.seconds = time.perf_counter() - started
+    return _Staged(run, embedder, report, started)
 
 
 def finish_switched_runs(context: PipelineContext, vectors: VectorStore) -> list[ReembedReport]:
