@@ -19,14 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from face_pipeline.domain.assignment import thresholds_for_space
-from face_pipeline.domain.pipeline_check import PipelineFigures, PipelineRoles, pipeline_figures
-from face_pipeline.domain.projection import TrainingConfig, train_projection
-from face_pipeline.domain.projection_head import project
-from face_pipeline.domain.verification import UNLABELLED, l2_normalise
-from face_pipeline.services.training import TrainingSet, gate_on_pipeline
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-LFW_DEV = Path(__file__).resolve().parents[1] / ".cache" / "lfw-dev-dlib.npz"
+from benchmarks.common import lfw_dev_embeddings  # noqa: E402
+from face_pipeline.domain.assignment import thresholds_for_space  # noqa: E402
+from face_pipeline.domain.pipeline_check import PipelineFigures, PipelineRoles, pipeline_figures  # noqa: E402
+from face_pipeline.domain.projection import TrainingConfig, train_projection  # noqa: E402
+from face_pipeline.domain.projection_head import project  # noqa: E402
+from face_pipeline.domain.verification import UNLABELLED, l2_normalise  # noqa: E402
+from face_pipeline.services.training import TrainingSet, gate_on_pipeline  # noqa: E402
 
 
 def library_roles(person: np.ndarray, counts: np.ndarray, share: float = 0.6) -> tuple[PipelineRoles, np.ndarray]:
@@ -54,9 +55,7 @@ def show(name: str, f: PipelineFigures, extra: dict[str, object]) -> None:
 
 
 def main() -> None:
-    if not LFW_DEV.is_file():
-        sys.exit(f"{LFW_DEV} not found: run the tests once (they build it)")
-    data = np.load(LFW_DEV)
+    data = lfw_dev_embeddings("dlib")
     vectors = l2_normalise(data["vectors"])
     _, person, counts = np.unique(data["identities"], return_inverse=True, return_counts=True)
     roles, labels = library_roles(person, counts)

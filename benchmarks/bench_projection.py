@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from face_pipeline.domain.projection import TrainingConfig, TrainingResult, train_projection
-from face_pipeline.domain.projection_head import project
-from face_pipeline.domain.synthetic import nuisance_faces
-from face_pipeline.domain.verification import l2_normalise, pair_scores, sample_pairs, tar_at_far
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-LFW_DEV = Path(__file__).resolve().parents[1] / ".cache" / "lfw-dev-dlib.npz"
+from benchmarks.common import lfw_dev_embeddings  # noqa: E402
+from face_pipeline.domain.projection import TrainingConfig, TrainingResult, train_projection  # noqa: E402
+from face_pipeline.domain.projection_head import project  # noqa: E402
+from face_pipeline.domain.synthetic import nuisance_faces  # noqa: E402
+from face_pipeline.domain.verification import l2_normalise, pair_scores, sample_pairs, tar_at_far  # noqa: E402
 
 
 def line(name: str, r: TrainingResult) -> str:
@@ -55,10 +56,7 @@ def speed() -> None:
 
 
 def lfw() -> None:
-    if not LFW_DEV.is_file():
-        print(f"lfw: skipped, {LFW_DEV} not found")
-        return
-    data = np.load(LFW_DEV)
+    data = lfw_dev_embeddings("dlib")
     vectors = data["vectors"]
     _, person, counts = np.unique(data["identities"], return_inverse=True, return_counts=True)
     labelled = counts[person] >= 5

@@ -35,9 +35,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import emit, peak_rss_mb  # noqa: E402
+from benchmarks.common import emit, lfw_dev_embeddings, peak_rss_mb  # noqa: E402
 
-LFW = REPO / ".cache" / "lfw-dev-dlib.npz"
 SYNTHETIC_SPACE = "arcface_synthetic"  # 'arcface*' spaces take the ArcFace thresholds
 LFW_SPACE = "dlib_resnet_v1"
 CONFIRMED_SHARE = 0.05
@@ -50,7 +49,7 @@ FACES_PER_PHOTO = 1.3  # group photos and portraits: photo ids shared by neighbo
 
 def _library(kind: str, n: int) -> tuple[np.ndarray, np.ndarray, str]:
     if kind == "lfw":
-        data = np.load(LFW)
+        data = lfw_dev_embeddings("dlib")
         return data["vectors"].astype(np.float32), np.unique(data["identities"], return_inverse=True)[1], LFW_SPACE
     from face_pipeline.domain.synthetic import synthetic_faces
 
@@ -290,7 +289,7 @@ def main() -> None:
     (REPO / ".cache").mkdir(exist_ok=True)
     for n in args.sizes:
         run_size("synthetic", n)
-    if not args.no_lfw and LFW.exists():
+    if not args.no_lfw:
         run_size("lfw", 0)
 
 

@@ -26,6 +26,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.common import lfw_dev_embeddings  # noqa: E402
 from face_pipeline.domain.assignment import (  # noqa: E402
     assign_to_known_people,
     build_prototypes,
@@ -44,8 +45,6 @@ from face_pipeline.domain.metrics import (  # noqa: E402
 )
 from face_pipeline.domain.synthetic import synthetic_faces  # noqa: E402
 
-LFW = REPO / ".cache" / "lfw-dev-dlib.npz"
-
 
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -61,10 +60,7 @@ def _row(name: str, seconds: float, truth: np.ndarray, labels: np.ndarray) -> st
 
 
 def lfw(with_plain: bool) -> None:
-    if not LFW.exists():
-        print(f"skipped: {LFW} not found (the lead's embedding benchmark writes it)")
-        return
-    data = np.load(LFW)
+    data = lfw_dev_embeddings("dlib")
     x, truth = data["vectors"].astype(np.float32), data["identities"]
     print(f"lfw-dev dlib: {len(x)} faces, {len(np.unique(truth))} identities")
     eps = thresholds_for_space("dlib_resnet_v1").cluster_eps

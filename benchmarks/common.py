@@ -36,3 +36,11 @@ def default_dataset(name: str) -> Path:
     if not path.is_dir():
         sys.exit(f"dataset not found: {path}")
     return path
+
+
+def lfw_dev_embeddings(model: str = "dlib") -> dict[str, Any]:
+    """The main face of every lfw-dev photo embedded by `model` (.cache/lfw-dev-<model>.npz: vectors,
+    identities, paths), built on first use by the tests' own cache builder (dlib ~4-7 min, buffalo_s ~1.5)."""
+    from face_pipeline_tests.lfw_cache import load_or_build
+
+    return load_or_build(default_dataset("lfw-dev"), REPO / ".cache", model)

@@ -36,7 +36,7 @@ from sqlalchemy import insert, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import REPO, emit, peak_rss_mb  # noqa: E402
+from benchmarks.common import emit, lfw_dev_embeddings, peak_rss_mb  # noqa: E402
 from face_pipeline.domain.assignment import SpaceThresholds, choose_threshold  # noqa: E402
 from face_pipeline.domain.naming import noise_cluster_id  # noqa: E402
 from face_pipeline.domain.synthetic import nuisance_faces  # noqa: E402
@@ -55,7 +55,6 @@ from face_pipeline.settings import load_settings  # noqa: E402
 from face_pipeline.storage.models import FaceInstance, Image, Person  # noqa: E402
 from face_pipeline.vision.types import EmbeddingSpaceInfo  # noqa: E402
 
-LFW_DEV = REPO / ".cache" / "lfw-dev-dlib.npz"
 SPACES = {128: ("dlib_resnet_v1", "dlib"), 512: ("insightface_buffalo_l", "buffalo_l")}
 
 
@@ -177,10 +176,7 @@ def speed() -> None:
 
 
 def lfw() -> None:
-    if not LFW_DEV.is_file():
-        print(f"lfw: skipped, {LFW_DEV} not found (run benchmarks/ingest.py on lfw-dev first)")
-        return
-    data = np.load(LFW_DEV)
+    data = lfw_dev_embeddings("dlib")
     _, person, counts = np.unique(data["identities"], return_inverse=True, return_counts=True)
     people = np.where(counts[person] >= 5, person, -1)
     with tempfile.TemporaryDirectory() as tmp:

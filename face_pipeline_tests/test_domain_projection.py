@@ -290,11 +290,11 @@ def test_pairs_are_capped_on_large_sets() -> None:
     assert plan.pair_i.size == 1000
 
 
-def _gate_on_real_faces(data: dict[str, np.ndarray]) -> TrainingResult:
+def _gate_on_real_faces(data: dict[str, np.ndarray], min_people: int) -> TrainingResult:
     _, labels, counts = np.unique(data["identities"], return_inverse=True, return_counts=True)
     labels = np.where(counts[labels] >= 5, labels, -1)  # a user labelled the people with 5+ photos
     result = train_projection(data["vectors"], labels, config=TrainingConfig(num_threads=1, device="cpu"))
-    assert result.counts["people_with_min_faces"] >= 150
+    assert result.counts["people_with_min_faces"] >= min_people
     # The raw space already separates these people well; whatever the head does, the gate must not let the
     # projected space be worse for people never labelled.
     if result.promote:
@@ -306,11 +306,11 @@ def _gate_on_real_faces(data: dict[str, np.ndarray]) -> TrainingResult:
 
 @pytest.mark.slow
 def test_real_buffalo_s_faces_gate_tells_the_truth(lfw_dev_arcface: dict[str, np.ndarray]) -> None:
-    result = _gate_on_real_faces(lfw_dev_arcface)
+    result = _gate_on_real_faces(lfw_dev_arcface, min_people=150)  # all of lfw-dev
     # ArcFace on people it never saw: TAR@FAR=1e-3 measured 0.993 (dlib: 0.868); no head shows a gain on that.
     assert result.raw.verification_unseen.tar >= 0.98
 
 
 @pytest.mark.slow
 def test_real_dlib_faces_gate_tells_the_truth(lfw_dev_embeddings: dict[str, np.ndarray]) -> None:
-    _gate_on_real_faces(lfw_dev_embeddings)
+    _gate_on_real_faces(lfw_dev_embeddings, min_people=70)  # every third person of lfw-dev: 75 labelled
