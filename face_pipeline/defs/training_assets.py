@@ -2,7 +2,7 @@
 
 Learning from labels as assets: training writes a checkpoint and its embedding_spaces row (promoted or
 rejected by the gate); regenerated_embeddings makes the right space active and keeps its collection in step
-with SQL (services/regenerate.py says which space, when).
+with SQL (services/space_switch.py says which space, when).
 """
 
 import math
@@ -13,7 +13,7 @@ import dagster as dg
 from face_pipeline.defs.ingest_assets import detected_faces
 from face_pipeline.defs.metadata import line_chart_md, markdown_table
 from face_pipeline.defs.resources import VECTOR_STORE_POOL, FacePipelineResource
-from face_pipeline.services.regenerate import regenerate_embeddings
+from face_pipeline.services.space_switch import regenerate_embeddings
 from face_pipeline.services.training import TrainingReport, read_training_set, train_checkpoint, training_config
 
 GROUP = "training"

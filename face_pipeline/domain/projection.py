@@ -7,7 +7,7 @@ and an epoch over 10K faces takes well under a second on a CPU core.
 
 A trained head is only worth using if it beats the raw space on people it was not trained on, so
 `train_projection` always measures both spaces on held-out people and returns `promote` with its reason
-(the pipeline's own gate, `domain.pipeline_check`, comes on top in services/training.py). The head itself
+(the pipeline's own gate, `domain.promotion_gate`, comes on top in services/training.py). The head itself
 is in `domain.projection_head`, checkpoint files in `domain.checkpoint`.
 
 Shapes: n faces, d raw dimensions, o = `out_dim` projected dimensions.

@@ -64,7 +64,7 @@ from face_pipeline.services.eval_scoring import (
 )
 from face_pipeline.services.eval_table import StageTraining, markdown_table
 from face_pipeline.services.eval_user import RoundActions, name_largest_clusters, names_for
-from face_pipeline.services.regenerate import regenerate_embeddings
+from face_pipeline.services.space_switch import regenerate_embeddings
 from face_pipeline.services.spaces import active_space
 from face_pipeline.services.training import TooFewLabels, TrainingReport, train_and_reassign_stage
 from face_pipeline.settings import Settings, load_settings

@@ -4,11 +4,11 @@
 vector; `train_checkpoint` trains `domain.projection.train_projection` on them, which measures the head
 against the raw space on people it never trained on and says whether to promote it. Either way the
 checkpoint is kept (weights + JSON metadata under FACE_DATA_DIR/checkpoints) and registered as an
-`embedding_spaces` row: status `candidate` when promoted (services/regenerate.py makes it active),
+`embedding_spaces` row: status `candidate` when promoted (services/space_switch.py makes it active),
 `rejected` with its figures otherwise. Too few labels raise `TooFewLabels` and leave nothing behind.
 
 A checkpoint is promoted only when both gates pass: the head's own (pair TAR at a fixed FAR, nearest-prototype
-accuracy, `domain.projection.promotion_decision`) and the pipeline's (`domain.pipeline_check.pipeline_gate`):
+accuracy, `domain.projection.promotion_decision`) and the pipeline's (`domain.promotion_gate.pipeline_gate`):
 on held-out people, at the thresholds the projected space would run at, it must find more faces of named
 people without naming more strangers or making the unknown groups less pure. Those thresholds are
 calibrated on a seeded sample of the library's unnamed faces (`LIBRARY_SAMPLE`): the projected space may name
@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from face_pipeline.domain.assignment import SpaceThresholds, thresholds_for_space
 from face_pipeline.domain.checkpoint import save_checkpoint
-from face_pipeline.domain.pipeline_check import (
+from face_pipeline.domain.promotion_gate import (
     PipelineFigures,
     PipelineVerdict,
     match_thresholds_on_library,
@@ -58,7 +58,7 @@ from face_pipeline.services.clustering import (
 )
 from face_pipeline.services.context import PipelineContext
 from face_pipeline.services.errors import InvalidInput
-from face_pipeline.services.regenerate import RegenerateReport, regenerate_embeddings, stored_checkpoint_path
+from face_pipeline.services.space_switch import RegenerateReport, regenerate_embeddings, stored_checkpoint_path
 from face_pipeline.services.spaces import active_space
 from face_pipeline.settings import Settings
 from face_pipeline.storage.db import Database
@@ -226,7 +226,7 @@ def training_config(
 
 def gate_on_pipeline(data: TrainingSet, result: TrainingResult, *, min_cluster_size: int | None) -> PipelineVerdict:
     """Play the pipeline on the faces training held out (`result.split`) in both spaces, each at its own
-    thresholds (`domain.pipeline_check`)."""
+    thresholds (`domain.promotion_gate`)."""
     raw = l2_normalise(data.vectors)
     projected = project(data.vectors, result.state_dict, device="cpu")
     matched = None

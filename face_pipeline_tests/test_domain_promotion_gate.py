@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from face_pipeline.domain.assignment import SpaceThresholds, thresholds_for_space
-from face_pipeline.domain.pipeline_check import (
+from face_pipeline.domain.promotion_gate import (
     MIN_TAIL,
     PipelineRoles,
     best_other_person,

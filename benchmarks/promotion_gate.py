@@ -1,7 +1,7 @@
 """Does a trained projection help the pipeline itself? Raw vs projected on real dlib faces (lfw-dev).
 
-    .venv/bin/python benchmarks/bench_pipeline_gate.py      # needs .cache/lfw-dev-dlib.npz (built by the tests)
-    .venv/bin/python benchmarks/bench_pipeline_gate.py "margin 0.1" "mlp (design note)"   # other heads
+    .venv/bin/python benchmarks/promotion_gate.py      # needs .cache/lfw-dev-dlib.npz (built by the tests)
+    .venv/bin/python benchmarks/promotion_gate.py "margin 0.1" "mlp (design note)"   # other heads
 
 A library as a user leaves it: every person with 5+ photos is named from the first 60% of their photos;
 the rest of their photos must be found, and everyone with fewer photos is a stranger. A head is trained
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import lfw_dev_embeddings  # noqa: E402
 from face_pipeline.domain.assignment import thresholds_for_space  # noqa: E402
-from face_pipeline.domain.pipeline_check import PipelineFigures, PipelineRoles, pipeline_figures  # noqa: E402
+from face_pipeline.domain.promotion_gate import PipelineFigures, PipelineRoles, pipeline_figures  # noqa: E402
 from face_pipeline.domain.projection import TrainingConfig, train_projection  # noqa: E402
 from face_pipeline.domain.projection_head import project  # noqa: E402
 from face_pipeline.domain.verification import UNLABELLED, l2_normalise  # noqa: E402
