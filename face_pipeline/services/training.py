@@ -32,12 +32,6 @@ from sqlalchemy.orm import Session
 
 from face_pipeline.domain.assignment import SpaceThresholds, thresholds_for_space
 from face_pipeline.domain.checkpoint import save_checkpoint
-from face_pipeline.domain.promotion_gate import (
-    PipelineFigures,
-    PipelineVerdict,
-    match_thresholds_on_library,
-    pipeline_gate,
-)
 from face_pipeline.domain.projection import (
     NotEnoughLabels,
     TrainingConfig,
@@ -46,6 +40,12 @@ from face_pipeline.domain.projection import (
     train_projection,
 )
 from face_pipeline.domain.projection_head import project, resolve_device
+from face_pipeline.domain.promotion_gate import (
+    PipelineFigures,
+    PipelineVerdict,
+    match_thresholds_on_library,
+    pipeline_gate,
+)
 from face_pipeline.domain.verification import UNLABELLED, l2_normalise
 from face_pipeline.services.clustering import (
     AssignReport,
