@@ -71,7 +71,7 @@ def setup(kind: str, n: int, data_dir: Path) -> dict[str, Any]:
 
     from face_pipeline.domain.naming import noise_cluster_id, person_cluster_id
     from face_pipeline.services.context import PipelineContext
-    from face_pipeline.services.spaces import register_raw_space
+    from face_pipeline.services.space_registry import register_raw_space
     from face_pipeline.settings import load_settings
     from face_pipeline.storage.models import FaceInstance, Image, Person, utcnow
     from face_pipeline.vision.types import EmbeddingSpaceInfo

@@ -44,7 +44,7 @@ from face_pipeline.domain.verification import l2_normalise, pair_scores, sample_
 from face_pipeline.services.context import PipelineContext  # noqa: E402
 from face_pipeline.services.labels import confirm_faces  # noqa: E402
 from face_pipeline.services.space_switch import regenerate_embeddings  # noqa: E402
-from face_pipeline.services.spaces import register_raw_space  # noqa: E402
+from face_pipeline.services.space_registry import register_raw_space  # noqa: E402
 from face_pipeline.services.training import (  # noqa: E402
     TrainingReport,
     read_training_set,

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from face_pipeline.services.catalog import scan_photos
 from face_pipeline.services.context import PipelineContext
 from face_pipeline.services.detection import detect_pending_faces
-from face_pipeline.services.spaces import EmbeddingSpaceMismatch
+from face_pipeline.services.space_registry import EmbeddingSpaceMismatch
 from face_pipeline.services.thumbnail_store import thumbnail_path
 from face_pipeline.settings import load_settings
 from face_pipeline.storage.models import FaceInstance, Image, ImageStatus
@@ -191,7 +191,7 @@ def test_a_dlib_library_stays_on_dlib_under_auto_and_another_model_is_refused_by
             shutil.copy(photo, photos / "later" / person / photo.name)
     no_buffalo_l = tmp_path / "insightface"  # so auto's own pick would be buffalo_s
     context = make_context(tmp_path, photos, embedder="auto", model_dir=no_buffalo_l)
-    with caplog.at_level("INFO", logger="face_pipeline.services.spaces"):
+    with caplog.at_level("INFO", logger="face_pipeline.services.space_registry"):
         _, later = ingest(context)
     assert (later.space, later.photos) == (DLIB_SPACE, 9) and later.faces >= 9
     assert "FACE_EMBEDDER=auto keeps dlib" in caplog.text and "faces reembed --model buffalo_s" in caplog.text

@@ -20,11 +20,11 @@ import face_pipeline.services.reembed as reembed_module
 from face_pipeline.cli import app
 from face_pipeline.domain.face_matching import match_faces
 from face_pipeline.services.context import PipelineContext
-from face_pipeline.services.errors import InvalidInput
+from face_pipeline.errors import InvalidInput
 from face_pipeline.services.integrity import cluster_id_problems
 from face_pipeline.services.labels import label_cluster, label_face, reject_face
 from face_pipeline.services.reembed import SameModel, reembed_library, stage_library
-from face_pipeline.services.spaces import active_space
+from face_pipeline.services.space_registry import active_space
 from face_pipeline.services.thumbnail_store import thumbnail_path
 from face_pipeline.storage.models import (
     EmbeddingSpaceRow,

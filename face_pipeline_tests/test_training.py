@@ -40,7 +40,7 @@ from face_pipeline.services.context import PipelineContext
 from face_pipeline.services.face_table import read_faces
 from face_pipeline.services.labels import confirm_faces, reject_face
 from face_pipeline.services.space_switch import checkpoint_file, regenerate_embeddings, switch_active_space
-from face_pipeline.services.spaces import library_raw_space, register_raw_space
+from face_pipeline.services.space_registry import library_raw_space, register_raw_space
 from face_pipeline.services.stats import library_stats
 from face_pipeline.services.training import (
     TooFewLabels,

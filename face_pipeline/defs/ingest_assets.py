@@ -7,7 +7,7 @@ import dagster as dg
 from face_pipeline.defs.resources import VECTOR_STORE_POOL, FacePipelineResource
 from face_pipeline.services.catalog import scan_photos
 from face_pipeline.services.detection import DetectReport, detect_pending_faces
-from face_pipeline.services.spaces import embedder_for_library
+from face_pipeline.services.space_registry import embedder_for_library
 from face_pipeline.vision.embedders import describe_embedder
 
 GROUP = "ingest"

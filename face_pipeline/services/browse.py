@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session
 
 from face_pipeline.domain.naming import parse_cluster_id
 from face_pipeline.services.context import PipelineContext
-from face_pipeline.services.errors import NotFound
+from face_pipeline.errors import NotFound
 from face_pipeline.services.labels import find_person
-from face_pipeline.services.spaces import active_space
+from face_pipeline.services.space_registry import active_space
 from face_pipeline.services.thumbnail_store import thumbnail_path, write_thumbnail
 from face_pipeline.settings import Settings
 from face_pipeline.storage.db import Database

@@ -32,7 +32,7 @@ from face_pipeline.domain.naming import (
     stable_cluster_numbers,
 )
 from face_pipeline.services.context import PipelineContext
-from face_pipeline.services.errors import InvalidInput
+from face_pipeline.errors import InvalidInput
 from face_pipeline.services.face_table import (
     FaceChanges,
     FaceTable,
@@ -41,7 +41,7 @@ from face_pipeline.services.face_table import (
     read_rejections,
     sync_payloads,
 )
-from face_pipeline.services.spaces import active_space
+from face_pipeline.services.space_registry import active_space
 from face_pipeline.storage.models import AssignmentSource, EmbeddingSpaceRow, PersonPrototype, PipelineState, utcnow
 from face_pipeline.storage.vectors import VectorStore
 

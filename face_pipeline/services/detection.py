@@ -22,7 +22,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from face_pipeline.domain.naming import noise_cluster_id
-from face_pipeline.services.spaces import (
+from face_pipeline.services.space_registry import (
     EmbeddingSpaceMismatch,
     embedder_for_library,
     library_raw_space,

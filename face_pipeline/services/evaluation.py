@@ -45,7 +45,7 @@ from face_pipeline.services.clustering import (
 )
 from face_pipeline.services.context import PipelineContext
 from face_pipeline.services.detection import detect_pending_faces
-from face_pipeline.services.errors import InvalidInput
+from face_pipeline.errors import InvalidInput
 from face_pipeline.services.eval_dataset import (
     PHASE_A,
     PHASE_B,
@@ -65,7 +65,7 @@ from face_pipeline.services.eval_scoring import (
 from face_pipeline.services.eval_table import StageTraining, markdown_table
 from face_pipeline.services.eval_user import RoundActions, name_largest_clusters, names_for
 from face_pipeline.services.space_switch import regenerate_embeddings
-from face_pipeline.services.spaces import active_space
+from face_pipeline.services.space_registry import active_space
 from face_pipeline.services.training import TooFewLabels, TrainingReport, train_and_reassign_stage
 from face_pipeline.settings import Settings, load_settings
 from face_pipeline.storage.models import FaceInstance

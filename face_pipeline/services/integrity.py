@@ -13,7 +13,7 @@ from sqlalchemy import String, cast, func, literal, or_, select
 from sqlalchemy.orm import Session
 
 from face_pipeline.domain.naming import NOISE_PREFIX, PERSON_PREFIX
-from face_pipeline.services.spaces import active_space
+from face_pipeline.services.space_registry import active_space
 from face_pipeline.storage.db import Database
 from face_pipeline.storage.models import FaceAssignmentEvent, FaceInstance
 from face_pipeline.storage.vectors import VectorStore

@@ -49,8 +49,8 @@ from face_pipeline.services.detection import (
     processed_photos,
     remove_faces,
 )
-from face_pipeline.services.errors import Conflict, InvalidInput, UserFacingError
-from face_pipeline.services.spaces import library_raw_space, register_raw_space
+from face_pipeline.errors import Conflict, InvalidInput, UserFacingError
+from face_pipeline.services.space_registry import library_raw_space, register_raw_space
 from face_pipeline.services.thumbnail_store import thumbnail_path, write_thumbnail
 from face_pipeline.settings import Settings
 from face_pipeline.storage.models import (

@@ -42,9 +42,9 @@ from sqlalchemy.orm import Session
 from face_pipeline.domain.checkpoint import load_checkpoint
 from face_pipeline.domain.projection_head import project
 from face_pipeline.services.context import PipelineContext
-from face_pipeline.services.errors import InvalidInput
+from face_pipeline.errors import InvalidInput
 from face_pipeline.services.face_table import FaceTable, read_faces
-from face_pipeline.services.spaces import active_space
+from face_pipeline.services.space_registry import active_space
 from face_pipeline.settings import Settings
 from face_pipeline.storage.db import Database
 from face_pipeline.storage.models import EmbeddingSpaceRow, SpaceStatus, utcnow

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import case, func, select
 
-from face_pipeline.services.spaces import active_space
+from face_pipeline.services.space_registry import active_space
 from face_pipeline.storage.db import Database
 from face_pipeline.storage.models import EmbeddingSpaceRow, FaceInstance, Image, Person
 

@@ -57,9 +57,9 @@ from face_pipeline.services.clustering import (
     compute_person_centroids,
 )
 from face_pipeline.services.context import PipelineContext
-from face_pipeline.services.errors import InvalidInput
+from face_pipeline.errors import InvalidInput
 from face_pipeline.services.space_switch import RegenerateReport, regenerate_embeddings, stored_checkpoint_path
-from face_pipeline.services.spaces import active_space
+from face_pipeline.services.space_registry import active_space
 from face_pipeline.settings import Settings
 from face_pipeline.storage.db import Database
 from face_pipeline.storage.models import EmbeddingSpaceRow, FaceInstance, FaceRejection, SpaceStatus

@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from face_pipeline.domain.assignment import thresholds_for_space
+from face_pipeline.errors import UserFacingError
 from face_pipeline.settings import Settings
 from face_pipeline.storage.db import Database
 from face_pipeline.storage.models import EmbeddingSpaceRow, FaceInstance, SpaceStatus, utcnow
@@ -18,7 +19,7 @@ from face_pipeline.vision.types import EmbeddingSpaceInfo, FaceEmbedder
 log = logging.getLogger(__name__)
 
 
-class EmbeddingSpaceMismatch(RuntimeError):
+class EmbeddingSpaceMismatch(UserFacingError, RuntimeError):
     """The library's faces were embedded by another model than the one configured now."""
 
 
