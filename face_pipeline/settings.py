@@ -16,10 +16,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from face_pipeline.errors import UserFacingError
+
 ENV_PREFIX = "FACE_"
 
 
-class SettingsError(ValueError):
+class SettingsError(UserFacingError, ValueError):
     """A FACE_* variable holds a value the pipeline cannot use."""
 
 

@@ -237,7 +237,7 @@ def test_labelling_a_stale_cluster_changes_nothing(library: PipelineContext):
     cluster_dual(library)
     with library.db.session() as session:
         members = session.scalars(select(FaceInstance.id).where(FaceInstance.cluster_id == "unknown_cluster_1")).all()
-    from face_pipeline.services.errors import Conflict
+    from face_pipeline.errors import Conflict
 
     with pytest.raises(Conflict, match="changed since it was loaded"):
         label_cluster(library.db, "unknown_cluster_1", "Carol", expected_face_ids=members[:-1])

@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from face_pipeline.api.schemas import ErrorPublic
-from face_pipeline.services.errors import Conflict, NotFound, UserFacingError
+from face_pipeline.errors import Conflict, NotFound, UserFacingError
 from face_pipeline.storage.vectors import VectorStoreError, VectorStoreLocked
 
 VECTORS_BUSY = "a pipeline run holds the vector store; try again shortly"
@@ -17,7 +17,7 @@ VECTORS_BROKEN = "the vector store could not answer; see the server log"
 log = logging.getLogger(__name__)
 
 
-def _status(exc: Exception) -> int:
+def _status(exc: UserFacingError) -> int:
     if isinstance(exc, NotFound):
         return 404
     if isinstance(exc, Conflict):
@@ -27,7 +27,10 @@ def _status(exc: Exception) -> int:
     return 422  # InvalidInput and any other user-facing error: the request itself cannot be done
 
 
-async def service_error(request: Request, exc: Exception) -> JSONResponse:
+async def user_facing_error(request: Request, exc: Exception) -> JSONResponse:
+    """The one handler: every error a user can fix derives from UserFacingError; the subclass picks the status."""
+    if not isinstance(exc, UserFacingError):  # registered for UserFacingError only
+        raise exc
     status = _status(exc)
     if isinstance(exc, VectorStoreLocked):
         return JSONResponse({"detail": VECTORS_BUSY}, status_code=503, headers={"Retry-After": "5"})
@@ -43,8 +46,7 @@ async def service_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(UserFacingError, service_error)
-    app.add_exception_handler(VectorStoreError, service_error)
+    app.add_exception_handler(UserFacingError, user_facing_error)
 
 
 Responses = dict[int | str, dict[str, Any]]  # FastAPI's `responses=` documentation of extra statuses

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, StringConstraints, model_validator
 
+from face_pipeline.errors import InvalidInput
 from face_pipeline.services.browse import (
     MAX_FACE_ID,
     ClusterDetail,
@@ -23,7 +24,6 @@ from face_pipeline.services.browse import (
     PersonSummary,
     Suggestions,
 )
-from face_pipeline.services.errors import InvalidInput
 from face_pipeline.services.labels import MAX_NAME_LENGTH, LabelResult, clean_name
 from face_pipeline.services.stats import LibraryStats
 

@@ -16,7 +16,8 @@ import typer
 if TYPE_CHECKING:
     from face_pipeline.services.context import PipelineContext
 
-from face_pipeline.settings import Settings, SettingsError, load_settings
+from face_pipeline.errors import InvalidInput, UserFacingError
+from face_pipeline.settings import Settings, load_settings
 
 app = typer.Typer(
     help="Find, group and name the people in a photo library.",
@@ -29,28 +30,8 @@ app.add_typer(faces, name="faces")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class UserError(Exception):
-    """Expected failures: bad input or state a user can fix. Printed as one line."""
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from face_pipeline.defs.runner import RunFailed
-    from face_pipeline.services.catalog import PhotosDirNotFound
-    from face_pipeline.services.errors import UserFacingError
-    from face_pipeline.services.spaces import EmbeddingSpaceMismatch
-    from face_pipeline.storage.vectors import VectorStoreError
-    from face_pipeline.vision.types import ModelUnavailable
-
-    return (
-        UserError,
-        UserFacingError,
-        SettingsError,
-        RunFailed,
-        PhotosDirNotFound,
-        EmbeddingSpaceMismatch,
-        VectorStoreError,
-        ModelUnavailable,
-    )
+# Commands raise the generic "bad input" error; the name stays for the commands that use it.
+UserError = InvalidInput
 
 
 def friendly(command: F) -> F:
@@ -58,7 +39,7 @@ def friendly(command: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except _user_errors() as exc:
+        except UserFacingError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(code=2) from None
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import dagster as dg
 
+from face_pipeline.errors import UserFacingError
 from face_pipeline.settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +25,7 @@ COPIED_MARKER = MARKER_PREFIX + "{name}: replaced on start; delete this line to 
 log = logging.getLogger(__name__)
 
 
-class RunFailed(RuntimeError):
+class RunFailed(UserFacingError, RuntimeError):
     """A Dagster run failed; the message is the failing step's own error."""
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
+from face_pipeline.errors import UserFacingError
 from face_pipeline.storage.db import Database
 from face_pipeline.storage.models import Image, ImageStatus, utcnow
 
@@ -29,7 +30,7 @@ PHOTO_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", 
 _HASH_CHUNK = 1 << 20
 
 
-class PhotosDirNotFound(FileNotFoundError):
+class PhotosDirNotFound(UserFacingError, FileNotFoundError):
     pass
 
 

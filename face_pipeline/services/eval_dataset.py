@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from face_pipeline.errors import InvalidInput
 from face_pipeline.services.catalog import PHOTO_EXTENSIONS
-from face_pipeline.services.errors import InvalidInput
 
 PHASE_A = "a"  # the library as first ingested
 PHASE_B = "b"  # photos that arrive after the labelling rounds

@@ -14,8 +14,8 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from face_pipeline.errors import InvalidInput
 from face_pipeline.services.catalog import hash_files, iter_photos
-from face_pipeline.services.errors import InvalidInput
 from face_pipeline.services.labels import clean_name, confirm_faces, person_by_name
 from face_pipeline.storage.db import Database
 from face_pipeline.storage.models import FaceInstance, Image

@@ -16,7 +16,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from face_pipeline.domain.naming import noise_cluster_id, person_cluster_id
-from face_pipeline.services.errors import Conflict, InvalidInput, NotFound
+from face_pipeline.errors import Conflict, InvalidInput, NotFound
 from face_pipeline.storage.db import Database
 from face_pipeline.storage.models import (
     AssignmentSource,

@@ -15,11 +15,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from face_pipeline.errors import UserFacingError
+
 # Payload keys kept on every point (face_id is the point id and also in the payload).
 PAYLOAD_KEYS = ("face_id", "image_id", "person_id", "cluster_id")
 
 
-class VectorStoreError(RuntimeError):
+class VectorStoreError(UserFacingError, RuntimeError):
     pass
 
 

@@ -7,6 +7,8 @@ from typing import Protocol
 
 import numpy as np
 
+from face_pipeline.errors import UserFacingError
+
 
 @dataclass(frozen=True)
 class EmbeddingSpaceInfo:
@@ -40,5 +42,5 @@ class FaceEmbedder(Protocol):
         ...
 
 
-class ModelUnavailable(RuntimeError):
+class ModelUnavailable(UserFacingError, RuntimeError):
     """A face model's files are missing or cannot be loaded."""

@@ -1,4 +1,9 @@
-"""Errors a user can act on. Front ends map them: CLI -> one line and exit 2; HTTP -> 404 / 422 / 409."""
+"""Errors a user can fix, and the one base they share.
+
+Every error whose message a user can act on derives from `UserFacingError`; front ends map that base once:
+the CLI prints one line and exits 2 (cli/common.py `friendly`), the API picks a status by subclass
+(api/errors.py: NotFound 404, Conflict 409, vector store errors 503, the rest 422).
+"""
 
 from __future__ import annotations
 
