@@ -37,14 +37,13 @@ from sqlalchemy import insert, select
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import emit, lfw_dev_embeddings, peak_rss_mb  # noqa: E402
-from face_pipeline.domain.assignment import SpaceThresholds, choose_threshold  # noqa: E402
+from face_pipeline.domain.assignment import SpaceThresholds  # noqa: E402
 from face_pipeline.domain.naming import noise_cluster_id  # noqa: E402
-from face_pipeline.domain.synthetic import nuisance_faces  # noqa: E402
 from face_pipeline.domain.verification import l2_normalise, pair_scores, sample_pairs  # noqa: E402
 from face_pipeline.services.context import PipelineContext  # noqa: E402
 from face_pipeline.services.labels import confirm_faces  # noqa: E402
-from face_pipeline.services.space_switch import regenerate_embeddings  # noqa: E402
 from face_pipeline.services.space_registry import register_raw_space  # noqa: E402
+from face_pipeline.services.space_switch import regenerate_embeddings  # noqa: E402
 from face_pipeline.services.training import (  # noqa: E402
     TrainingReport,
     read_training_set,
@@ -54,6 +53,8 @@ from face_pipeline.services.training import (  # noqa: E402
 from face_pipeline.settings import load_settings  # noqa: E402
 from face_pipeline.storage.models import FaceInstance, Image, Person  # noqa: E402
 from face_pipeline.vision.types import EmbeddingSpaceInfo  # noqa: E402
+from face_pipeline_eval.synthetic import nuisance_faces  # noqa: E402
+from face_pipeline_eval.thresholds import choose_threshold  # noqa: E402
 
 SPACES = {128: ("dlib_resnet_v1", "dlib"), 512: ("insightface_buffalo_l", "buffalo_l")}
 
@@ -75,13 +76,7 @@ def build_library(
     context = PipelineContext.from_settings(load_settings(data_dir=root / "data", photos_dir=root, embedder="dlib"))
     n = vectors.shape[0]
     with context.db.session() as session:
-        raw = register_raw_space(session, EmbeddingSpaceInfo(space, model, dim))
-        if thresholds is not None:
-            raw.person_threshold, raw.person_margin, raw.cluster_eps = (
-                thresholds.threshold,
-                thresholds.margin,
-                thresholds.cluster_eps,
-            )
+        register_raw_space(session, EmbeddingSpaceInfo(space, model, dim), thresholds=thresholds)
         image_rows = [
             {"path": f"/bench/{i}.jpg", "size_bytes": 1, "mtime": 0.0, "status": "done", "face_count": 1}
             for i in range(n)

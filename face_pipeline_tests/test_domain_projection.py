@@ -10,10 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from face_pipeline.domain.checkpoint import load_checkpoint, save_checkpoint
 from face_pipeline.domain.projection import NotEnoughLabels, TrainingConfig, TrainingResult, train_projection
 from face_pipeline.domain.projection_head import HeadSpec, ProjectionHead, project
-from face_pipeline.domain.synthetic import nuisance_faces, synthetic_faces
 from face_pipeline.domain.triplets import (
     NO_PERSON,
     PKSampler,
@@ -29,6 +27,8 @@ from face_pipeline.domain.verification import (
     split_by_identity,
     tar_at_far,
 )
+from face_pipeline.storage.checkpoints import load_checkpoint, save_checkpoint
+from face_pipeline_eval.synthetic import nuisance_faces, synthetic_faces
 
 FAST = TrainingConfig(epochs=8, patience=8, num_threads=1, device="cpu")
 
@@ -243,7 +243,8 @@ def test_checkpoint_round_trip_gives_identical_projections(
     helped: tuple[np.ndarray, np.ndarray, TrainingResult], tmp_path: Path
 ) -> None:
     x, _, result = helped
-    meta_path = save_checkpoint(result, tmp_path / "heads" / "head.pt", base_space="synthetic_64")
+    metadata = {"base_space": "synthetic_64", **result.summary()}
+    meta_path = save_checkpoint(tmp_path / "heads" / "head.pt", result.state_dict, metadata)
     head, metadata = load_checkpoint(tmp_path / "heads" / "head.pt")
     assert meta_path == tmp_path / "heads" / "head.json"
     np.testing.assert_array_equal(project(x, head), project(x, result.head()))

@@ -34,13 +34,17 @@ from sqlalchemy import event, func, select, text, update
 from typer.testing import CliRunner
 
 from face_pipeline.cli import app
-from face_pipeline.domain.checkpoint import load_checkpoint
 from face_pipeline.domain.projection_head import project, resolve_device
 from face_pipeline.services.context import PipelineContext
 from face_pipeline.services.face_table import read_faces
 from face_pipeline.services.labels import confirm_faces, reject_face
-from face_pipeline.services.space_switch import checkpoint_file, regenerate_embeddings, switch_active_space
-from face_pipeline.services.space_registry import library_raw_space, register_raw_space
+from face_pipeline.services.space_registry import (
+    activate,
+    checkpoint_file,
+    library_raw_space,
+    register_raw_space,
+)
+from face_pipeline.services.space_switch import regenerate_embeddings
 from face_pipeline.services.stats import library_stats
 from face_pipeline.services.training import (
     TooFewLabels,
@@ -49,6 +53,7 @@ from face_pipeline.services.training import (
     train_and_reassign_stage,
     train_checkpoint,
 )
+from face_pipeline.storage.checkpoints import load_checkpoint
 from face_pipeline.storage.db import Database, make_engine
 from face_pipeline.storage.models import (
     EmbeddingSpaceRow,
@@ -362,10 +367,10 @@ def test_promoted_checkpoint_is_projected_into_its_own_collection_and_made_activ
 
     # Reassignment now runs in the projected space with that space's own thresholds.
     stage = train_and_reassign_stage(library)
-    assert stage.regenerate.active_space == stage.training.space  # a second promoted checkpoint took over
-    assert stage.assignments.space == stage.training.space
-    assert stage.assignments.person_threshold == stage.training.thresholds.threshold
-    assert stage.centroids.people == 12 and stage.regenerate.dropped_collection == report.space
+    assert stage.cluster_dual.regenerate.active_space == stage.training.space  # a second promoted checkpoint took over
+    assert stage.cluster_dual.assignments.space == stage.training.space
+    assert stage.cluster_dual.assignments.person_threshold == stage.training.thresholds.threshold
+    assert stage.cluster_dual.centroids.people == 12 and stage.cluster_dual.regenerate.dropped_collection == report.space
     assert not collection(library, report.space)[0].size  # the old projection's collection went after the switch
 
 
@@ -411,7 +416,7 @@ def test_switch_is_one_statement_and_a_reader_always_sees_exactly_one_active_spa
     thread.start()
     try:
         for i in range(30):
-            assert switch_active_space(db, names[(i + 1) % 3]) == names[i % 3]
+            assert activate(db, names[(i + 1) % 3]) == names[i % 3]
     finally:
         stop.set()
         thread.join()

@@ -8,7 +8,7 @@ and an epoch over 10K faces takes well under a second on a CPU core.
 A trained head is only worth using if it beats the raw space on people it was not trained on, so
 `train_projection` always measures both spaces on held-out people and returns `promote` with its reason
 (the pipeline's own gate, `domain.promotion_gate`, comes on top in services/training.py). The head itself
-is in `domain.projection_head`, checkpoint files in `domain.checkpoint`.
+is in `domain.projection_head`; checkpoint files are storage's (`storage.checkpoints`).
 
 Shapes: n faces, d raw dimensions, o = `out_dim` projected dimensions.
 """
@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from face_pipeline.domain.checkpoint import jsonable
 from face_pipeline.domain.projection_head import (
     Architecture,
     Device,
@@ -417,3 +416,16 @@ def _fit(
         elif epoch - best_epoch >= config.patience:
             break
     return history, best_epoch, best_state
+
+
+def jsonable(value: Any) -> Any:
+    """Dataclass dicts to strict JSON: numpy scalars to Python, nan/inf to None."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

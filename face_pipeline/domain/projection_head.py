@@ -1,6 +1,6 @@
 """The projection head and how to use one: build it, pick its device, project vectors through it.
 
-Training lives in `domain.projection`, checkpoint files in `domain.checkpoint`. Shapes: n faces, d raw
+Training lives in `domain.projection`, checkpoint files in `storage.checkpoints`. Shapes: n faces, d raw
 dimensions, o = `out_dim` projected dimensions.
 """
 

@@ -281,6 +281,25 @@ def _or_perfect(value: float) -> float:
     return 1.0 if np.isnan(value) else value
 
 
+def pipeline_failures(
+    before: PipelineFigures, after: PipelineFigures, *, min_recall_gain: float = 0.005, tolerance: float = 0.005
+) -> list[str]:
+    """Why the projected space (`after`) does not beat the raw one (`before`); empty when it does: it must
+    find more of the named people's faces (by `min_recall_gain`, and at least two faces) while naming no more
+    strangers, keeping precision and keeping the groups of the unnamed as pure (each within `tolerance`)."""
+    required = max(min_recall_gain, 2.0 / max(before.n_queries, 1))
+    failures = []
+    if not after.recall >= before.recall + required:
+        failures.append(f"recall gain below {required:.3f}")
+    if _or_perfect(after.precision) < _or_perfect(before.precision) - tolerance:
+        failures.append("precision fell")
+    if after.false_accepts_per_1000 > before.false_accepts_per_1000 + 1000 * tolerance:
+        failures.append("more strangers named")
+    if _or_perfect(after.purity) < _or_perfect(before.purity) - tolerance:
+        failures.append("groups of the unnamed less pure")
+    return failures
+
+
 def pipeline_gate(
     raw_vectors: np.ndarray,
     projected_vectors: np.ndarray,
@@ -293,9 +312,8 @@ def pipeline_gate(
     tolerance: float = 0.005,
     matched: MatchedThresholds | None = None,
 ) -> PipelineVerdict:
-    """Play the pipeline on the held-out faces in both spaces; promote only when the projected space finds
-    more of the named people's faces (by `min_recall_gain`, and at least two faces) while naming no more
-    strangers, keeping precision and keeping the groups of the unnamed as pure (each within `tolerance`).
+    """Play the pipeline on the held-out faces in both spaces; promote only when `pipeline_failures` finds
+    none.
 
     raw_vectors, projected_vectors: (n, d) and (n, o) unit rows of the same faces; labels: (n,) int.
     matched: the projected space's thresholds when the caller calibrated them (`match_thresholds_on_library`);
@@ -306,16 +324,7 @@ def pipeline_gate(
         matched = match_thresholds(raw_vectors, projected_vectors, labels, roles, raw)
     before = pipeline_figures(raw_vectors, labels, roles, raw, min_cluster_size=min_cluster_size)
     after = pipeline_figures(projected_vectors, labels, roles, matched.projected, min_cluster_size=min_cluster_size)
-    required = max(min_recall_gain, 2.0 / max(before.n_queries, 1))
-    failures = []
-    if not after.recall >= before.recall + required:
-        failures.append(f"recall gain below {required:.3f}")
-    if _or_perfect(after.precision) < _or_perfect(before.precision) - tolerance:
-        failures.append("precision fell")
-    if after.false_accepts_per_1000 > before.false_accepts_per_1000 + 1000 * tolerance:
-        failures.append("more strangers named")
-    if _or_perfect(after.purity) < _or_perfect(before.purity) - tolerance:
-        failures.append("groups of the unnamed less pure")
+    failures = pipeline_failures(before, after, min_recall_gain=min_recall_gain, tolerance=tolerance)
     figures = (
         f"held-out pipeline: precision {before.precision:.3f} -> {after.precision:.3f}, recall "
         f"{before.recall:.3f} -> {after.recall:.3f}, strangers named/1000 {before.false_accepts_per_1000:.1f} -> "

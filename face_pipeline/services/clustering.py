@@ -18,10 +18,8 @@ from sqlalchemy.orm import Session
 from face_pipeline.domain.assignment import (
     NO_PERSON,
     Prototypes,
-    SpaceThresholds,
     assign_to_known_people,
     build_prototypes,
-    thresholds_for_space,
 )
 from face_pipeline.domain.clustering import NOISE, cluster_unknown
 from face_pipeline.domain.naming import (
@@ -31,8 +29,8 @@ from face_pipeline.domain.naming import (
     person_cluster_id,
     stable_cluster_numbers,
 )
-from face_pipeline.services.context import PipelineContext
 from face_pipeline.errors import InvalidInput
+from face_pipeline.services.context import PipelineContext
 from face_pipeline.services.face_table import (
     FaceChanges,
     FaceTable,
@@ -42,7 +40,7 @@ from face_pipeline.services.face_table import (
     sync_payloads,
 )
 from face_pipeline.services.space_registry import active_space
-from face_pipeline.storage.models import AssignmentSource, EmbeddingSpaceRow, PersonPrototype, PipelineState, utcnow
+from face_pipeline.storage.models import AssignmentSource, PersonPrototype, PipelineState, utcnow
 from face_pipeline.storage.vectors import VectorStore
 
 log = logging.getLogger(__name__)
@@ -120,7 +118,7 @@ def space_params(
         raise InvalidInput(f"embedding space {space.name} has no person threshold; set FACE_PERSON_MATCH_THRESHOLD")
     margin = _first(person_margin, settings.person_match_margin, space.person_margin) or 0.0
     eps = _first(settings.unknown_eps, space.cluster_eps)
-    grouping = raw_space_defaults(space)
+    grouping = space.thresholds()
     return SpaceParams(
         space.name,
         float(threshold),
@@ -129,15 +127,6 @@ def space_params(
         settings.unknown_clustering_method or grouping.cluster_method,
         settings.unknown_min_cluster_size or grouping.min_cluster_size,
     )
-
-
-def raw_space_defaults(space: EmbeddingSpaceRow) -> SpaceThresholds:
-    """The defaults of the model behind `space` (a projection groups faces the way its base space does)."""
-    raw = space.name if space.kind == "raw" else space.base_space
-    try:
-        return thresholds_for_space(raw or space.name)
-    except ValueError:  # a raw model with no defaults of its own: thresholds come from its row
-        return SpaceThresholds(threshold=0.0, margin=0.0, cluster_eps=1.0)
 
 
 def _first(*values: float | None) -> float | None:

@@ -26,6 +26,7 @@ from face_pipeline.services.space_registry import (
     EmbeddingSpaceMismatch,
     embedder_for_library,
     library_raw_space,
+    lock_spaces,
     register_raw_space,
 )
 from face_pipeline.services.thumbnail_store import write_thumbnail
@@ -33,7 +34,6 @@ from face_pipeline.settings import Settings
 from face_pipeline.storage.db import Database
 from face_pipeline.storage.models import (
     AssignmentSource,
-    EmbeddingSpaceRow,
     FaceAssignmentEvent,
     FaceInstance,
     Image,
@@ -226,10 +226,7 @@ def _hold_space(session: Session, space: str) -> None:
     faces must not be joined by this model's. The no-op update takes SQLite's writer lock (or the row lock
     on PostgreSQL, which the switch also takes) before the check, so the two cannot interleave.
     """
-    row = EmbeddingSpaceRow
-    session.execute(
-        update(row).where(row.name == space).values(name=row.name).execution_options(synchronize_session=False)
-    )
+    lock_spaces(session, [space])
     current = library_raw_space(session)
     if current is not None and current != space:
         raise EmbeddingSpaceMismatch(

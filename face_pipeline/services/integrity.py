@@ -13,6 +13,7 @@ from sqlalchemy import String, cast, func, literal, or_, select
 from sqlalchemy.orm import Session
 
 from face_pipeline.domain.naming import NOISE_PREFIX, PERSON_PREFIX
+from face_pipeline.domain.promotion_gate import pipeline_failures
 from face_pipeline.services.space_registry import active_space
 from face_pipeline.storage.db import Database
 from face_pipeline.storage.models import FaceAssignmentEvent, FaceInstance
@@ -137,27 +138,40 @@ def vector_store_sync(db: Database, vectors: VectorStore) -> Finding:
 
 
 def promotion_evidence(db: Database) -> Finding:
-    """The active space is the raw model's, or a trained projection whose evaluation said to promote it."""
+    """The active space is the raw model's, or a trained projection whose promotion gate figures show it
+    beating the raw space: the held-out figures kept with the checkpoint are checked again here, so a
+    projection activated without them (or with figures that do not hold up) fails."""
     with db.session() as session:
         space = active_space(session)
-        if space is None:
-            return Finding(True, "no active embedding space yet (no faces detected): nothing was promoted")
-        name, kind, metrics, labels = space.name, space.kind, dict(space.metrics or {}), space.label_count
-    facts: dict[str, Any] = {"active_space": name, "kind": kind}
-    if kind != "projection":
+    if space is None:
+        return Finding(True, "no active embedding space yet (no faces detected): nothing was promoted")
+    facts: dict[str, Any] = {"active_space": space.name, "kind": str(space.kind)}
+    if not space.is_projection:
         return Finding(
             True,
-            f"the raw model's space {name} is active: no trained checkpoint is promoted, nothing to beat",
+            f"the raw model's space {space.name} is active: no trained checkpoint is promoted, nothing to beat",
             facts=facts,
         )
-    facts.update(label_count=labels, metrics=metrics)
-    if metrics.get("promote") is True:
+    gate = space.gate
+    facts["label_count"] = space.label_count
+    if gate is None or gate.raw_figures is None or gate.projected_figures is None:
+        why = f"the active projection {space.name} has no promotion-gate figures; retire it or retrain"
+        return Finding(False, why, facts=facts)
+    failures = pipeline_failures(gate.raw_figures, gate.projected_figures)
+    if not gate.verification.promote:
+        failures.append(f"its verification gate said no ({gate.verification.reason})")
+    facts.update(raw=gate.raw_figures.as_dict(), projected=gate.projected_figures.as_dict(), failures=failures)
+    if failures:
         return Finding(
-            True, f"the active projection {name} beat the raw space on validation (promote: true)", facts=facts
+            False,
+            f"the active projection {space.name} does not beat the raw space on its held-out figures: "
+            + "; ".join(failures),
+            facts=facts,
         )
     return Finding(
-        False,
-        f"the active projection {name} has no evidence it beats the raw space (metrics promote="
-        f"{metrics.get('promote')!r}); retire it or retrain",
+        True,
+        f"the active projection {space.name} beats the raw space on its held-out figures (recall "
+        f"{gate.raw_figures.recall:.3f} -> {gate.projected_figures.recall:.3f}, precision "
+        f"{gate.raw_figures.precision:.3f} -> {gate.projected_figures.precision:.3f})",
         facts=facts,
     )

@@ -1,22 +1,26 @@
 """How many labels users gave, and whether they grew enough since the last training to train again.
 
-Read by the `face_labels` observation (its data version), the label-growth sensor and the monthly
-retrain schedule. A "label" is a face a user confirmed as a person; rejections ("not this person") are
+Read by the `face_labels` observation (its data version); `retrain_decision` is the one rule the
+label-growth sensor and the monthly retrain schedule both apply (each with its own thresholds). A "label"
+is a face a user confirmed as a person; rejections ("not this person") are
 counted beside them but do not make a retrain worth it on their own.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from face_pipeline.domain.projection import TrainingConfig
+from face_pipeline.services.space_registry import PromotedCheckpoint, last_promoted_checkpoint
+from face_pipeline.settings import Settings
 from face_pipeline.storage.db import Database
-from face_pipeline.storage.models import EmbeddingSpaceRow, FaceInstance, FaceRejection, SpaceStatus
+from face_pipeline.storage.models import FaceInstance, FaceRejection
 
-# The training minimum (the seed's 5 people x 5 labelled faces), as training itself enforces it.
+# The training minimum (5 people x 5 labelled faces), as training itself enforces it.
 MIN_TRAINING_PEOPLE = TrainingConfig().min_people
 MIN_FACES_PER_PERSON = TrainingConfig().min_faces_per_person
 
@@ -69,32 +73,40 @@ def count_labels(db: Database) -> LabelCounts:
 
 
 @dataclass(frozen=True)
-class PromotedCheckpoint:
-    space: str
-    label_count: int
-
-
-def last_promoted_checkpoint(db: Database) -> PromotedCheckpoint | None:
-    """The trained projection most recently made active (it may be retired since), with its label count."""
-    with db.session() as session:
-        row = session.execute(
-            select(EmbeddingSpaceRow.name, EmbeddingSpaceRow.label_count)
-            .where(
-                EmbeddingSpaceRow.kind == "projection",
-                EmbeddingSpaceRow.status.in_([SpaceStatus.ACTIVE, SpaceStatus.RETIRED]),
-            )
-            .order_by(func.coalesce(EmbeddingSpaceRow.activated_at, EmbeddingSpaceRow.created_at).desc())
-            .limit(1)
-        ).first()
-    return None if row is None else PromotedCheckpoint(row.name, int(row.label_count or 0))
-
-
-@dataclass(frozen=True)
 class RetrainDecision:
     retrain: bool
     reason: str
     label_count: int
     baseline: int  # labels at the last promotion or request (0: never trained)
+
+
+TRAINING_DISABLED = "FACE_TRAINING_ENABLED is false: automatic retraining is off (set it to true to enable)"
+SETTINGS_THRESHOLDS = "FACE_RETRAIN_MIN_NEW_LABELS / FACE_RETRAIN_MIN_GROWTH"
+
+
+def retrain_decision(
+    open_db: Callable[[], Database],
+    settings: Settings,
+    *,
+    last_requested: int | None,
+    min_new_labels: int,
+    min_growth: float,
+    thresholds: str = SETTINGS_THRESHOLDS,
+) -> RetrainDecision:
+    """Retrain now? No while FACE_TRAINING_ENABLED is false (the database is not even opened) or below the
+    training minimum; otherwise `decide_retrain` on the current labels against the last promoted checkpoint and the
+    last request. `thresholds` says where min_new_labels / min_growth come from, for the reason."""
+    if not settings.training_enabled:
+        return RetrainDecision(False, TRAINING_DISABLED, 0, 0)
+    db = open_db()
+    return decide_retrain(
+        count_labels(db),
+        promoted=last_promoted_checkpoint(db),
+        last_requested=last_requested,
+        min_new_labels=min_new_labels,
+        min_growth=min_growth,
+        thresholds=thresholds,
+    )
 
 
 def decide_retrain(
@@ -104,6 +116,7 @@ def decide_retrain(
     last_requested: int | None,
     min_new_labels: int,
     min_growth: float,
+    thresholds: str = SETTINGS_THRESHOLDS,
 ) -> RetrainDecision:
     """Retrain when both hold: at least `min_new_labels` new labels and `min_growth` (a fraction) more than
     the baseline. The baseline is the larger of the promoted checkpoint's label count and the count at the
@@ -123,6 +136,6 @@ def decide_retrain(
     verdict = "retrain" if enough else "not enough to retrain"
     reason = (
         f"{new} new labels since {since}: {verdict} (needs >= {min_new_labels} new and >= {min_growth:.0%} growth, "
-        f"FACE_RETRAIN_MIN_NEW_LABELS / FACE_RETRAIN_MIN_GROWTH)"
+        f"{thresholds})"
     )
     return RetrainDecision(enough, reason, current, baseline)

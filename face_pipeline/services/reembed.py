@@ -35,11 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, exists, func, insert, or_, select, update
+from sqlalchemy import delete, exists, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from face_pipeline.domain.face_matching import match_faces
 from face_pipeline.domain.naming import noise_cluster_id
+from face_pipeline.errors import Conflict, InvalidInput, UserFacingError
 from face_pipeline.services.context import PipelineContext
 from face_pipeline.services.detection import (
     DetectReport,
@@ -49,13 +50,11 @@ from face_pipeline.services.detection import (
     processed_photos,
     remove_faces,
 )
-from face_pipeline.errors import Conflict, InvalidInput, UserFacingError
-from face_pipeline.services.space_registry import library_raw_space, register_raw_space
+from face_pipeline.services.space_registry import checkpoints_of, library_raw_space, lock_spaces, replace_raw_space
 from face_pipeline.services.thumbnail_store import thumbnail_path, write_thumbnail
 from face_pipeline.settings import Settings
 from face_pipeline.storage.models import (
     AssignmentSource,
-    EmbeddingSpaceRow,
     FaceAssignmentEvent,
     FaceInstance,
     FaceRejection,
@@ -67,7 +66,6 @@ from face_pipeline.storage.models import (
     ReembedStagedFace,
     ReembedStagedImage,
     ReembedStatus,
-    SpaceStatus,
     utcnow,
 )
 from face_pipeline.storage.vectors import VectorStore, VectorStoreError
@@ -473,13 +471,7 @@ class _Library:
 def _lock(session: Session, run: _Run) -> None:
     """First statement of the switch, a write: SQLite's writer lock (everything read next is current and stays
     so), on PostgreSQL the space rows detection batches lock too (see detection._hold_space)."""
-    space = EmbeddingSpaceRow
-    session.execute(
-        update(space)
-        .where(space.name.in_([run.source, run.target]))
-        .values(name=space.name)
-        .execution_options(synchronize_session=False)
-    )
+    lock_spaces(session, [run.source, run.target])
     row = session.get(ReembedRun, run.id, with_for_update=True)
     if row is None or row.status != ReembedStatus.STAGING:
         raise Conflict(f"the move to {run.target} was finished or abandoned by another run meanwhile")
@@ -769,24 +761,10 @@ def _fill_collection(
 
 
 def _activate(session: Session, run: _Run, facts: dict[str, Any]) -> None:
-    """The new raw space active (registered with its default thresholds if new); the old one and every
-    projection trained on it retired; prototypes of other spaces dropped (cluster-dual rebuilds them)."""
-    row = register_raw_space(session, EmbeddingSpaceInfo(run.target, str(facts.get("model") or run.model), run.dim))
-    row.metrics = {**(row.metrics or {}), "model": facts}
-    space = EmbeddingSpaceRow
-    session.execute(
-        update(space)
-        .where(
-            or_(
-                space.name == run.source,
-                (space.base_space == run.source) & (space.status != SpaceStatus.REJECTED),
-            ),
-            space.name != run.target,
-        )
-        .values(status=SpaceStatus.RETIRED)
-        .execution_options(synchronize_session=False)
-    )
-    row.status, row.activated_at = SpaceStatus.ACTIVE, utcnow()
+    """The new raw space active, the old one and its projections retired (the registry's
+    replace_raw_space); prototypes of other spaces dropped (cluster-dual rebuilds them)."""
+    info = EmbeddingSpaceInfo(run.target, str(facts.get("model") or run.model), run.dim)
+    replace_raw_space(session, info, model_facts=facts, old=run.source)
     session.execute(delete(PersonPrototype).where(PersonPrototype.embedding_space != run.target))
 
 
@@ -817,8 +795,7 @@ def _finish(context: PipelineContext, vectors: VectorStore, run_id: int) -> Reem
             )
         ).all()
         removed = set(data.get("removed_face_ids", [])) - set(session.scalars(select(FaceInstance.id)).all())
-        retired = session.scalars(select(EmbeddingSpaceRow.name).where(EmbeddingSpaceRow.base_space == run.source))
-        old_collections = [run.source, *retired]
+        old_collections = [run.source, *(space.name for space in checkpoints_of(session, run.source))]
     report = _report_from_json(data)
     for face_id in removed:
         thumbnail_path(settings.thumbnails_dir, face_id).unlink(missing_ok=True)

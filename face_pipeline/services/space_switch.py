@@ -1,4 +1,6 @@
-"""Regenerated embeddings: which embedding space is active, and its collection in step with SQL.
+"""Switching the active embedding space (the regenerated_embeddings asset), and its collection in step
+with SQL. The registry (services/space_registry.py) owns the spaces; this module decides which one the
+pipeline should read next and makes its vectors complete before asking the registry to activate it.
 
 A trained projection space has its own vector collection, named after the space, holding every face's
 raw vector passed through the checkpoint's head. Raw vectors stay in the raw space's collection whatever
@@ -19,8 +21,8 @@ without a vector are projected (new photos), vectors of deleted faces are remove
 longer matches its face's projection (a face id re-used by SQLite) is rewritten. Unchanged vectors are not
 written, so running again with the same checkpoint writes nothing.
 
-The switch is one SQL statement in one transaction (old active -> retired, new -> active with
-activated_at), so a reader sees the old space or the new one, never none and never two. The new space's
+The switch is the registry's `activate` (one statement: a reader sees the old space or the new one,
+never none and never two). The new space's
 collection is complete before the switch; the old projection's collection is dropped after it (it can be
 rebuilt from the raw vectors at any time).
 """
@@ -32,56 +34,48 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from sqlalchemy import case, or_, select, update
 from sqlalchemy.orm import Session
 
-from face_pipeline.domain.checkpoint import load_checkpoint
+from face_pipeline.domain.assignment import SpaceThresholds
 from face_pipeline.domain.projection_head import project
-from face_pipeline.services.context import PipelineContext
 from face_pipeline.errors import InvalidInput
+from face_pipeline.services.context import PipelineContext
 from face_pipeline.services.face_table import FaceTable, read_faces
-from face_pipeline.services.space_registry import active_space
+from face_pipeline.services.space_registry import (
+    GateResult,
+    Space,
+    SpaceStatus,
+    activate,
+    active_space,
+    checkpoint_file,
+    checkpoints_of,
+    find_checkpoint,
+    raw_space_of,
+    register_checkpoint,
+    stored_checkpoint_path,
+)
 from face_pipeline.settings import Settings
-from face_pipeline.storage.db import Database
-from face_pipeline.storage.models import EmbeddingSpaceRow, SpaceStatus, utcnow
+from face_pipeline.storage.checkpoints import load_checkpoint
 from face_pipeline.storage.vectors import VectorStore, VectorStoreError
 
 log = logging.getLogger(__name__)
 
-Mode = Literal["auto", "trained", "raw"]
-MODES: tuple[str, ...] = ("auto", "trained", "raw")
-PROJECTION = "projection"
+
+class SpaceMode(StrEnum):
+    AUTO = "auto"  # a newly promoted checkpoint takes over; otherwise the active space stays
+    TRAINED = "trained"  # the pinned (FACE_MODEL_CHECKPOINT) or newest promoted checkpoint
+    RAW = "raw"  # the raw model's space
+
+
 # Largest change of a stored unit vector still taken as "the same" (the store re-normalises rows, and a
 # different thread count may change the last bits of a matrix product).
 SAME_VECTOR_TOLERANCE = 1e-4
 OPTIMIZE_SHARE = 0.1  # rebuild the search index when at least this share of the collection was written
 PAGE = 4096  # faces per read of raw vectors
-
-
-@dataclass(frozen=True)
-class SpaceRef:
-    """What this module needs of an embedding_spaces row, detached from the session."""
-
-    name: str
-    kind: str
-    status: str
-    dim: int
-    base_space: str | None
-    checkpoint_path: str | None
-    reason: str  # the gate's reason for a checkpoint; "" for a raw space
-
-    @classmethod
-    def of(cls, row: EmbeddingSpaceRow) -> SpaceRef:
-        reason = str((row.metrics or {}).get("promote_reason") or "")
-        return cls(row.name, row.kind, row.status, row.dim, row.base_space, row.checkpoint_path, reason)
-
-    @property
-    def is_projection(self) -> bool:
-        return self.kind == PROJECTION
 
 
 @dataclass
@@ -99,104 +93,51 @@ class RegenerateReport:
     seconds: float = 0.0
 
 
-# --- checkpoint files -----------------------------------------------------------------------------------
-
-
-def stored_checkpoint_path(settings: Settings, path: Path) -> str:
-    """Relative to FACE_DATA_DIR when inside it, so a moved or copied library still finds its checkpoints."""
-    try:
-        return Path(path).resolve().relative_to(settings.data_dir.resolve()).as_posix()
-    except ValueError:
-        return str(Path(path).resolve())
-
-
-def checkpoint_file(settings: Settings, stored: str) -> Path:
-    path = Path(stored)
-    return path if path.is_absolute() else settings.data_dir / path
-
-
-# --- the switch -----------------------------------------------------------------------------------------
-
-
-def switch_active_space(db: Database, name: str) -> str | None:
-    """Make `name` the only active space in one statement; returns the previously active space's name."""
-    with db.session() as session:
-        # Row locks on PostgreSQL (a no-op on SQLite, whose writer lock serialises anyway).
-        rows = session.execute(
-            select(EmbeddingSpaceRow.name, EmbeddingSpaceRow.status)
-            .where(or_(EmbeddingSpaceRow.status == SpaceStatus.ACTIVE, EmbeddingSpaceRow.name == name))
-            .with_for_update()
-        ).all()
-        if name not in {r.name for r in rows}:
-            raise InvalidInput(f"unknown embedding space {name!r}")
-        previous = next((r.name for r in rows if r.status == SpaceStatus.ACTIVE), None)
-        if previous == name:
-            return previous
-        target = EmbeddingSpaceRow.name == name
-        session.execute(
-            update(EmbeddingSpaceRow)
-            .where(or_(EmbeddingSpaceRow.status == SpaceStatus.ACTIVE, target))
-            .values(
-                status=case((target, SpaceStatus.ACTIVE.value), else_=SpaceStatus.RETIRED.value),
-                activated_at=case((target, utcnow()), else_=EmbeddingSpaceRow.activated_at),
-            )
-            .execution_options(synchronize_session=False)
-        )
-    log.info("active embedding space: %s (was %s)", name, previous)
-    return previous
-
-
 # --- choosing the space ---------------------------------------------------------------------------------
 
 
-def _checkpoints(session: Session, base: str) -> list[SpaceRef]:
-    rows = session.scalars(
-        select(EmbeddingSpaceRow)
-        .where(EmbeddingSpaceRow.kind == PROJECTION, EmbeddingSpaceRow.base_space == base)
-        .order_by(EmbeddingSpaceRow.created_at.desc(), EmbeddingSpaceRow.id.desc())
-    ).all()
-    return [SpaceRef.of(r) for r in rows]
-
-
-def _gate_reason(space: SpaceRef) -> str:
-    return space.reason.removeprefix("kept raw space: ") or "no reason recorded"
+def _gate_reason(space: Space) -> str:
+    if space.gate is None:
+        return "no reason recorded"
+    failed = space.gate.verification if not space.gate.verification.promote else space.gate.pipeline
+    return failed.reason.removeprefix("kept raw space: ") or space.gate.reason or "no reason recorded"
 
 
 def _choose_target(
-    session: Session, settings: Settings, mode: str, active: SpaceRef, raw: SpaceRef
-) -> tuple[SpaceRef, str]:
+    session: Session, settings: Settings, mode: SpaceMode, active: Space, raw: Space
+) -> tuple[Space, str]:
     """The space that should be active after this run, and a sentence saying why."""
     stays = f"{'raw space' if not active.is_projection else active.name} stays active"
-    if mode == "raw":
+    if mode is SpaceMode.RAW:
         return raw, "raw space requested" if active.is_projection else "raw space is active"
     if settings.model_checkpoint:
-        if mode == "auto":
+        if mode is SpaceMode.AUTO:
             return active, f"{stays}: FACE_MODEL_CHECKPOINT is set, spaces switch only on `faces reassign`"
         pinned = _space_for_checkpoint_file(session, settings, raw)
-        if pinned.status == SpaceStatus.REJECTED:
+        if pinned.status is SpaceStatus.REJECTED:
             return active, f"{stays}: FACE_MODEL_CHECKPOINT {pinned.name} was rejected: {_gate_reason(pinned)}"
         return pinned, f"FACE_MODEL_CHECKPOINT names {pinned.name}"
-    checkpoints = _checkpoints(session, raw.name)
+    checkpoints = checkpoints_of(session, raw.name)
     if not checkpoints:
         return active, f"{stays}: no checkpoint trained yet (`faces train-matching`)"
     newest = checkpoints[0]
-    if mode == "trained":
-        promoted = next((c for c in checkpoints if c.status != SpaceStatus.REJECTED), None)
+    if mode is SpaceMode.TRAINED:
+        promoted = next((c for c in checkpoints if c.status is not SpaceStatus.REJECTED), None)
         if promoted is None:
             return active, f"{stays}: no checkpoint was promoted (newest {newest.name}: {_gate_reason(newest)})"
         return promoted, f"newest promoted checkpoint {promoted.name}"
-    if newest.status == SpaceStatus.REJECTED:
+    if newest.status is SpaceStatus.REJECTED:
         return active, f"{stays}: newest checkpoint {newest.name} was rejected: {_gate_reason(newest)}"
-    if newest.status == SpaceStatus.RETIRED:
+    if newest.status is SpaceStatus.RETIRED:
         return active, (
             f"{stays}: newest checkpoint {newest.name} was retired; `faces reassign --use-trained-model` brings it back"
         )
-    if newest.status == SpaceStatus.CANDIDATE:
+    if newest.status is SpaceStatus.CANDIDATE:
         return newest, f"newest checkpoint {newest.name} was promoted"
     return active, f"{newest.name} is active"
 
 
-def _space_for_checkpoint_file(session: Session, settings: Settings, raw: SpaceRef) -> SpaceRef:
+def _space_for_checkpoint_file(session: Session, settings: Settings, raw: Space) -> Space:
     """The space of FACE_MODEL_CHECKPOINT's file, registered from its JSON metadata if this library does not
     know it yet (e.g. a checkpoint copied from another library of the same raw model)."""
     path = Path(str(settings.model_checkpoint)).expanduser()
@@ -206,61 +147,49 @@ def _space_for_checkpoint_file(session: Session, settings: Settings, raw: SpaceR
     metadata = json.loads(meta_path.read_text(encoding="utf-8"))
     stored = stored_checkpoint_path(settings, path)
     name = str(metadata.get("space") or path.stem)
-    row = session.scalar(
-        select(EmbeddingSpaceRow).where(
-            or_(EmbeddingSpaceRow.checkpoint_path == stored, EmbeddingSpaceRow.name == name)
-        )
-    )
-    if row is None:
-        row = _register_foreign_checkpoint(session, metadata, name, stored, raw, path)
-    elif row.checkpoint_path != stored:
-        row.checkpoint_path = stored  # the file moved: follow it
-    if row.base_space != raw.name:
+    space = find_checkpoint(session, name=name, checkpoint_path=stored)
+    if space is None:
+        space = _register_foreign_checkpoint(session, metadata, name, stored, raw, path)
+    if space.base_space != raw.name:
         raise InvalidInput(
-            f"FACE_MODEL_CHECKPOINT={path} reads {row.base_space!r} vectors; this library's faces are {raw.name!r}"
+            f"FACE_MODEL_CHECKPOINT={path} reads {space.base_space!r} vectors; this library's faces are {raw.name!r}"
         )
-    return SpaceRef.of(row)
+    return space
 
 
-_KEPT_METRICS = (
-    "promote",
-    "promote_reason",
-    "verification_gate",
-    "pipeline_gate",
-    "thresholds",
-    "raw",
-    "projected",
-    "history",
-    "counts",
-)
+_KEPT_METRICS = ("thresholds", "raw", "projected", "history", "counts")
 
 
 def _register_foreign_checkpoint(
-    session: Session, metadata: dict, name: str, stored: str, raw: SpaceRef, path: Path
-) -> EmbeddingSpaceRow:
+    session: Session, metadata: dict, name: str, stored: str, raw: Space, path: Path
+) -> Space:
     projected = (metadata.get("thresholds") or {}).get("projected") or {}
-    if metadata.get("base_space") != raw.name or not {"threshold", "margin", "cluster_eps"} <= projected.keys():
+    gate = GateResult.from_metrics(metadata)
+    if (
+        gate is None
+        or metadata.get("base_space") != raw.name
+        or not {"threshold", "margin", "cluster_eps"} <= projected.keys()
+    ):
         raise InvalidInput(
             f"FACE_MODEL_CHECKPOINT={path} is not a checkpoint of this library's {raw.name!r} space "
             f"(base space {metadata.get('base_space')!r}) or lacks its thresholds; train one: `faces train-matching`"
         )
-    row = EmbeddingSpaceRow(
+    return register_checkpoint(
+        session,
         name=name,
-        kind=PROJECTION,
+        base_space=raw.name,
         model_name=str(metadata.get("model_name") or raw.name),
         dim=int(metadata["out_dim"]),
-        base_space=raw.name,
         checkpoint_path=stored,
-        status=SpaceStatus.CANDIDATE if metadata.get("promote") else SpaceStatus.REJECTED,
-        person_threshold=float(projected["threshold"]),
-        person_margin=float(projected["margin"]),
-        cluster_eps=float(projected["cluster_eps"]),
+        gate=gate,
+        thresholds=SpaceThresholds(
+            threshold=float(projected["threshold"]),
+            margin=float(projected["margin"]),
+            cluster_eps=float(projected["cluster_eps"]),
+        ),
         label_count=metadata.get("label_count"),
         metrics={k: metadata.get(k) for k in _KEPT_METRICS},
     )
-    session.add(row)
-    session.flush()
-    return row
 
 
 # --- the collections ------------------------------------------------------------------------------------
@@ -290,7 +219,7 @@ def _raw_pages(vectors: VectorStore, raw: str, table: FaceTable) -> Iterator[tup
 
 
 def sync_projection(
-    context: PipelineContext, vectors: VectorStore, space: SpaceRef, raw: str, report: RegenerateReport
+    context: PipelineContext, vectors: VectorStore, space: Space, raw: str, report: RegenerateReport
 ) -> None:
     """Bring the projection's collection in step with SQL, writing only what differs."""
     if space.checkpoint_path is None:
@@ -339,26 +268,22 @@ def refresh_raw_payloads(context: PipelineContext, vectors: VectorStore, raw: st
 # --- the use case ---------------------------------------------------------------------------------------
 
 
-def regenerate_embeddings(context: PipelineContext, vectors: VectorStore, *, mode: str = "auto") -> RegenerateReport:
+def regenerate_embeddings(
+    context: PipelineContext, vectors: VectorStore, *, mode: SpaceMode | str = SpaceMode.AUTO
+) -> RegenerateReport:
     """Choose the active space (see the module doc), fill its collection, switch atomically, report."""
-    if mode not in MODES:
-        raise InvalidInput(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    try:
+        mode = SpaceMode(mode)
+    except ValueError:
+        raise InvalidInput(f"mode must be one of {', '.join(SpaceMode)}, got {mode!r}") from None
     started = time.perf_counter()
     report = RegenerateReport(mode)
     with context.db.session() as session:
-        row = active_space(session)
-        if row is None:
+        active = active_space(session)
+        if active is None:
             report.message = "no faces yet: nothing to regenerate"
             return report
-        active = SpaceRef.of(row)
-        raw_row = (
-            row
-            if not active.is_projection
-            else session.scalar(select(EmbeddingSpaceRow).where(EmbeddingSpaceRow.name == active.base_space))
-        )
-        if raw_row is None:
-            raise InvalidInput(f"the active space {active.name} names an unknown base space {active.base_space!r}")
-        raw = SpaceRef.of(raw_row)
+        raw = raw_space_of(session, active)
         target, why = _choose_target(session, context.settings, mode, active, raw)
 
     if target.is_projection:
@@ -366,7 +291,7 @@ def regenerate_embeddings(context: PipelineContext, vectors: VectorStore, *, mod
     elif active.is_projection:  # back to raw: its payloads stood still while the projection was active
         report.payloads_refreshed = refresh_raw_payloads(context, vectors, raw.name)
     if target.name != active.name:
-        report.previous_space = switch_active_space(context.db, target.name)
+        report.previous_space = activate(context.db, target.name)
         report.switched = True
         if active.is_projection:
             vectors.drop_collection(active.name)

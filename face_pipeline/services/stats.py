@@ -8,9 +8,9 @@ from typing import Any
 
 from sqlalchemy import case, func, select
 
-from face_pipeline.services.space_registry import active_space
+from face_pipeline.services.space_registry import Space, active_space, latest_checkpoint, raw_space_of
 from face_pipeline.storage.db import Database
-from face_pipeline.storage.models import EmbeddingSpaceRow, FaceInstance, Image, Person
+from face_pipeline.storage.models import FaceInstance, Image, Person
 
 
 @dataclass
@@ -104,27 +104,18 @@ def library_stats(db: Database, *, skipped_examples: int = 10, top: int = 10) ->
     return stats
 
 
-def _face_model(session: Any, space: EmbeddingSpaceRow) -> dict[str, Any]:
-    raw = space if space.kind == "raw" else session.scalar(
-        select(EmbeddingSpaceRow).where(EmbeddingSpaceRow.name == space.base_space)
-    )
-    facts = dict(((raw.metrics or {}).get("model") or {}) if raw is not None else {})
-    return facts or ({"space": raw.name, "model": raw.model_name, "dim": raw.dim} if raw is not None else {})
+def _face_model(session: Any, space: Space) -> dict[str, Any]:
+    raw = raw_space_of(session, space)
+    return raw.model_facts or {"space": raw.name, "model": raw.model_name, "dim": raw.dim}
 
 
 def _add_last_training(session: Any, stats: LibraryStats) -> None:
-    row = session.scalars(
-        select(EmbeddingSpaceRow)
-        .where(EmbeddingSpaceRow.kind == "projection")
-        .order_by(EmbeddingSpaceRow.created_at.desc(), EmbeddingSpaceRow.id.desc())
-        .limit(1)
-    ).first()
-    if row is None:
+    space = latest_checkpoint(session)
+    if space is None:
         return
-    metrics = row.metrics or {}
-    stats.last_training_space = row.name
-    stats.last_training_at = row.created_at
-    stats.last_training_status = row.status
-    stats.last_training_promoted = metrics.get("promote")
-    stats.last_training_reason = metrics.get("promote_reason")
-    stats.last_training_label_count = row.label_count
+    stats.last_training_space = space.name
+    stats.last_training_at = space.created_at
+    stats.last_training_status = space.status
+    stats.last_training_promoted = None if space.gate is None else space.gate.promote
+    stats.last_training_reason = None if space.gate is None else space.gate.reason
+    stats.last_training_label_count = space.label_count

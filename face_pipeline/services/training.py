@@ -28,15 +28,12 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from face_pipeline.domain.assignment import SpaceThresholds, thresholds_for_space
-from face_pipeline.domain.checkpoint import save_checkpoint
+from face_pipeline.domain.assignment import SpaceThresholds
 from face_pipeline.domain.projection import (
     NotEnoughLabels,
     TrainingConfig,
     TrainingResult,
-    check_enough_labels,
     train_projection,
 )
 from face_pipeline.domain.projection_head import project, resolve_device
@@ -47,30 +44,31 @@ from face_pipeline.domain.promotion_gate import (
     pipeline_gate,
 )
 from face_pipeline.domain.verification import UNLABELLED, l2_normalise
-from face_pipeline.services.clustering import (
-    AssignReport,
-    CentroidReport,
-    ClusterReport,
-    NoActiveSpace,
-    assign_known_faces,
-    cluster_unknown_faces,
-    compute_person_centroids,
-)
-from face_pipeline.services.context import PipelineContext
 from face_pipeline.errors import InvalidInput
-from face_pipeline.services.space_switch import RegenerateReport, regenerate_embeddings, stored_checkpoint_path
-from face_pipeline.services.space_registry import active_space
+from face_pipeline.services.cluster_dual import ClusterDualReport, run_cluster_dual
+from face_pipeline.services.clustering import NoActiveSpace
+from face_pipeline.services.context import PipelineContext
+from face_pipeline.services.label_growth import MIN_FACES_PER_PERSON, MIN_TRAINING_PEOPLE, LabelCounts, count_labels
+from face_pipeline.services.space_registry import (
+    GateResult,
+    GateVerdict,
+    active_space,
+    new_checkpoint_path,
+    raw_space_of,
+    register_checkpoint,
+    stored_checkpoint_path,
+)
+from face_pipeline.services.space_switch import SpaceMode
 from face_pipeline.settings import Settings
+from face_pipeline.storage.checkpoints import save_checkpoint
 from face_pipeline.storage.db import Database
-from face_pipeline.storage.models import EmbeddingSpaceRow, FaceInstance, FaceRejection, SpaceStatus
+from face_pipeline.storage.models import FaceInstance, FaceRejection
 from face_pipeline.storage.vectors import VectorStore, VectorStoreError
 
 log = logging.getLogger(__name__)
 
-PROJECTION = "projection"
 LIBRARY_SAMPLE = 10_000  # unnamed faces the projected space's thresholds are calibrated on (seeded sample)
 MIN_LIBRARY_FACES = 50  # fewer unnamed faces: thresholds are matched on the held-out labelled faces instead
-_DEFAULTS = TrainingConfig()
 _CONFIRMED = FaceInstance.user_confirmed.is_(True) & FaceInstance.person_id.is_not(None)
 
 
@@ -101,51 +99,39 @@ class TrainingSet:
         return int((self.labels != UNLABELLED).sum())
 
 
-def base_space_row(session: Session) -> EmbeddingSpaceRow:
-    """The raw model's space under the active one (the active space itself when it is raw)."""
-    active = active_space(session)
-    if active is None:
-        raise NoActiveSpace()
-    if active.kind != PROJECTION:
-        return active
-    base = session.scalar(select(EmbeddingSpaceRow).where(EmbeddingSpaceRow.name == active.base_space))
-    if base is None:
-        raise InvalidInput(f"the active space {active.name} names base space {active.base_space!r}, which is unknown")
-    return base
-
-
 def _too_few(exc: NotEnoughLabels) -> TooFewLabels:
     return TooFewLabels(
         f"not enough labels to train: {exc}; name more faces (`faces label`, or the review page) and train again"
     )
 
 
-def _require(labels: np.ndarray) -> int:
-    try:
-        return check_enough_labels(labels, _DEFAULTS.min_people, _DEFAULTS.min_faces_per_person)
-    except NotEnoughLabels as exc:
-        raise _too_few(exc) from None
-
-
-def require_enough_labels(db: Database) -> int:
-    """The number of people with enough labelled faces; TooFewLabels (SQL only, cheap) when too few."""
-    with db.session() as session:
-        people = session.scalars(select(FaceInstance.person_id).where(_CONFIRMED)).all()
-    _, labels = np.unique(np.array(people, dtype=object), return_inverse=True)
-    return _require(labels.astype(np.int64))
+def require_enough_labels(db: Database) -> LabelCounts:
+    """The label counts when they are enough to train (LabelCounts.enough_to_train, the one rule the
+    sensor and the schedule use too); TooFewLabels (SQL only, cheap) otherwise."""
+    counts = count_labels(db)
+    if not counts.enough_to_train:
+        raise TooFewLabels(
+            f"not enough labels to train: need at least {MIN_TRAINING_PEOPLE} people with {MIN_FACES_PER_PERSON}+ "
+            f"labelled faces each; have {counts.trainable_people} people with {MIN_FACES_PER_PERSON}+ faces; "
+            "name more faces (`faces label`, or the review page) and train again"
+        )
+    return counts
 
 
 def read_training_set(context: PipelineContext, vectors: VectorStore) -> TrainingSet:
     """Every user-confirmed face and every rejected face, with raw vectors. Raises TooFewLabels before
     reading any vector when fewer than 5 people have 5+ labelled faces (the design note's minimum)."""
+    require_enough_labels(context.db)
     with context.db.session() as session:
-        base = base_space_row(session)
+        active = active_space(session)
+        if active is None:
+            raise NoActiveSpace()
+        base = raw_space_of(session, active)
         labelled = session.execute(select(FaceInstance.id, FaceInstance.person_id).where(_CONFIRMED)).all()
         rejected = session.execute(select(FaceRejection.face_id, FaceRejection.person_id)).all()
         unnamed_ids = session.scalars(select(FaceInstance.id).where(~_CONFIRMED)).all()
     labelled_ids = np.array([r.id for r in labelled], dtype=np.int64)
     person_ids, labelled_labels = _labels_by_first_face(labelled_ids, [r.person_id for r in labelled])
-    _require(labelled_labels)
 
     # A rejection is usable only against a person who has labelled faces (the person needs a label index).
     label_of = {pid: i for i, pid in enumerate(person_ids.tolist())}
@@ -169,7 +155,7 @@ def read_training_set(context: PipelineContext, vectors: VectorStore) -> Trainin
     return TrainingSet(
         base_space=base.name,
         model_name=base.model_name,
-        base_thresholds=_row_thresholds(base),
+        base_thresholds=base.thresholds(),
         face_ids=face_ids,
         vectors=raw.astype(np.float32, copy=False),
         labels=labels,
@@ -189,13 +175,6 @@ def _labels_by_first_face(face_ids: np.ndarray, people: list[str]) -> tuple[np.n
     rank = np.empty_like(order)
     rank[order] = np.arange(order.size)
     return person_ids[order], rank[inverse].astype(np.int64)
-
-
-def _row_thresholds(row: EmbeddingSpaceRow) -> SpaceThresholds:
-    """The raw row's own thresholds, grouped the way its model's defaults say."""
-    return thresholds_for_space(
-        row.name, threshold=row.person_threshold, margin=row.person_margin, cluster_eps=row.cluster_eps
-    )
 
 
 def training_config(
@@ -295,61 +274,54 @@ def train_checkpoint(
     except NotEnoughLabels as exc:
         raise _too_few(exc) from None
     verdict = gate_on_pipeline(data, result, min_cluster_size=context.settings.unknown_min_cluster_size)
-    promote = result.promote and verdict.promote
-    reason = _overall_reason(result, verdict)
+    gate = GateResult(
+        promote=result.promote and verdict.promote,
+        reason=_overall_reason(result, verdict),
+        verification=GateVerdict(result.promote, result.promote_reason),
+        pipeline=GateVerdict(verdict.promote, verdict.reason),
+        raw_figures=verdict.raw_figures,
+        projected_figures=verdict.projected_figures,
+    )
     name = new_space_name(data.base_space)
-    path = context.settings.checkpoints_dir / f"{name}.pt"
+    path = new_checkpoint_path(context.settings, name)
     thresholds = {
         **verdict.threshold_facts,
         "raw": asdict(data.base_thresholds),
         "projected": asdict(verdict.projected),
     }
-    # "promote" is the overall verdict (what every reader checks); each gate's own verdict rides along.
-    verdicts = {
-        "promote": promote,
-        "promote_reason": reason,
-        "verification_gate": {"promote": result.promote, "reason": result.promote_reason},
-        "pipeline_gate": {
-            "promote": verdict.promote,
-            "reason": verdict.reason,
-            "raw": verdict.raw_figures.as_dict(),
-            "projected": verdict.projected_figures.as_dict(),
-        },
-        "thresholds": thresholds,
-    }
-    metrics = {**result.summary(), **verdicts, "label_count": data.label_count}
     # Files first, row second: a crash leaves an unused file, never a row that points at nothing.
     save_checkpoint(
-        result,
         path,
-        base_space=data.base_space,
-        extra={"space": name, "model_name": data.model_name, "label_count": data.label_count, **verdicts},
+        result.state_dict,
+        {
+            "base_space": data.base_space,
+            **result.summary(),
+            "space": name,
+            "model_name": data.model_name,
+            "label_count": data.label_count,
+            **gate.as_metrics(),
+            "thresholds": thresholds,
+        },
     )
-    status = SpaceStatus.CANDIDATE if promote else SpaceStatus.REJECTED
     with context.db.session() as session:
-        session.add(
-            EmbeddingSpaceRow(
-                name=name,
-                kind=PROJECTION,
-                model_name=data.model_name,
-                dim=result.spec.out_dim,
-                base_space=data.base_space,
-                checkpoint_path=stored_checkpoint_path(context.settings, path),
-                status=status,
-                person_threshold=verdict.projected.threshold,
-                person_margin=verdict.projected.margin,
-                cluster_eps=verdict.projected.cluster_eps,
-                label_count=data.label_count,
-                metrics=metrics,
-            )
+        space = register_checkpoint(
+            session,
+            name=name,
+            base_space=data.base_space,
+            model_name=data.model_name,
+            dim=result.spec.out_dim,
+            checkpoint_path=stored_checkpoint_path(context.settings, path),
+            gate=gate,
+            thresholds=verdict.projected,
+            label_count=data.label_count,
+            metrics={**result.summary(), "thresholds": thresholds, "label_count": data.label_count},
         )
-    log.info("checkpoint %s: %s (%s)", name, status, reason)
     return TrainingReport(
         space=name,
         base_space=data.base_space,
-        status=str(status),
-        promote=promote,
-        reason=reason,
+        status=str(space.status),
+        promote=gate.promote,
+        reason=gate.reason,
         checkpoint=str(path),
         thresholds=verdict.projected,
         raw_thresholds=data.base_thresholds,
@@ -395,15 +367,12 @@ def _figures(result: TrainingResult, verdict: PipelineVerdict) -> dict[str, tupl
 # --- one evaluation round -------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class StageReport:
     """One label -> train -> reassign round (the labelling is the caller's)."""
 
     training: TrainingReport
-    regenerate: RegenerateReport
-    centroids: CentroidReport
-    assignments: AssignReport
-    clusters: ClusterReport
+    cluster_dual: ClusterDualReport
 
 
 def train_and_reassign_stage(
@@ -415,17 +384,15 @@ def train_and_reassign_stage(
     person_threshold: float | None = None,
     use_trained_model: bool = True,
 ) -> StageReport:
-    """Train on the current labels, switch to the newest promoted checkpoint (if any; the raw space stays
-    active otherwise), then rebuild prototypes, assign known people and cluster the rest, exactly as
-    `faces train-matching` followed by `faces reassign [--use-trained-model]`, without Dagster.
+    """Train on the current labels, then run the cluster-dual sequence in the newest promoted checkpoint's
+    space (if any; the raw space stays active otherwise), exactly as `faces train-matching` followed by
+    `faces reassign [--use-trained-model]`, without Dagster.
 
     Raises TooFewLabels (nothing changed) below 5 people x 5 labelled faces.
     """
     config = training_config(context.settings, epochs=epochs, margin=margin, learning_rate=learning_rate)
+    space_mode = SpaceMode.TRAINED if use_trained_model else SpaceMode.RAW
     with context.vectors() as vectors:
         training = train_checkpoint(context, read_training_set(context, vectors), config)
-        regenerate = regenerate_embeddings(context, vectors, mode="trained" if use_trained_model else "raw")
-        centroids = compute_person_centroids(context, vectors)
-        assignments = assign_known_faces(context, vectors, person_threshold=person_threshold)
-        clusters = cluster_unknown_faces(context, vectors)
-    return StageReport(training, regenerate, centroids, assignments, clusters)
+        dual = run_cluster_dual(context, vectors, space_mode=space_mode, person_threshold=person_threshold)
+    return StageReport(training, dual)

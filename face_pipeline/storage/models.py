@@ -55,6 +55,11 @@ class AssignmentSource(StrEnum):
     NOISE = "noise"
 
 
+class SpaceKind(StrEnum):
+    RAW = "raw"  # a face model's own output
+    PROJECTION = "projection"  # a trained head applied to a raw space's vectors
+
+
 class SpaceStatus(StrEnum):
     ACTIVE = "active"  # the space assignment and clustering read
     CANDIDATE = "candidate"  # trained, being regenerated or awaiting switch
@@ -170,7 +175,7 @@ class EmbeddingSpaceRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(128))  # also the vector-store collection name
-    kind: Mapped[str] = mapped_column(String(16))  # raw | projection
+    kind: Mapped[str] = mapped_column(String(16))  # SpaceKind
     model_name: Mapped[str] = mapped_column(String(128))
     dim: Mapped[int] = mapped_column(Integer)
     base_space: Mapped[str | None] = mapped_column(String(128))

@@ -6,51 +6,42 @@ Both are written under a temporary name and renamed, so a crash never leaves hal
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import torch
 
+from face_pipeline.domain.projection import jsonable
 from face_pipeline.domain.projection_head import ProjectionHead
-
-if TYPE_CHECKING:
-    from face_pipeline.domain.projection import TrainingResult
 
 CHECKPOINT_FORMAT = 1
 
 
 def save_checkpoint(
-    result: TrainingResult, path: str | Path, *, base_space: str, extra: Mapping[str, Any] | None = None
+    path: str | Path, state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]
 ) -> Path:
-    """Write the weights to `path` (a torch state dict) and the metadata to `path` with a .json suffix.
-
-    base_space names the raw embedding space the head reads (e.g. "dlib_resnet_v1"). Both files are
-    written to a temporary name and renamed, so a crash never leaves a half checkpoint. Returns the
-    metadata path.
-    """
+    """Write the weights to `path` (a torch state dict) and `metadata` (plus the file format, the head's
+    dimensions and the time) to `path` with a .json suffix. Returns the metadata path."""
     path = Path(path)
     meta_path = path.with_suffix(".json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {
+    head = ProjectionHead.from_state_dict(dict(state_dict))
+    body = {
         "format": CHECKPOINT_FORMAT,
-        "base_space": base_space,
-        "in_dim": result.spec.in_dim,
-        "out_dim": result.spec.out_dim,
+        "in_dim": head.spec.in_dim,
+        "out_dim": head.spec.out_dim,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "torch": torch.__version__,
-        **result.summary(),
-        **jsonable(dict(extra or {})),
+        **jsonable(dict(metadata)),
     }
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(result.state_dict, tmp)
+    torch.save(dict(state_dict), tmp)
     os.replace(tmp, path)
     tmp_meta = meta_path.with_name(meta_path.name + ".tmp")
-    tmp_meta.write_text(json.dumps(metadata, indent=2, allow_nan=False), encoding="utf-8")
+    tmp_meta.write_text(json.dumps(body, indent=2, allow_nan=False), encoding="utf-8")
     os.replace(tmp_meta, meta_path)
     return meta_path
 
@@ -69,16 +60,3 @@ def load_checkpoint(path: str | Path) -> tuple[ProjectionHead, dict[str, Any]]:
     if head.spec.in_dim != metadata["in_dim"] or head.spec.out_dim != metadata["out_dim"]:
         raise ValueError(f"{path}: weights do not match the dimensions in {meta_path.name}")
     return head.eval(), metadata
-
-
-def jsonable(value: Any) -> Any:
-    """Dataclass dicts to strict JSON: numpy scalars to Python, nan/inf to None."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
