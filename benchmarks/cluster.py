@@ -51,7 +51,7 @@ def _library(kind: str, n: int) -> tuple[np.ndarray, np.ndarray, str]:
     if kind == "lfw":
         data = lfw_dev_embeddings("dlib")
         return data["vectors"].astype(np.float32), np.unique(data["identities"], return_inverse=True)[1], LFW_SPACE
-    from face_pipeline.domain.synthetic import synthetic_faces
+    from face_pipeline_eval.synthetic import synthetic_faces
 
     vectors, identities = synthetic_faces(n, 512, seed=0)
     return vectors, identities, SYNTHETIC_SPACE
@@ -165,7 +165,7 @@ def setup(kind: str, n: int, data_dir: Path) -> dict[str, Any]:
 
 
 def measure(data_dir: Path) -> dict[str, Any]:
-    from face_pipeline.services.clustering import assign_known_faces, cluster_unknown_faces, compute_person_centroids
+    from face_pipeline.services.cluster_dual import run_cluster_dual
     from face_pipeline.services.context import PipelineContext
     from face_pipeline.settings import load_settings
 
@@ -188,9 +188,8 @@ def measure(data_dir: Path) -> dict[str, Any]:
         started = time.perf_counter()
         with context.vectors() as vectors:
             opened = time.perf_counter()
-            centroids = compute_person_centroids(context, vectors)
-            assign = assign_known_faces(context, vectors)
-            clusters = cluster_unknown_faces(context, vectors)
+            dual = run_cluster_dual(context, vectors)
+            centroids, assign, clusters = dual.centroids, dual.assignments, dual.clusters
         total = time.perf_counter() - started
         runs.append(
             {

@@ -24,7 +24,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from face_pipeline.api.app import create_app
-from face_pipeline.services.clustering import assign_known_faces, cluster_unknown_faces, compute_person_centroids
+from face_pipeline.services.cluster_dual import run_cluster_dual
 from face_pipeline.services.context import PipelineContext
 from face_pipeline.services.thumbnail_store import thumbnail_path
 from face_pipeline.settings import load_settings
@@ -65,11 +65,9 @@ def sqlite_library(tmp_path_factory: pytest.TempPathFactory, lfw_mini: Path, **o
 
 
 def group_faces(context: PipelineContext) -> None:
-    """Dual-mode clustering through the pipeline's services, as the cluster-dual command's assets run it."""
+    """The cluster-dual sequence, as the cluster_dual job runs it."""
     with context.vectors() as vectors:
-        compute_person_centroids(context, vectors)
-        assign_known_faces(context, vectors)
-        cluster_unknown_faces(context, vectors)
+        run_cluster_dual(context, vectors)
 
 
 def face_folders(context: PipelineContext) -> dict[int, str]:

@@ -10,7 +10,7 @@ from sqlalchemy import case, func, select
 
 from face_pipeline.services.space_registry import Space, active_space, latest_checkpoint, raw_space_of
 from face_pipeline.storage.db import Database
-from face_pipeline.storage.models import FaceInstance, Image, Person
+from face_pipeline.storage.models import FaceInstance, Image, ImageStatus, Person, PersonStatus
 
 
 @dataclass
@@ -59,7 +59,7 @@ def library_stats(db: Database, *, skipped_examples: int = 10, top: int = 10) ->
         stats.photos_by_status = {str(status): int(count) for status, count in rows_by_status}
         stats.faces = session.scalar(select(func.count()).select_from(FaceInstance)) or 0
         stats.faces_confirmed = session.scalar(select(func.count()).where(FaceInstance.user_confirmed.is_(True))) or 0
-        stats.people = session.scalar(select(func.count()).where(Person.status == "active")) or 0
+        stats.people = session.scalar(select(func.count()).where(Person.status == PersonStatus.ACTIVE)) or 0
         kind = _cluster_type().label("kind")
         rows = session.execute(
             select(kind, func.count(func.distinct(FaceInstance.cluster_id)), func.count()).group_by(kind)
@@ -98,7 +98,7 @@ def library_stats(db: Database, *, skipped_examples: int = 10, top: int = 10) ->
         stats.skip_reasons = [
             (r.path, r.skip_reason or "")
             for r in session.execute(
-                select(Image.path, Image.skip_reason).where(Image.status == "skipped").limit(skipped_examples)
+                select(Image.path, Image.skip_reason).where(Image.status == ImageStatus.SKIPPED).limit(skipped_examples)
             )
         ]
     return stats

@@ -87,12 +87,17 @@ class Image(Base):
     processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class PersonStatus(StrEnum):
+    ACTIVE = "active"
+    MERGED = "merged"  # merged into another person (merged_into); their faces moved there
+
+
 class Person(Base):
     __tablename__ = "persons"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_uuid)
     name: Mapped[str] = mapped_column(String(200), index=True)
-    status: Mapped[str] = mapped_column(String(16), default="active")  # active | merged
+    status: Mapped[str] = mapped_column(String(16), default=PersonStatus.ACTIVE)
     merged_into: Mapped[str | None] = mapped_column(ForeignKey("persons.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
