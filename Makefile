@@ -13,9 +13,9 @@ export DAGSTER_HOME ?= $(FACE_DATA_DIR)/dagster
 	python3 -m venv .venv
 	.venv/bin/pip install -q --upgrade pip
 
-install: .venv/bin/python  ## torch first (CPU wheel), then the project with its test tools
+install: .venv/bin/python  ## torch first (CPU wheel), then the project with its test and evaluation tools
 	.venv/bin/pip install -q torch==2.13.0
-	.venv/bin/pip install -q -e ".[test]"
+	.venv/bin/pip install -q -e ".[test,eval]"
 
 demo: install  ## set up and run the main job on the embedded defaults over $(PHOTOS)
 	@test -n "$(PHOTOS)" || { echo "no photos: set FACE_PHOTOS_DIR or PHOTOS=/path"; exit 2; }
@@ -30,8 +30,8 @@ test-fast:
 	$(PYTHON) -m pytest -q -m "not slow"
 
 lint: install
-	$(PYTHON) -m ruff check face_pipeline face_pipeline_tests benchmarks
-	$(PYTHON) -m mypy face_pipeline
+	$(PYTHON) -m ruff check face_pipeline face_pipeline_eval face_pipeline_tests benchmarks
+	$(PYTHON) -m mypy face_pipeline face_pipeline_eval
 
 faces-backfill:
 	FACE_PHOTOS_DIR="$(PHOTOS)" $(FP) faces backfill $(if $(LIMIT),--limit $(LIMIT),)

@@ -24,7 +24,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import default_dataset, emit, peak_rss_mb  # noqa: E402
-from face_pipeline.services.evaluation import evaluate  # noqa: E402
+from face_pipeline_eval.evaluation import evaluate  # noqa: E402
 
 
 def main() -> None:

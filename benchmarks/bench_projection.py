@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import lfw_dev_embeddings  # noqa: E402
 from face_pipeline.domain.projection import TrainingConfig, TrainingResult, train_projection  # noqa: E402
 from face_pipeline.domain.projection_head import project  # noqa: E402
-from face_pipeline.domain.synthetic import nuisance_faces  # noqa: E402
 from face_pipeline.domain.verification import l2_normalise, pair_scores, sample_pairs, tar_at_far  # noqa: E402
+from face_pipeline_eval.synthetic import nuisance_faces  # noqa: E402
 
 
 def line(name: str, r: TrainingResult) -> str:

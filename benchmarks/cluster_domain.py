@@ -32,18 +32,15 @@ from face_pipeline.domain.assignment import (  # noqa: E402
     build_prototypes,
     thresholds_for_space,
 )
-from face_pipeline.domain.clustering import (  # noqa: E402
-    cluster_unknown,
-    immich_baseline,
-    plain_hdbscan_baseline,
-)
+from face_pipeline.domain.clustering import cluster_unknown  # noqa: E402
 from face_pipeline.domain.metrics import (  # noqa: E402
     assignment_precision,
-    evaluate_clustering,
     false_accepts_per_1000,
     person_recall,
 )
-from face_pipeline.domain.synthetic import synthetic_faces  # noqa: E402
+from face_pipeline_eval.baselines import immich_baseline, plain_hdbscan_baseline  # noqa: E402
+from face_pipeline_eval.cluster_metrics import evaluate_clustering  # noqa: E402
+from face_pipeline_eval.synthetic import synthetic_faces  # noqa: E402
 
 
 def _rss_mb() -> float:

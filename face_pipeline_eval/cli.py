@@ -1,21 +1,30 @@
-"""faces evaluate: the accuracy of the pipeline on a folder-per-person photo set."""
+"""faces evaluate: the accuracy of the pipeline on a folder-per-person photo set.
+
+Registered on the product's `faces` app through the `face_pipeline.cli` entry point group (pyproject), so the
+product's CLI never imports this package; the evaluation itself is imported only when the command runs.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from face_pipeline.cli.common import (
-    faces,
-    friendly,
-)
+from face_pipeline.cli.common import friendly
+from face_pipeline.errors import InvalidInput
+
+# Packages of the `eval` extra that the product does not install.
+EVAL_EXTRA = ("hdbscan",)
 
 
-@faces.command("evaluate")
-@friendly
+def register(faces: typer.Typer) -> None:
+    """Add `evaluate` to the `faces` command group (the entry point's hook)."""
+    faces.command("evaluate")(friendly(evaluate_command))
+
+
 def evaluate_command(
     dataset: Annotated[Path, typer.Argument(help="Folder-per-person photo set: <person>/<photo>.")],
     rounds: Annotated[int, typer.Option(min=0, max=100, help="Labelling rounds of the simulated user.")] = 3,
@@ -38,7 +47,10 @@ def evaluate_command(
     ] = False,
 ) -> None:
     """Play DATASET as a growing library with a simulated user and score every stage against its folders."""
-    from face_pipeline.services.evaluation import evaluate
+    missing = [name for name in EVAL_EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        raise InvalidInput(f"faces evaluate needs the eval extra ({', '.join(missing)}): pip install -e \".[eval]\"")
+    from face_pipeline_eval.evaluation import evaluate
 
     report = evaluate(dataset, rounds=rounds, clusters_per_round=clusters_per_round, data_dir=data_dir, train=train)
     if as_json:

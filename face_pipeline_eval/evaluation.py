@@ -1,7 +1,7 @@
 """`faces evaluate`: play a folder-per-person photo set as a library that grows, and score every stage.
 
 1. Phase A: each person's first ~60% of photos and half of the one-off strangers are ingested (catalog and
-   detection services, no labels) and clustered (cluster-dual: the same three services as the CLI).
+   detection services, no labels) and clustered (`run_cluster_dual`: the sequence the CLI's job runs).
 2. Rounds: a simulated user names the largest unknown clusters after their commonest person and rejects
    the other faces in them (label and reject services); cluster-dual runs again.
 3. Phase B: the remaining photos arrive, are ingested and clustered.
@@ -14,7 +14,7 @@ is then called "baseline"). Too few labels (< 5 people x 5 faces) leave the libr
 the raw space's row of the throwaway library, so that training maps those, not the defaults, onto the
 projected space, and each space is then clustered with its own.
 
-Every stage is scored against the folder names (see `eval_scoring`), next to two baselines on the same
+Every stage is scored against the folder names (see `scoring`), next to two baselines on the same
 vectors: the seed's plain HDBSCAN and Immich's algorithm. The ground truth drives only the simulated user
 and the scoring; the library holds anonymous copies of the photos, so the pipeline never sees a name the
 user did not type.
@@ -29,24 +29,25 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 
 from face_pipeline.domain.assignment import thresholds_for_space
+from face_pipeline.errors import InvalidInput
 from face_pipeline.services.catalog import scan_photos
-from face_pipeline.services.clustering import (
-    assign_known_faces,
-    cluster_unknown_faces,
-    compute_person_centroids,
-    space_params,
-)
+from face_pipeline.services.cluster_dual import run_cluster_dual
+from face_pipeline.services.clustering import space_params
 from face_pipeline.services.context import PipelineContext
 from face_pipeline.services.detection import detect_pending_faces
-from face_pipeline.errors import InvalidInput
-from face_pipeline.services.eval_dataset import (
+from face_pipeline.services.space_registry import active_space, register_raw_space
+from face_pipeline.services.training import TooFewLabels, TrainingReport, train_and_reassign_stage
+from face_pipeline.settings import Settings, load_settings
+from face_pipeline.storage.models import FaceInstance
+from face_pipeline.vision.types import EmbeddingSpaceInfo
+from face_pipeline_eval.dataset import (
     PHASE_A,
     PHASE_B,
     EvalDataset,
@@ -54,7 +55,7 @@ from face_pipeline.services.eval_dataset import (
     place_photos,
     write_manifest,
 )
-from face_pipeline.services.eval_scoring import (
+from face_pipeline_eval.scoring import (
     BaselineFigures,
     LibraryState,
     StageFigures,
@@ -62,13 +63,8 @@ from face_pipeline.services.eval_scoring import (
     score_baselines,
     score_pipeline,
 )
-from face_pipeline.services.eval_table import StageTraining, markdown_table
-from face_pipeline.services.eval_user import RoundActions, name_largest_clusters, names_for
-from face_pipeline.services.space_switch import regenerate_embeddings
-from face_pipeline.services.space_registry import active_space
-from face_pipeline.services.training import TooFewLabels, TrainingReport, train_and_reassign_stage
-from face_pipeline.settings import Settings, load_settings
-from face_pipeline.storage.models import FaceInstance
+from face_pipeline_eval.simulated_user import RoundActions, name_largest_clusters, names_for
+from face_pipeline_eval.table import StageTraining, evaluation_table
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +96,7 @@ class EvaluationReport:
         photos = ", ".join(f"{phase}: {n} photos" for phase, n in self.photos.items())
         params = ", ".join(f"{k} {v}" for k, v in self.params.items())
         header = f"Evaluation of {self.dataset} ({photos}); pipeline: {params}"
-        table = markdown_table(self.rows, self._row_users(), self.baselines, self.training or None)
+        table = evaluation_table(self.rows, self._row_users(), self.baselines, self.training or None)
         return header + "\n\n" + table
 
     def json_rows(self) -> list[dict[str, Any]]:
@@ -279,11 +275,8 @@ class _Run:
     def _cluster_and_score(self, stage: str) -> LibraryState:
         started = time.perf_counter()
         with self.context.vectors() as vectors:
-            if self.train:  # new faces (phase B) get their vectors in a projected space too
-                regenerate_embeddings(self.context, vectors, mode="trained")
-            compute_person_centroids(self.context, vectors)
-            assign_known_faces(self.context, vectors)
-            cluster_unknown_faces(self.context, vectors)
+            # With training, new faces (phase B) get their vectors in the projected space too.
+            run_cluster_dual(self.context, vectors, space_mode="trained" if self.train else "auto")
         seconds = time.perf_counter() - started
         if not self.report.params:
             self.report.params = self._params()
@@ -330,12 +323,14 @@ class _Run:
         overrides: training then maps these onto a projected space, and each space uses its own."""
         with self.context.db.session() as session:
             params = space_params(self.context, session)
-            row = active_space(session)
-            assert row is not None  # space_params raised otherwise
-            defaults = thresholds_for_space(row.name)
-            row.person_threshold = params.person_threshold
-            row.person_margin = params.person_margin
-            row.cluster_eps = params.cluster_eps if params.cluster_eps is not None else defaults.cluster_eps
+            space = active_space(session)
+            assert space is not None  # space_params raised otherwise
+            defaults = thresholds_for_space(space.name)
+            eps = params.cluster_eps if params.cluster_eps is not None else defaults.cluster_eps
+            own = replace(defaults, threshold=params.person_threshold, margin=params.person_margin, cluster_eps=eps)
+            # Registering the (already registered) raw space again rewrites its thresholds.
+            info = EmbeddingSpaceInfo(space.name, space.model_name, space.dim)
+            register_raw_space(session, info, thresholds=own)
         cleared = {"person_match_threshold": None, "person_match_margin": None, "unknown_eps": None}
         self.settings = self.settings.model_copy(update=cleared)
         self.context = PipelineContext(self.settings, self.context.db)

@@ -15,18 +15,13 @@ import numpy as np
 from sqlalchemy import select
 
 from face_pipeline.domain.assignment import NO_PERSON
-from face_pipeline.domain.clustering import NOISE, immich_baseline, plain_hdbscan_baseline
-from face_pipeline.domain.metrics import (
-    assignment_precision,
-    bcubed,
-    cluster_counts,
-    cluster_purity,
-    false_accepts_per_1000,
-    person_recall,
-)
+from face_pipeline.domain.clustering import NOISE
+from face_pipeline.domain.metrics import assignment_precision, cluster_purity, false_accepts_per_1000, person_recall
 from face_pipeline.domain.naming import PERSON_PREFIX, UNKNOWN_PREFIX
 from face_pipeline.storage.db import Database
 from face_pipeline.storage.models import AssignmentSource, FaceInstance, Image, Person
+from face_pipeline_eval.baselines import immich_baseline, plain_hdbscan_baseline
+from face_pipeline_eval.cluster_metrics import bcubed, cluster_counts
 
 UNKNOWN_IDENTITY = ""  # truth of a background face (or of a photo outside the dataset)
 # Immich's max_distance is swept around the space's own link distance (dlib 0.055 -> 0.033..0.077, buffalo_s

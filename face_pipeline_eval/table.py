@@ -6,7 +6,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from face_pipeline.services.eval_scoring import BaselineFigures, StageFigures
+from face_pipeline.markdown import markdown_table
+from face_pipeline_eval.scoring import BaselineFigures, StageFigures
 
 COLUMNS = (
     "stage",
@@ -102,7 +103,7 @@ def baseline_cells(row: BaselineFigures) -> list[str]:
     ]
 
 
-def markdown_table(
+def evaluation_table(
     rows: list[StageFigures],
     user: list[Any | None],
     baselines: list[BaselineFigures],
@@ -112,13 +113,12 @@ def markdown_table(
     user's actions that led to each row, None where none; training: one per row with --train, else None
     (and no training columns)."""
     columns = COLUMNS + (TRAINING_COLUMNS if training is not None else ())
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines: list[list[str]] = []
     for i, row in enumerate(rows):
         cells = pipeline_cells(row, user[i])
         if training is not None:
             cells += training[i].cells()
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(cells)
     for base in baselines:
-        cells = baseline_cells(base) + ([NOT_APPLICABLE] * len(TRAINING_COLUMNS) if training is not None else [])
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        lines.append(baseline_cells(base) + ([NOT_APPLICABLE] * len(TRAINING_COLUMNS) if training is not None else []))
+    return markdown_table(columns, lines)

@@ -12,12 +12,11 @@ from face_pipeline.domain.assignment import (
     SpaceThresholds,
     assign_to_known_people,
     build_prototypes,
-    choose_threshold,
-    rates_at,
     thresholds_for_space,
 )
 from face_pipeline.domain.metrics import assignment_precision, false_accepts_per_1000, person_recall
-from face_pipeline.domain.synthetic import synthetic_faces
+from face_pipeline_eval.synthetic import synthetic_faces
+from face_pipeline_eval.thresholds import choose_threshold, rates_at
 
 E1, E2, E3, E4 = np.eye(4, dtype=np.float32)  # people along e1..e3; e4 is nobody
 

@@ -13,11 +13,8 @@ from face_pipeline.domain.clustering import (
     UnknownFaceClusterer,
     cluster_unknown,
     drop_weak_members,
-    immich_baseline,
-    plain_hdbscan_baseline,
     relabel_by_size,
 )
-from face_pipeline.domain.metrics import evaluate_clustering
 from face_pipeline.domain.naming import (
     cluster_ids,
     noise_cluster_id,
@@ -27,7 +24,9 @@ from face_pipeline.domain.naming import (
     unknown_cluster_id,
 )
 from face_pipeline.domain.neighbors import MISSING, knn_graph
-from face_pipeline.domain.synthetic import synthetic_faces
+from face_pipeline_eval.baselines import immich_baseline, plain_hdbscan_baseline
+from face_pipeline_eval.cluster_metrics import evaluate_clustering
+from face_pipeline_eval.synthetic import synthetic_faces
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,16 @@ import pytest
 from face_pipeline.domain.clustering import NOISE
 from face_pipeline.domain.metrics import (
     assignment_precision,
+    cluster_purity,
+    false_accepts_per_1000,
+    person_recall,
+)
+from face_pipeline_eval.cluster_metrics import (
     bcubed,
     cluster_counts,
-    cluster_purity,
     evaluate_clustering,
-    false_accepts_per_1000,
     noise_as_singletons,
     pairwise_scores,
-    person_recall,
     strangers_in_clusters,
 )
 

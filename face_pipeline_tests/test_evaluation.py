@@ -18,8 +18,8 @@ import pytest
 from typer.testing import CliRunner
 
 from face_pipeline.cli import app
-from face_pipeline.services.eval_table import COLUMNS, TRAINING_COLUMNS
-from face_pipeline.services.eval_user import display_name
+from face_pipeline_eval.simulated_user import display_name
+from face_pipeline_eval.table import COLUMNS, TRAINING_COLUMNS
 
 EVAL_ENV = {"FACE_EMBEDDER": "buffalo_s"}  # the default model (auto's pick without buffalo_l's files)
 ROUNDS = 2

@@ -9,11 +9,12 @@ from typing import Any
 
 import dagster as dg
 
+from face_pipeline import markdown
+
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> dg.MetadataValue:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return dg.MetadataValue.md("\n".join(lines))
+    """`markdown.markdown_table` as Dagster metadata (the UI renders it)."""
+    return dg.MetadataValue.md(markdown.markdown_table(headers, rows))
 
 
 def bar_chart_md(title: str, values: Mapping[str, float], *, xlabel: str = "", ylabel: str = "") -> dg.MetadataValue:
