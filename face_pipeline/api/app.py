@@ -17,11 +17,13 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from face_pipeline.api.errors import install_error_handlers
 from face_pipeline.api.routes import faces, health, persons
 from face_pipeline.api.schemas import API_PREFIX
 from face_pipeline.services.context import PipelineContext
+from face_pipeline.services.labels import mirror_user_edits
 from face_pipeline.settings import Settings, load_settings
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -37,6 +39,7 @@ PAGE_POLICY = (
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     context = PipelineContext.from_settings(settings)  # upgrades the schema once, before the first request
+    mirror_user_edits(context)  # labels written here reach the vector-store payloads (suggestions filter on them)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -65,7 +68,8 @@ def review_page() -> FileResponse:
 
 
 def _add_middleware(app: FastAPI, settings: Settings) -> None:
-    app.middleware("http")(_limit_body_and_add_headers)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    app.middleware("http")(_add_headers)
     if settings.api_cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -88,12 +92,58 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-async def _limit_body_and_add_headers(
-    request: Request, call_next: Callable[[Request], Awaitable[Response]]
-) -> Response:
-    declared = request.headers.get("content-length", "0")
-    if not declared.isdigit() or int(declared) > MAX_BODY_BYTES:
-        return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
+class BodyLimit:
+    """Refuse (413) a request body over `max_bytes`, before the application sees any of it: a declared
+    Content-Length is checked first, and a body without one (Transfer-Encoding: chunked) is read here,
+    counting, then handed on whole. Bodies are small (the limit is a few MB), so holding one is cheap."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._refuse(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away: let the app see it
+                await self.app(scope, _replay([], message, receive), send)
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        await self.app(scope, _replay(chunks, None, receive), send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse({"detail": f"request body over {self.max_bytes} bytes"}, status_code=413)
+        await response(scope, receive, send)
+
+
+def _replay(chunks: list[bytes], last: Message | None, receive: Receive) -> Receive:
+    """A receive that gives the body read so far as one message (or `last`), then the client's own."""
+    pending: list[Message] = [last] if last is not None else [{"type": "http.request", "body": b"".join(chunks)}]
+
+    async def replayed() -> Message:
+        if pending:
+            return pending.pop()
+        return await receive()
+
+    return replayed
+
+
+async def _add_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
     response = await call_next(request)
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")

@@ -7,7 +7,8 @@ Errors a user can fix print one line and exit non-zero.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -59,7 +60,16 @@ def _configure(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="De
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def db_context() -> PipelineContext:
+@contextmanager
+def db_context() -> Iterator[PipelineContext]:
+    """The library for one command (`with db_context() as context:`); closed when the command ends. User
+    edits made through it also update the vector-store payloads."""
     from face_pipeline.services.context import PipelineContext
+    from face_pipeline.services.labels import mirror_user_edits
 
-    return PipelineContext.from_settings(settings_from_env())
+    context = PipelineContext.from_settings(settings_from_env())
+    try:
+        mirror_user_edits(context)
+        yield context
+    finally:
+        context.close()

@@ -50,14 +50,10 @@ def backfill(
 @friendly
 def stats(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """Photos by status, faces, people and clusters by type."""
-    from face_pipeline.services.context import PipelineContext
     from face_pipeline.services.stats import library_stats
 
-    context = PipelineContext.from_settings(settings_from_env())
-    try:
+    with db_context() as context:
         result = library_stats(context.db)
-    finally:
-        context.close()
     if as_json:
         typer.echo(json.dumps(result.as_dict(), indent=2, default=str))
         return
@@ -112,11 +108,8 @@ def reembed(
     from face_pipeline.services.reembed import check_reembed
 
     settings = settings_from_env()
-    context = db_context()
-    try:  # a bad model or nothing to do: one line before a run is even recorded
+    with db_context() as context:  # a bad model or nothing to do: one line before a run is even recorded
         target = check_reembed(context, model)
-    finally:
-        context.close()
     config = {"model": model, "limit": limit}
     selection = ["staged_faces"] if limit else ["staged_faces", "reembedded_faces"]
     ops = {name: {"config": config} for name in selection}

@@ -21,8 +21,8 @@ def label(cluster_id: str, name: str) -> None:
     """Name every face of a cluster (creates or reuses the person)."""
     from face_pipeline.services.labels import label_cluster
 
-    context = db_context()
-    result = label_cluster(context.db, cluster_id, name)
+    with db_context() as context:
+        result = label_cluster(context.db, cluster_id, name)
     extra = ""
     if result.skipped_confirmed or result.skipped_rejected:
         extra = (
@@ -42,7 +42,8 @@ def label_face_command(face_id: int, name: str) -> None:
     """Name one face."""
     from face_pipeline.services.labels import label_face
 
-    result = label_face(db_context().db, face_id, name)
+    with db_context() as context:
+        result = label_face(context.db, face_id, name)
     typer.echo(f"face {face_id} named {result.person_name!r} (person_{result.person_id})")
 
 
@@ -55,7 +56,8 @@ def reject(
     """Not this person: the face leaves the person and is never assigned to them again."""
     from face_pipeline.services.labels import reject_face
 
-    person_id = reject_face(db_context().db, face_id, person)
+    with db_context() as context:
+        person_id = reject_face(context.db, face_id, person)
     typer.echo(f"face {face_id} is not person_{person_id}")
 
 
@@ -65,7 +67,8 @@ def unassign(face_id: int) -> None:
     """Undo a face's naming; it waits for the next clustering."""
     from face_pipeline.services.labels import unassign_face
 
-    unassign_face(db_context().db, face_id)
+    with db_context() as context:
+        unassign_face(context.db, face_id)
     typer.echo(f"face {face_id} unassigned")
 
 
@@ -75,7 +78,8 @@ def merge_persons_command(source: str, target: str) -> None:
     """Merge person SOURCE into TARGET (ids or unique names)."""
     from face_pipeline.services.labels import merge_persons
 
-    person, moved = merge_persons(db_context().db, source, target)
+    with db_context() as context:
+        person, moved = merge_persons(context.db, source, target)
     typer.echo(f"merged into {person.name!r} (person_{person.id}): {moved} faces moved")
 
 
@@ -85,7 +89,8 @@ def rename_person_command(person: str, new_name: str) -> None:
     """Rename a person (id or unique name)."""
     from face_pipeline.services.labels import rename_person
 
-    renamed = rename_person(db_context().db, person, new_name)
+    with db_context() as context:
+        renamed = rename_person(context.db, person, new_name)
     typer.echo(f"person_{renamed.id} is now {renamed.name!r}")
 
 
@@ -95,11 +100,13 @@ def import_labels_command(directory: Path) -> None:
     """Name the faces of a folder-per-person tree (<person>/<photo>), matched to the library by content."""
     from face_pipeline.services.import_labels import import_labels
 
-    report = import_labels(db_context().db, directory)
+    with db_context() as context:
+        report = import_labels(context.db, directory)
     typer.echo(
         f"{report.faces_labelled} faces named for {report.people} people ({report.people_created} new) from "
         f"{report.photos_seen} photos; {report.not_in_library} not in the library, {report.no_face} without a "
-        f"face, {report.ambiguous} with several faces and no clear subject"
+        f"face, {report.ambiguous} with several faces and no clear subject; left alone: "
+        f"{report.already_confirmed} confirmed as someone else, {report.rejected} you ruled out for that person"
     )
 
 
@@ -118,5 +125,6 @@ def export(
     from face_pipeline.services.export import export_faces
 
     target = output or Path(f"faces.{fmt.value}")
-    count = export_faces(db_context().db, cast(Literal["csv", "parquet"], fmt.value), target)
+    with db_context() as context:
+        count = export_faces(context.db, cast(Literal["csv", "parquet"], fmt.value), target)
     typer.echo(f"{count} faces written to {target}")

@@ -28,11 +28,8 @@ def train_matching(
     from face_pipeline.defs.runner import asset_metadata, materialize_assets
     from face_pipeline.services.training import require_enough_labels
 
-    context = db_context()
-    try:  # too few labels: one line before a run is even recorded (the asset checks again)
+    with db_context() as context:  # too few labels: one line before a run is even recorded (the asset checks again)
         require_enough_labels(context.db)
-    finally:
-        context.close()
     config = {"epochs": epochs, "margin": margin, "learning_rate": learning_rate, "device": device}
     result = materialize_assets(
         settings_from_env(),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,7 +62,7 @@ class DetectReport:
     replaced_faces: int = 0
     seconds: float = 0.0
     space: str = ""
-    skip_reasons: dict[str, str] = field(default_factory=dict)  # path -> reason (first 20)
+    skip_reasons: dict[str, str] = field(default_factory=dict)  # photo path -> reason (the first 20)
 
     @property
     def photos_per_second(self) -> float:
@@ -73,8 +73,8 @@ class DetectReport:
         data["photos_per_second"] = round(self.photos_per_second, 2)
         return data
 
-    def count(self, batch: list[PhotoResult]) -> None:
-        """Add a stored batch's photos, faces and skips."""
+    def count(self, batch: list[PhotoResult], paths: Mapping[int, str] | None = None) -> None:
+        """Add a stored batch's photos, faces and skips; `paths` (image id -> path) names skipped photos."""
         for result in batch:
             self.photos += 1
             self.faces += len(result.faces)
@@ -82,7 +82,8 @@ class DetectReport:
             if result.skip_reason is not None:
                 self.skipped += 1
                 if len(self.skip_reasons) < 20:
-                    self.skip_reasons[str(result.image_id)] = result.skip_reason
+                    where = (paths or {}).get(result.image_id, f"image {result.image_id}")
+                    self.skip_reasons[where] = result.skip_reason
 
     def progress_line(self, total: int) -> str:
         return (
@@ -111,6 +112,7 @@ def detect_pending_faces(
     """Detect, embed and store the faces of up to `limit` pending photos."""
     started = time.perf_counter()
     tasks = pending_photos(db, limit)
+    paths = dict(tasks)
     report = DetectReport()
     if not tasks:
         return report
@@ -123,6 +125,7 @@ def detect_pending_faces(
     with processed_photos(settings, tasks, embedder) as batches:
         for batch in batches:
             _store_batch(settings, db, vectors, space.name, batch, report)
+            report.count(batch, paths)
             report.seconds = time.perf_counter() - started
             if progress:
                 progress(report, len(tasks))
@@ -216,7 +219,6 @@ def _store_batch(
     thumbs = (t for r in batch for t in r.thumbnails)
     for face_id, jpeg in zip(face_ids.tolist(), thumbs, strict=True):
         write_thumbnail(settings.thumbnails_dir, face_id, jpeg)
-    report.count(batch)
 
 
 def _hold_space(session: Session, space: str) -> None:

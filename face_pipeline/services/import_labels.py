@@ -3,6 +3,10 @@
 Photos are matched to the library by content hash, so the tree may be the photos folder itself or a
 copy elsewhere. A photo with one face names that face; with several, only a clearly dominant face (at
 least twice the area of the next) is named, since the others are usually other people.
+
+An import names faces as a group (services/labels.py `name_faces`): it never overturns a decision the user
+made about one face, so faces confirmed as someone else or ruled out for that person are left alone (and
+counted). Importing the same tree again is therefore harmless after a review.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from face_pipeline.errors import InvalidInput
 from face_pipeline.services.catalog import hash_files, iter_photos
-from face_pipeline.services.labels import clean_name, confirm_faces, person_by_name
+from face_pipeline.services.labels import clean_name, name_faces, person_by_name, user_edit
 from face_pipeline.storage.db import Database
 from face_pipeline.storage.models import FaceInstance, Image
 
@@ -32,7 +36,8 @@ class ImportReport:
     not_in_library: int = 0
     no_face: int = 0
     ambiguous: int = 0
-    already_confirmed: int = 0
+    already_confirmed: int = 0  # confirmed as someone else: left alone
+    rejected: int = 0  # the user ruled the face out for this person: left alone
     examples: dict[str, list[str]] = field(default_factory=dict)
 
 
@@ -48,7 +53,7 @@ def import_labels(db: Database, tree: Path) -> ImportReport:
     if not by_person:
         raise InvalidInput(f"no person folders with photos under {tree} (expected <person>/<photo>.jpg)")
     hashes = hash_files([p for paths in by_person.values() for p in paths])
-    with db.session() as session:
+    with user_edit(db) as session:
         for folder, paths in sorted(by_person.items()):
             name = clean_name(folder.replace("_", " "))
             faces = [_subject_face(session, hashes[p], p, report) for p in paths]
@@ -59,10 +64,12 @@ def import_labels(db: Database, tree: Path) -> ImportReport:
             person, created = person_by_name(session, name)
             report.people += 1
             report.people_created += created
-            free = [f for f in chosen if not f.user_confirmed or f.person_id == person.id]
-            report.already_confirmed += len(chosen) - len(free)
-            confirm_faces(session, free, person.id, action="import_labels", details={"folder": folder})
-            report.faces_labelled += len(free)
+            naming = name_faces(
+                session, chosen, person.id, explicit=False, action="import_labels", details={"folder": folder}
+            )
+            report.already_confirmed += len(naming.skipped_confirmed)
+            report.rejected += len(naming.skipped_rejected)
+            report.faces_labelled += len(naming.named)
     return report
 
 

@@ -1,23 +1,28 @@
 """A user's decisions: naming clusters and faces, "not this person", unassigning, merging, renaming.
 
 Every decision is stored on the face (person_id + user_confirmed, or a row in face_rejections), never on a
-cluster string, so re-clustering or a new model cannot lose it; every change writes an audit event.
+cluster string, so re-clustering or a new model cannot lose it; every change writes an audit event. SQL is the
+source of truth; after each edit the faces' person_id / cluster_id are mirrored onto their vector-store
+payloads (see `mirror_user_edits`), so filtered searches see the edit before the next run.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import unicodedata
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from face_pipeline.domain.naming import noise_cluster_id, person_cluster_id
 from face_pipeline.errors import Conflict, InvalidInput, NotFound
-from face_pipeline.storage.db import Database
+from face_pipeline.storage.db import Database, FaceChanges
 from face_pipeline.storage.models import (
     AssignmentSource,
     FaceAssignmentEvent,
@@ -27,7 +32,12 @@ from face_pipeline.storage.models import (
     PersonPrototype,
     utcnow,
 )
+from face_pipeline.storage.vectors import VectorStoreError
 
+if TYPE_CHECKING:
+    from face_pipeline.services.context import PipelineContext
+
+log = logging.getLogger(__name__)
 MAX_NAME_LENGTH = 200
 _PERSON_REF = re.compile(r"^(?:person_)?([0-9a-f]{32})$")
 
@@ -40,6 +50,15 @@ class LabelResult:
     faces_labelled: int
     skipped_confirmed: list[int] = field(default_factory=list)  # confirmed as someone else: untouched
     skipped_rejected: list[int] = field(default_factory=list)  # the user said "not this person" before
+
+
+@dataclass
+class Naming:
+    """What `name_faces` did: the faces it confirmed and the ones it left alone (by id)."""
+
+    named: list[Any] = field(default_factory=list)
+    skipped_confirmed: list[int] = field(default_factory=list)
+    skipped_rejected: list[int] = field(default_factory=list)
 
 
 def clean_name(name: str) -> str:
@@ -105,7 +124,7 @@ def label_cluster(
     nothing changes and Conflict is raised, so a stale page never labels the wrong faces.
     """
     cleaned = clean_name(name)
-    with db.session() as session:
+    with user_edit(db) as session:
         faces = session.execute(
             select(FaceInstance.id, FaceInstance.person_id, FaceInstance.user_confirmed, FaceInstance.cluster_id)
             .where(FaceInstance.cluster_id == cluster_id)
@@ -116,55 +135,86 @@ def label_cluster(
         if expected_face_ids is not None and set(expected_face_ids) != {f.id for f in faces}:
             raise Conflict(f"cluster {cluster_id} changed since it was loaded; reload it and try again")
         person, created = person_by_name(session, cleaned)
-        rejected = set(
-            session.scalars(
-                select(FaceRejection.face_id).where(
-                    FaceRejection.person_id == person.id, FaceRejection.face_id.in_([f.id for f in faces])
-                )
-            )
+        naming = name_faces(
+            session, faces, person.id, explicit=False, action="label_cluster", details={"cluster_id": cluster_id}
         )
-        result = LabelResult(person.id, person.name, created, 0)
-        chosen = []
-        for face in faces:
-            if face.user_confirmed and face.person_id not in (None, person.id):
-                result.skipped_confirmed.append(face.id)
-            elif face.id in rejected:
-                result.skipped_rejected.append(face.id)
-            else:
-                chosen.append(face)
-        confirm_faces(session, chosen, person.id, action="label_cluster", details={"cluster_id": cluster_id})
-        result.faces_labelled = len(chosen)
-        return result
+        return LabelResult(
+            person.id,
+            person.name,
+            created,
+            len(naming.named),
+            skipped_confirmed=naming.skipped_confirmed,
+            skipped_rejected=naming.skipped_rejected,
+        )
 
 
 def label_face(db: Database, face_id: int, name: str) -> LabelResult:
     """Name one face; an explicit choice replaces an earlier one and lifts a "not this person" for it."""
     cleaned = clean_name(name)
-    with db.session() as session:
+    with user_edit(db) as session:
         face = _face(session, face_id)
         person, created = person_by_name(session, cleaned)
-        _assign_one(session, face, person)
+        name_faces(session, [face], person.id, explicit=True, action="label_face")
         return LabelResult(person.id, person.name, created, 1)
 
 
 def assign_face(db: Database, face_id: int, person_ref: str) -> LabelResult:
     """Confirm one face as an existing person (by id or unique name)."""
-    with db.session() as session:
+    with user_edit(db) as session:
         face = _face(session, face_id)
         person = find_person(session, person_ref)
-        _assign_one(session, face, person)
+        name_faces(session, [face], person.id, explicit=True, action="label_face")
         return LabelResult(person.id, person.name, False, 1)
 
 
-def _assign_one(session: Session, face: Any, person: Person) -> None:
-    session.execute(delete(FaceRejection).where(FaceRejection.face_id == face.id, FaceRejection.person_id == person.id))
-    confirm_faces(session, [face], person.id, action="label_face")
+def name_faces(
+    session: Session,
+    faces: Sequence[Any],
+    person_id: str,
+    *,
+    explicit: bool,
+    action: str,
+    details: dict[str, Any] | None = None,
+) -> Naming:
+    """The one rule for "these faces are this person", used by every way of naming faces.
+
+    explicit=True (label_face, assign_face: the user names this one face): the newest decision about that
+    face wins. It is confirmed as the person even if it was confirmed as someone else, and a "not this
+    person" the user gave it for this person is lifted.
+
+    explicit=False (label_cluster, import_labels: a group of faces named at once): a group action never
+    overturns a decision the user made about one face. Faces confirmed as someone else, and faces the user
+    ruled out for this person, are left as they are and reported as skipped.
+
+    `faces`: rows with id, person_id, user_confirmed and cluster_id.
+    """
+    naming = Naming()
+    ids = [f.id for f in faces]
+    if not ids:
+        return naming
+    if explicit:
+        session.execute(
+            delete(FaceRejection).where(FaceRejection.person_id == person_id, FaceRejection.face_id.in_(ids))
+        )
+        naming.named = list(faces)
+    else:
+        ruled_out = FaceRejection.person_id == person_id, FaceRejection.face_id.in_(ids)
+        rejected = set(session.scalars(select(FaceRejection.face_id).where(*ruled_out)))
+        for face in faces:
+            if face.user_confirmed and face.person_id not in (None, person_id):
+                naming.skipped_confirmed.append(face.id)
+            elif face.id in rejected:
+                naming.skipped_rejected.append(face.id)
+            else:
+                naming.named.append(face)
+    confirm_faces(session, naming.named, person_id, action=action, details=details)
+    return naming
 
 
 def reject_face(db: Database, face_id: int, person_ref: str | None = None) -> str:
     """ "Not this person": the face leaves the person (its current one, or the one named) for good;
     automatic runs never assign it to that person again. Returns the person's id."""
-    with db.session() as session:
+    with user_edit(db) as session:
         face = _face(session, face_id)
         person = find_person(session, person_ref) if person_ref else None
         person_id = person.id if person else face.person_id
@@ -189,7 +239,7 @@ def reject_face(db: Database, face_id: int, person_ref: str | None = None) -> st
 
 def unassign_face(db: Database, face_id: int) -> None:
     """Undo a face's naming (a user's or an automatic one); it becomes a singleton until re-clustered."""
-    with db.session() as session:
+    with user_edit(db) as session:
         face = _face(session, face_id)
         if face.person_id is None and not face.user_confirmed:
             raise InvalidInput(f"face {face_id} is not assigned to anyone")
@@ -228,7 +278,7 @@ def create_person(db: Database, name: str) -> tuple[Person, bool]:
 
 def merge_persons(db: Database, source_ref: str, target_ref: str) -> tuple[Person, int]:
     """Merge source into target: its faces, rejections and name history move; source is marked merged."""
-    with db.session() as session:
+    with user_edit(db) as session:
         source = find_person(session, source_ref)
         target = find_person(session, target_ref)
         if source.id == target.id:
@@ -243,6 +293,7 @@ def merge_persons(db: Database, source_ref: str, target_ref: str) -> tuple[Perso
             .where(FaceInstance.person_id == source.id)
             .values(person_id=target.id, cluster_id=person_cluster_id(target.id), updated_at=utcnow())
         )
+        _changed(session, [f.id for f in faces], target.id, person_cluster_id(target.id))
         _bulk_events(
             session,
             faces,
@@ -279,7 +330,7 @@ def remove_from_cluster(db: Database, face_id: int) -> str:
     Unlike a rejection this is not remembered: the next clustering run may group the face again. Returns
     the face's new (singleton) cluster id; Conflict when the face belongs to a person or is alone already.
     """
-    with db.session() as session:
+    with user_edit(db) as session:
         face = _face(session, face_id)
         if face.person_id is not None:
             raise Conflict(f"face {face_id} belongs to a person; reject or unassign it instead")
@@ -291,6 +342,64 @@ def remove_from_cluster(db: Database, face_id: int) -> str:
 
 
 # --- shared steps ---------------------------------------------------------------------------------------
+
+_CHANGED = "face_pipeline.labels.changed"  # session.info key: face id -> (person_id, cluster_id) after the edit
+
+
+@contextmanager
+def user_edit(db: Database) -> Iterator[Session]:
+    """A session for one user edit; after its commit, the faces it moved are reported to the database's
+    listeners (see `mirror_user_edits`)."""
+    with db.session() as session:
+        yield session
+        changes: FaceChanges = dict(session.info.pop(_CHANGED, {}))
+    if changes:
+        db.faces_changed(changes)
+
+
+def _changed(session: Session, face_ids: Sequence[int], person_id: str | None, cluster_id: str) -> None:
+    changed = session.info.setdefault(_CHANGED, {})
+    for face_id in face_ids:
+        changed[int(face_id)] = (person_id, cluster_id)
+
+
+def mirror_user_edits(context: PipelineContext) -> None:
+    """Make user edits through `context.db` update person_id / cluster_id in the vector-store payloads of
+    the faces they move, in the active space's collection and in its raw space's (filtered searches, e.g.
+    suggestions for big pools, read them). The front ends (API, CLI) install it.
+
+    SQL stays the source of truth: when the store cannot be written (a pipeline run holds it), the edit
+    still stands, a warning is logged, and the next run's clustering rewrites the payloads."""
+    context.db.face_listeners["vector payloads"] = lambda changes: _write_payloads(context, changes)
+
+
+def _write_payloads(context: PipelineContext, changes: FaceChanges) -> None:
+    from face_pipeline.services.space_registry import active_space, raw_space_of
+
+    with context.db.session() as session:
+        space = active_space(session)
+        names = [] if space is None else sorted({space.name, raw_space_of(session, space).name})
+    if not names:
+        return
+    groups: dict[tuple[str | None, str], list[int]] = {}
+    for face_id, values in changes.items():
+        groups.setdefault(values, []).append(face_id)
+    try:
+        with context.vectors() as store:
+            for name in names:
+                if not store.has_collection(name):
+                    continue
+                for (person_id, cluster_id), face_ids in groups.items():
+                    payload = {"person_id": person_id, "cluster_id": cluster_id}
+                    store.set_payload(name, np.array(sorted(face_ids), dtype=np.int64), payload)
+    except VectorStoreError as exc:
+        log.warning(
+            "saved the edit of %d face(s), but could not update their vector-store payloads (%s); "
+            "the next clustering run will",
+            len(changes),
+            exc,
+        )
+
 
 
 def _face(session: Session, face_id: int) -> FaceInstance:
@@ -311,6 +420,7 @@ def confirm_faces(
     if not faces:
         return
     cluster = person_cluster_id(person_id)
+    _changed(session, [f.id for f in faces], person_id, cluster)
     session.execute(
         update(FaceInstance)
         .where(FaceInstance.id.in_([f.id for f in faces]))
@@ -331,6 +441,7 @@ def confirm_faces(
 def _release(session: Session, faces: Sequence[Any], *, action: str, source: str, person_for_event: str | None) -> None:
     for face in faces:  # few faces: a user acts on one at a time
         new_cluster = noise_cluster_id(face.id)
+        _changed(session, [face.id], None, new_cluster)
         _event(
             session,
             face,
