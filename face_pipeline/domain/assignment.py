@@ -308,10 +308,6 @@ class Assignment:
     second_score: np.ndarray
     outcome: np.ndarray
 
-    @property
-    def n_assigned(self) -> int:
-        return int((self.person_index != NO_PERSON).sum())
-
 
 def _pairs_to_indices(
     pairs: np.ndarray | Mapping[int, Iterable[object]] | Iterable[tuple[int, object]] | None,

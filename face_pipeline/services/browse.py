@@ -17,8 +17,8 @@ from sqlalchemy import ColumnElement, Select, and_, case, exists, func, select
 from sqlalchemy.orm import Session
 
 from face_pipeline.domain.naming import parse_cluster_id
-from face_pipeline.services.context import PipelineContext
 from face_pipeline.errors import NotFound
+from face_pipeline.services.context import PipelineContext
 from face_pipeline.services.labels import find_person
 from face_pipeline.services.space_registry import active_space
 from face_pipeline.services.thumbnail_store import thumbnail_path, write_thumbnail
@@ -399,7 +399,8 @@ def _score_by_search(store: VectorStore, space: str, queries: np.ndarray, limit:
 def _keep_unassigned(
     db: Database, person_id: str, result: Suggestions, scored: dict[int, float], limit: int
 ) -> Suggestions:
-    ranked = sorted(scored.items(), key=lambda item: (-item[1], item[0]))[: max(limit * 4, limit)]
+    # Keep 4x the page: SQL drops faces named since the vectors' payloads were written (limit >= 1).
+    ranked = sorted(scored.items(), key=lambda item: (-item[1], item[0]))[: limit * 4]
     with db.session() as session:
         records = {
             r.face_id: r

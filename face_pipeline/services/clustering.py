@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from sqlalchemy import delete, insert, select
@@ -363,12 +362,3 @@ def _stable_names(session: Session, table: FaceTable, pool: np.ndarray, labels: 
     else:
         state.value = {"next": int(next_free)}
     return cluster_ids(labels, table.ids[pool], numbers)
-
-
-def describe_params(params: SpaceParams) -> dict[str, Any]:
-    return {
-        "space": params.space,
-        "person_threshold": params.person_threshold,
-        "person_margin": params.person_margin,
-        "cluster_eps": params.cluster_eps,
-    }
