@@ -49,6 +49,6 @@ def detected_faces(
         )
     metadata: dict[str, Any] = {**report.as_metadata(), **{f"model_{k}": str(v) for k, v in model.items()}}
     if report.skip_reasons:
-        lines = "\n".join(f"| {image_id} | {reason} |" for image_id, reason in report.skip_reasons.items())
-        metadata["skipped_photos"] = dg.MetadataValue.md("| image id | reason |\n|---|---|\n" + lines)
+        lines = "\n".join(f"| {path} | {reason} |" for path, reason in report.skip_reasons.items())
+        metadata["skipped_photos"] = dg.MetadataValue.md("| photo | reason |\n|---|---|\n" + lines)
     return dg.MaterializeResult(metadata=metadata)
