@@ -5,7 +5,7 @@
     python benchmarks/accuracy.py --person-threshold 0.94 --eps 0.06  # settings other than the defaults
     python benchmarks/accuracy.py --train --data-dir .cache/eval-lfw-dev  # label -> train -> reassign rounds
 
-The same service as `face-pipeline faces evaluate` (services/evaluation.py): phase A ingest, round 0
+The same service as `face-pipeline faces evaluate` (face_pipeline_eval/evaluation.py): phase A ingest, round 0
 clustering, R rounds of a simulated user naming the largest unknown clusters and rejecting the faces that
 are someone else, phase B arrivals; each stage scored, with plain HDBSCAN and Immich's algorithm on the
 same vectors. Prints the markdown table, then one JSON line per row (bench "accuracy").

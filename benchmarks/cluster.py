@@ -4,7 +4,7 @@ through the real services on a real SQLite database and the real embedded vector
     python benchmarks/cluster.py                          # 10K, 50K, 200K synthetic faces and lfw-dev
     python benchmarks/cluster.py --sizes 50000 --no-lfw
 
-Libraries: `domain.synthetic.synthetic_faces` (512-d, ArcFace-like: ~0.6-0.75 cosine within a person,
+Libraries: `face_pipeline_eval.synthetic.synthetic_faces` (512-d, ArcFace-like: ~0.6-0.75 cosine within a person,
 ~0.05 between, most people once), or lfw-dev's real dlib vectors (.cache/lfw-dev-dlib.npz). ~5% of the
 faces are confirmed by a user for ~100 people (the people with the most faces). Setup writes SQL rows with
 bulk inserts and upserts the vectors into the store; it is timed separately and not part of the figures.

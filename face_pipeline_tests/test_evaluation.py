@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +126,27 @@ def test_a_folder_that_is_not_a_person_tree_is_a_one_line_error(make: str, tmp_p
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(target) in lines[0]
+
+
+def test_without_the_eval_extra_evaluate_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, lfw_mini: Path
+):
+    monkeypatch.setattr("face_pipeline_eval.cli.EVAL_EXTRA", ("face_pipeline_no_such_package",))
+    result = CliRunner().invoke(app, ["faces", "evaluate", str(lfw_mini), "--data-dir", str(tmp_path / "lib")])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and 'pip install -e ".[eval]"' in lines[0]
+    assert not (tmp_path / "lib").exists()
+
+
+def test_the_product_never_imports_the_evaluation():
+    """face_pipeline reaches face_pipeline_eval only through the CLI's entry point group."""
+    code = (
+        "import sys, face_pipeline.definitions, face_pipeline.api.app; "
+        "print(sorted(m for m in sys.modules if m.startswith('face_pipeline_eval')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_a_data_dir_holding_other_files_is_refused(tmp_path: Path, lfw_mini: Path):
