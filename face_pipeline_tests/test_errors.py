@@ -4,13 +4,13 @@ CLI (cli/common.py `friendly`) and the API (api/errors.py) each map once."""
 from __future__ import annotations
 
 import pytest
-from face_pipeline.services.spaces import EmbeddingSpaceMismatch
 
 from face_pipeline.cli.common import UserError
 from face_pipeline.defs.runner import RunFailed
 from face_pipeline.errors import Conflict, InvalidInput, NotFound, UserFacingError
 from face_pipeline.services.catalog import PhotosDirNotFound
 from face_pipeline.services.reembed import SameModel
+from face_pipeline.services.space_registry import EmbeddingSpaceMismatch
 from face_pipeline.services.training import TooFewLabels
 from face_pipeline.settings import SettingsError
 from face_pipeline.storage.vectors import VectorStoreError, VectorStoreLocked
