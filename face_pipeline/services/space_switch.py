@@ -277,7 +277,7 @@ def regenerate_embeddings(
     except ValueError:
         raise InvalidInput(f"mode must be one of {', '.join(SpaceMode)}, got {mode!r}") from None
     started = time.perf_counter()
-    report = RegenerateReport(mode)
+    report = RegenerateReport(mode.value)
     with context.db.session() as session:
         active = active_space(session)
         if active is None:
