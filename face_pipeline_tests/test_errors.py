@@ -43,3 +43,43 @@ def test_errors_keep_the_base_classes_code_catches_them_by():
     assert issubclass(SettingsError, ValueError)
     assert issubclass(RunFailed, RuntimeError)
     assert issubclass(VectorStoreError, RuntimeError)
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (NotFound("face", 7), 404),
+        (Conflict("cluster changed"), 409),
+        (VectorStoreLocked("/srv/vectors is locked"), 503),
+        (VectorStoreError("/srv/vectors/x is broken"), 503),
+        (InvalidInput("name is empty"), 422),
+        (SettingsError("FACE_DEVICE='tpu'"), 422),
+        (ModelUnavailable("no buffalo_l"), 422),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, Exception) else str(value),
+)
+def test_the_api_maps_the_one_base_by_subclass(error: UserFacingError, status: int):
+    import warnings
+
+    from fastapi import FastAPI
+
+    from face_pipeline.api.errors import install_error_handlers
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/fail")
+    def fail() -> None:
+        raise error
+
+    response = TestClient(app).get("/fail")
+    assert response.status_code == status
+    if status == 503:
+        assert "/srv" not in response.text  # server paths stay in the log
+        assert ("Retry-After" in response.headers) == isinstance(error, VectorStoreLocked)
+    if status == 422:
+        assert response.json()["detail"][0]["msg"] == str(error)
