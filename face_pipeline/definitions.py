@@ -1,4 +1,6 @@
-"""The Definitions object that workspace.yaml (and `dagster dev -m face_pipeline.definitions`) loads.
+"""The definitions that workspace.yaml (and `dagster dev -m face_pipeline.definitions`) load: `defs`, a
+`@dg.definitions` function Dagster calls when it loads the code location, so importing this module reads no
+settings (the daily limit and the schedules' hour and zone are read then). Code that needs them calls `defs()`.
 
 Lineage (acyclic; each asset's decorator names its upstream):
     photo_catalog -> detected_faces -> regenerated_embeddings -> person_centroids -> supervised_assignments
@@ -16,32 +18,36 @@ from face_pipeline.defs.ingest_assets import detected_faces, photo_catalog
 from face_pipeline.defs.jobs import build_jobs
 from face_pipeline.defs.labels_source import face_labels
 from face_pipeline.defs.reembed_assets import reembedded_faces, staged_faces
-from face_pipeline.defs.resources import FacePipelineResource
+from face_pipeline.defs.resources import pipeline_resources
 from face_pipeline.defs.schedules import build_schedules
 from face_pipeline.defs.sensors import label_growth_sensor
 from face_pipeline.defs.training_assets import regenerated_embeddings, trained_projection_checkpoint
 from face_pipeline.settings import load_settings
 
-settings = load_settings()  # schedule hour and zone, daily limit: read when the code location loads
+ASSETS: list[dg.AssetsDefinition | dg.SourceAsset] = [
+    face_labels,
+    photo_catalog,
+    detected_faces,
+    trained_projection_checkpoint,
+    regenerated_embeddings,
+    person_centroids,
+    supervised_assignments,
+    unknown_clusters,
+    staged_faces,
+    reembedded_faces,
+]
 
-defs = dg.Definitions(
-    assets=[
-        face_labels,
-        photo_catalog,
-        detected_faces,
-        trained_projection_checkpoint,
-        regenerated_embeddings,
-        person_centroids,
-        supervised_assignments,
-        unknown_clusters,
-        staged_faces,
-        reembedded_faces,
-    ],
-    asset_checks=ALL_CHECKS,
-    jobs=build_jobs(daily_limit=settings.daily_limit),
-    schedules=build_schedules(settings),
-    sensors=[label_growth_sensor],
-    resources={"face_pipeline": FacePipelineResource()},
-    # Steps run in their own processes; swap for celery_executor / k8s_job_executor to scale out (README).
-    executor=dg.multiprocess_executor,
-)
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    settings = load_settings()  # schedule hour and zone, daily limit: read when the code location loads
+    return dg.Definitions(
+        assets=ASSETS,
+        asset_checks=ALL_CHECKS,
+        jobs=build_jobs(daily_limit=settings.daily_limit),
+        schedules=build_schedules(settings),
+        sensors=[label_growth_sensor],
+        resources=pipeline_resources(),
+        # Steps run in their own processes; swap for celery_executor / k8s_job_executor to scale out (README).
+        executor=dg.multiprocess_executor,
+    )

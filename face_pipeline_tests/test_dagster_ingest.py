@@ -1,19 +1,37 @@
-"""Dagster: definitions load, and both ingest assets materialise in a temporary DAGSTER_HOME."""
+"""Dagster: definitions load, and both ingest assets materialise in a temporary DAGSTER_HOME; one resource
+(the vector store) swapped without the others."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
+from face_pipeline.definitions import defs as definitions
 from face_pipeline.defs.ingest_assets import detected_faces, photo_catalog
-from face_pipeline.defs.resources import FacePipelineResource
+from face_pipeline.defs.resources import SettingsResource, VectorStoreResource, pipeline_resources
+from face_pipeline.storage.vectors import VectorStore
 from face_pipeline_tests.photo_corpus import copy_people
+
+STORE_EVENTS: list[str] = []  # Dagster copies resources when it initialises them: record outside
+
+
+class RecordingVectorStore(VectorStoreResource):
+    """The real store, recording when a step opens and closes it."""
+
+    @contextmanager
+    def open(self) -> Iterator[VectorStore]:
+        STORE_EVENTS.append("open")
+        with super().open() as store:
+            yield store
+        STORE_EVENTS.append("closed")
 
 
 def test_definitions_load():
-    from face_pipeline.definitions import defs
+    defs = definitions()
 
     dg.Definitions.validate_loadable(defs)
     assert defs.resolve_job_def("ingest") is not None
@@ -26,13 +44,13 @@ def test_materialize_catalog_and_detection(tmp_path: Path, lfw_mini: Path, monke
     monkeypatch.delenv("FACE_EMBEDDER", raising=False)
     photos = tmp_path / "photos"
     copy_people(lfw_mini, photos, people=2, photos_each=3)
-    resource = FacePipelineResource(photos_dir=str(photos), data_dir=str(tmp_path / "data"))
+    resources = pipeline_resources(SettingsResource(photos_dir=str(photos), data_dir=str(tmp_path / "data")))
     (tmp_path / "dagster_home").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
         result = dg.materialize(
             [photo_catalog, detected_faces],
             instance=instance,
-            resources={"face_pipeline": resource},
+            resources=resources,
             run_config={"ops": {"detected_faces": {"config": {"limit": 4}}}},
         )
         assert result.success
@@ -45,9 +63,10 @@ def test_materialize_catalog_and_detection(tmp_path: Path, lfw_mini: Path, monke
         assert "CPUExecutionProvider" in detected["model_providers"].value
         assert "non-commercial" in detected["model_licence"].value
 
-        again = dg.materialize(
-            [photo_catalog, detected_faces], instance=instance, resources={"face_pipeline": resource}
-        )
+        swapped = {**resources, "vector_store": RecordingVectorStore(settings=resources["settings"])}
+        STORE_EVENTS.clear()
+        again = dg.materialize([photo_catalog, detected_faces], instance=instance, resources=swapped)
+        assert STORE_EVENTS == ["open", "closed"]  # the swapped store, held only while detection wrote to it
         detected = again.asset_materializations_for_node("detected_faces")[0].metadata
         assert detected["photos"].value == 2  # only what the limit left pending
         runs = instance.get_runs()

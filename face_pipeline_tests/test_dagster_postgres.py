@@ -9,6 +9,7 @@ import dagster as dg
 import pytest
 from sqlalchemy import create_engine, text
 
+from face_pipeline.definitions import defs as definitions
 from face_pipeline.defs.jobs import DAILY, REASSIGN, RETRAIN
 from face_pipeline.defs.runner import dagster_home
 from face_pipeline.settings import load_settings
@@ -20,8 +21,6 @@ pytestmark = pytest.mark.postgres
 def test_jobs_record_their_runs_and_events_in_postgres(
     tmp_path: Path, lfw_mini: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ):
-    from face_pipeline.definitions import defs
-
     photos = tmp_path / "photos"
     copy_people(lfw_mini, photos, people=2, photos_each=3)
     for name, value in {
@@ -35,6 +34,7 @@ def test_jobs_record_their_runs_and_events_in_postgres(
     }.items():
         monkeypatch.setenv(name, value)
     home = dagster_home(load_settings())
+    defs = definitions()  # after the FACE_* variables: it reads them
 
     with dg.DagsterInstance.get() as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"

@@ -20,12 +20,14 @@ import pytest
 import yaml
 from sqlalchemy import delete, select, update
 
+from face_pipeline.definitions import defs as definitions
 from face_pipeline.defs import checks
 from face_pipeline.defs.jobs import CLUSTER_DUAL, DAILY, REASSIGN, RETRAIN, VECTOR_STORE_TAG, WORKER_TAG
-from face_pipeline.defs.resources import VECTOR_STORE_POOL, FacePipelineResource
+from face_pipeline.defs.resources import VECTOR_STORE_POOL, SettingsResource, pipeline_resources
 from face_pipeline.defs.runner import MARKER_PREFIX, dagster_home
 from face_pipeline.defs.schedules import build_schedules
 from face_pipeline.defs.sensors import label_growth_sensor
+from face_pipeline.domain.promotion_gate import PipelineFigures
 from face_pipeline.services.context import PipelineContext
 from face_pipeline.services.integrity import (
     cluster_id_problems,
@@ -35,6 +37,7 @@ from face_pipeline.services.integrity import (
 )
 from face_pipeline.services.label_growth import count_labels
 from face_pipeline.services.labels import label_face
+from face_pipeline.services.space_registry import GateResult, GateVerdict
 from face_pipeline.settings import SettingsError, load_settings
 from face_pipeline.storage.models import EmbeddingSpaceRow, FaceAssignmentEvent, FaceInstance, SpaceStatus, utcnow
 from face_pipeline_tests.photo_corpus import copy_people
@@ -57,7 +60,7 @@ def job_steps(defs: dg.Definitions, job: str) -> list[str]:
 
 
 def test_definitions_hold_the_issue_lineage_jobs_schedules_sensor_and_checks():
-    from face_pipeline.definitions import defs
+    defs = definitions()
 
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
@@ -89,7 +92,7 @@ def test_definitions_hold_the_issue_lineage_jobs_schedules_sensor_and_checks():
         RETRAIN: ["face_labels", "trained_projection_checkpoint", "regenerated_embeddings", *clustering],
         REASSIGN: ["regenerated_embeddings", *clustering],
         "ingest": ["photo_catalog", "detected_faces"],
-        CLUSTER_DUAL: clustering,
+        CLUSTER_DUAL: ["regenerated_embeddings", *clustering],  # what `faces cluster-dual` runs
         "reembed": ["staged_faces", "reembedded_faces"],
     }
     for job in (DAILY, RETRAIN, REASSIGN):  # the checks of the selected assets run with them
@@ -115,7 +118,7 @@ def test_definitions_hold_the_issue_lineage_jobs_schedules_sensor_and_checks():
 def test_vector_store_writers_share_one_pool_and_the_instance_limits_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    from face_pipeline.definitions import defs
+    defs = definitions()
 
     pools = {
         node.name: node.definition.pool
@@ -240,15 +243,22 @@ def label_people(context: PipelineContext, first: int, count: int, per_person: i
             label_face(context.db, face_id, who.replace("_", " "))
 
 
-def resource(context: PipelineContext) -> FacePipelineResource:
+def resources(context: PipelineContext) -> dict[str, object]:
     settings = context.settings
-    return FacePipelineResource(photos_dir=str(settings.photos_dir), data_dir=str(settings.data_dir))
+    return pipeline_resources(SettingsResource(photos_dir=str(settings.photos_dir), data_dir=str(settings.data_dir)))
 
 
 def tick(instance: dg.DagsterInstance, context: PipelineContext, cursor: str | None = None) -> object:
-    resources = {"face_pipeline": resource(context)}
-    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as sensor_context:
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources(context)) as sensor_context:
         return label_growth_sensor(sensor_context)
+
+
+def gate_metrics(promote: bool) -> dict[str, object]:
+    """The promotion gate's result as training keeps it: held-out figures that beat the raw space (or not)."""
+    raw = PipelineFigures(0.95, 0.60, 0.0, 0.95, grouped=0.8, n_queries=200, n_strangers=50)
+    projected = PipelineFigures(0.95, 0.70 if promote else 0.60, 0.0, 0.95, grouped=0.8, n_queries=200, n_strangers=50)
+    verdict = GateVerdict(promote, "as the test says")
+    return GateResult(promote, "as the test says", verdict, verdict, raw, projected).as_metrics()
 
 
 def promote(context: PipelineContext, label_count: int, *, promote: bool = True) -> None:
@@ -264,7 +274,7 @@ def promote(context: PipelineContext, label_count: int, *, promote: bool = True)
                 base_space=SPACE,
                 status=SpaceStatus.ACTIVE,
                 label_count=label_count,
-                metrics={"promote": promote, "bcubed_f": 0.9},
+                metrics=gate_metrics(promote),
                 activated_at=utcnow(),
             )
         )
@@ -317,7 +327,7 @@ def test_sensor_requests_a_retrain_when_labels_grew_and_honours_its_cursor(
 
 
 def test_sensor_never_starts_a_second_retrain_while_one_is_queued_or_running(library: PipelineContext):
-    from face_pipeline.definitions import defs
+    defs = definitions()
 
     label_people(library, 0, 5)
     with dg.instance_for_test() as instance:
@@ -357,7 +367,7 @@ def test_monthly_retrain_needs_training_enabled_labels_and_something_new(
         with dg.build_schedule_context(
             instance=instance,
             scheduled_execution_time=datetime(2026, 12, 1, 3, 0, tzinfo=UTC),
-            resources={"face_pipeline": resource(library)},
+            resources=resources(library),
         ) as context:
             return monthly(context)
 
@@ -369,11 +379,12 @@ def test_monthly_retrain_needs_training_enabled_labels_and_something_new(
         assert isinstance(request, dg.RunRequest) and request.run_key == "monthly-retrain-2026-12"
         promote(library, 25)
         nothing_new = run(instance)
-    assert isinstance(nothing_new, dg.SkipReason) and "no new labels since" in str(nothing_new.skip_message)
+    assert isinstance(nothing_new, dg.SkipReason)
+    assert "0 new labels since the promoted checkpoint projection_25" in str(nothing_new.skip_message)
 
 
 def test_face_labels_observation_changes_version_when_a_label_changes(library: PipelineContext):
-    from face_pipeline.definitions import defs
+    defs = definitions()
 
     def observe(instance: dg.DagsterInstance) -> dict[str, object]:
         result = defs.resolve_job_def(RETRAIN).execute_in_process(
@@ -408,7 +419,7 @@ def check_results(result: dg.ExecuteInProcessResult) -> dict[tuple[str, str], dg
 
 
 def test_daily_job_runs_every_step_and_its_checks_pass(library: PipelineContext):
-    from face_pipeline.definitions import defs
+    defs = definitions()
 
     label_people(library, 0, 2)
     with dg.instance_for_test() as instance:
@@ -462,7 +473,7 @@ def test_promotion_check_passes_on_raw_and_wants_evidence_for_a_projection(libra
 
 
 def test_a_blocking_check_stops_the_assets_downstream(library: PipelineContext):
-    from face_pipeline.definitions import defs
+    defs = definitions()
 
     label_people(library, 0, 1)
     with library.db.session() as session:
@@ -475,3 +486,36 @@ def test_a_blocking_check_stops_the_assets_downstream(library: PipelineContext):
     assert not failed.passed and str(face_id) in str(failed.metadata["confirmed_faces_changed_by_an_automatic_run_ids"])
     assert result.asset_materializations_for_node("supervised_assignments")
     assert not result.asset_materializations_for_node("unknown_clusters")  # never ran
+
+
+# --- the CLI's clustering commands launch the cluster_dual job -----------------------------------------
+
+
+def test_cluster_commands_run_the_cluster_dual_job_whole_or_in_part(
+    library: PipelineContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from typer.testing import CliRunner
+
+    from face_pipeline.cli import app
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    label_people(library, 0, 2)
+    runner = CliRunner()
+    for command in (["cluster-dual"], ["cluster", "--unknown-method", "agglomerative"], ["assign"]):
+        result = runner.invoke(app, ["faces", *command])
+        assert result.exit_code == 0, result.output
+    assert "assigned:" in result.output and "unknown:" not in result.output  # assign: no clustering
+
+    with dg.DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
+        runs = list(reversed(instance.get_runs()))  # oldest first
+        steps = [sorted(s.step_key for s in instance.get_run_step_stats(run.run_id)) for run in runs]
+    assert [run.job_name for run in runs] == [CLUSTER_DUAL] * 3
+    assert all(run.tags[VECTOR_STORE_TAG] == "write" and run.tags["launched_by"] == "face-pipeline CLI" for run in runs)
+    regenerate = [
+        "regenerated_embeddings",
+        "regenerated_embeddings_promoted_space_beats_raw",
+        "regenerated_embeddings_vectors_match_sql",
+    ]
+    assign = ["person_centroids", "supervised_assignments", "supervised_assignments_assignment_checks"]
+    cluster = ["unknown_clusters", "unknown_clusters_assignment_checks"]
+    assert steps == [sorted(regenerate + assign + cluster), sorted(regenerate + cluster), sorted(regenerate + assign)]

@@ -1,4 +1,4 @@
-"""faces cluster-dual, cluster, assign: the clustering assets, run through Dagster."""
+"""faces cluster-dual, cluster, assign: the Dagster job cluster_dual, whole or in part."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from face_pipeline.cli.common import (
 )
 
 CLUSTER_ASSETS = ["person_centroids", "supervised_assignments", "unknown_clusters"]
-# Projection of faces new since the last run comes first, so clustering never meets an active trained space
-# that is missing some faces (a no-op while the raw space is active).
-KEEP_SPACE_CURRENT = ["regenerated_embeddings"]
+# Parts of the cluster_dual job (defs/jobs.py). Each starts with regenerated_embeddings: faces new since the
+# last run are projected first, so clustering never meets an active trained space missing some faces (a
+# no-op while the raw space is active).
+UNSUPERVISED_ONLY = ["regenerated_embeddings", "unknown_clusters"]
+SUPERVISED_ONLY = ["regenerated_embeddings", "person_centroids", "supervised_assignments"]
 Method = Annotated[str | None, typer.Option("--unknown-method", help="hdbscan | agglomerative | dbscan.")]
 Threshold = Annotated[
     float | None, typer.Option("--person-threshold", min=-1.0, max=1.0, help="Cosine; default: the space's own.")
@@ -30,17 +32,20 @@ def _check_method(method: str | None) -> None:
         raise UserError(f"--unknown-method must be one of {', '.join(METHODS)}, got {method!r}")
 
 
-def _run_clustering(selection: list[str], run_config: dict[str, Any]) -> None:
-    from face_pipeline.defs.runner import asset_metadata, materialize_assets
+def _run_clustering(run_config: dict[str, Any], assets: list[str] | None = None) -> None:
+    """The cluster_dual job; `assets`: only these of its assets."""
+    from face_pipeline.defs.jobs import CLUSTER_DUAL
+    from face_pipeline.defs.runner import asset_metadata, run_job
 
-    result = materialize_assets(settings_from_env(), selection, {"ops": run_config})
-    if "supervised_assignments" in selection:
+    result = run_job(settings_from_env(), CLUSTER_DUAL, {"ops": run_config}, assets=assets)
+    ran = {event.asset_key.to_user_string() for event in result.get_asset_materialization_events() if event.asset_key}
+    if "supervised_assignments" in ran:
         m = asset_metadata(result, "supervised_assignments")
         typer.echo(
             f"assigned: {m.get('assigned', 0)} of {m.get('candidates', 0)} faces to known people "
             f"(threshold {m.get('person_threshold')}, margin {m.get('person_margin')}, space {m.get('space')})"
         )
-    if "unknown_clusters" in selection:
+    if "unknown_clusters" in ran:
         m = asset_metadata(result, "unknown_clusters")
         typer.echo(
             f"unknown: {m.get('clusters', 0)} clusters holding {m.get('clustered_faces', 0)} faces, "
@@ -60,7 +65,6 @@ def cluster_dual(
     """Dual-mode clustering: match faces to known people, then group the rest."""
     _check_method(unknown_method)
     _run_clustering(
-        [*KEEP_SPACE_CURRENT, *CLUSTER_ASSETS],
         {
             "supervised_assignments": {"config": {"person_threshold": person_threshold}},
             "unknown_clusters": {
@@ -77,17 +81,14 @@ def cluster_only(
     min_cluster_size: Annotated[int | None, typer.Option(min=2)] = None,
     eps: Annotated[float | None, typer.Option(min=0.0, max=2.0)] = None,
 ) -> None:
-    """Unsupervised only (the seed's old system): group the faces nobody is named on."""
+    """Group the faces nobody is named on, without matching known people."""
     _check_method(unknown_method)
     config = {"method": unknown_method, "min_cluster_size": min_cluster_size, "eps": eps}
-    _run_clustering([*KEEP_SPACE_CURRENT, "unknown_clusters"], {"unknown_clusters": {"config": config}})
+    _run_clustering({"unknown_clusters": {"config": config}}, UNSUPERVISED_ONLY)
 
 
 @faces.command("assign")
 @friendly
 def assign_only(person_threshold: Threshold = None) -> None:
     """Supervised only: match faces to the known people's prototypes."""
-    _run_clustering(
-        [*KEEP_SPACE_CURRENT, "person_centroids", "supervised_assignments"],
-        {"supervised_assignments": {"config": {"person_threshold": person_threshold}}},
-    )
+    _run_clustering({"supervised_assignments": {"config": {"person_threshold": person_threshold}}}, SUPERVISED_ONLY)

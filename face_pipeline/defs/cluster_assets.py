@@ -2,19 +2,22 @@
 
 import dagster as dg
 
+from face_pipeline.defs.jobs import CLUSTERING_GROUP
 from face_pipeline.defs.metadata import bar_chart_md, markdown_table
-from face_pipeline.defs.resources import VECTOR_STORE_POOL, FacePipelineResource
+from face_pipeline.defs.resources import VECTOR_STORE_POOL, DatabaseResource, VectorStoreResource, pipeline_context
 from face_pipeline.defs.training_assets import FACE_LABELS, regenerated_embeddings
 from face_pipeline.services.clustering import assign_known_faces, cluster_unknown_faces, compute_person_centroids
 from face_pipeline.services.stats import library_stats
 
-GROUP = "clustering"
+GROUP = CLUSTERING_GROUP
 
 
 @dg.asset(deps=[regenerated_embeddings, FACE_LABELS], group_name=GROUP, pool=VECTOR_STORE_POOL, kinds={"python", "sql"})
-def person_centroids(context: dg.AssetExecutionContext, face_pipeline: FacePipelineResource) -> dg.MaterializeResult:
+def person_centroids(
+    context: dg.AssetExecutionContext, database: DatabaseResource, vector_store: VectorStoreResource
+) -> dg.MaterializeResult:
     """Prototypes of every named person (a centroid plus exemplars), from user-confirmed faces only."""
-    services = face_pipeline.context()
+    services = pipeline_context(database, vector_store)
     with services.vectors() as vectors:
         report = compute_person_centroids(services, vectors)
     return dg.MaterializeResult(
@@ -35,11 +38,14 @@ class AssignConfig(dg.Config):
 
 @dg.asset(deps=[person_centroids], group_name=GROUP, pool=VECTOR_STORE_POOL, kinds={"python", "sql"})
 def supervised_assignments(
-    context: dg.AssetExecutionContext, config: AssignConfig, face_pipeline: FacePipelineResource
+    context: dg.AssetExecutionContext,
+    config: AssignConfig,
+    database: DatabaseResource,
+    vector_store: VectorStoreResource,
 ) -> dg.MaterializeResult:
     """Faces matched to known people (person_{uuid}): threshold and margin over the runner-up, one face per
     person per photo, never a person the user ruled out for that face."""
-    services = face_pipeline.context()
+    services = pipeline_context(database, vector_store)
     with services.vectors() as vectors:
         report = assign_known_faces(
             services,
@@ -59,11 +65,14 @@ class ClusterConfig(dg.Config):
 
 @dg.asset(deps=[supervised_assignments], group_name=GROUP, pool=VECTOR_STORE_POOL, kinds={"python", "sql"})
 def unknown_clusters(
-    context: dg.AssetExecutionContext, config: ClusterConfig, face_pipeline: FacePipelineResource
+    context: dg.AssetExecutionContext,
+    config: ClusterConfig,
+    database: DatabaseResource,
+    vector_store: VectorStoreResource,
 ) -> dg.MaterializeResult:
     """The faces nobody is named on, grouped (unknown_cluster_{N}, N stable across runs) or left alone
     (unknown_noise_{face_id}), so a user can name a whole group at once."""
-    services = face_pipeline.context()
+    services = pipeline_context(database, vector_store)
     with services.vectors() as vectors:
         report = cluster_unknown_faces(
             services,

@@ -4,23 +4,27 @@ from typing import Any
 
 import dagster as dg
 
-from face_pipeline.defs.resources import VECTOR_STORE_POOL, FacePipelineResource
+from face_pipeline.defs.jobs import INGEST_GROUP
+from face_pipeline.defs.resources import (
+    VECTOR_STORE_POOL,
+    DatabaseResource,
+    FaceEmbedderResource,
+    VectorStoreResource,
+    pipeline_context,
+)
 from face_pipeline.services.catalog import scan_photos
 from face_pipeline.services.detection import DetectReport, detect_pending_faces
-from face_pipeline.services.space_registry import embedder_for_library
 from face_pipeline.vision.embedders import describe_embedder
 
-GROUP = "ingest"
+GROUP = INGEST_GROUP
 
 
 @dg.asset(group_name=GROUP, kinds={"python", "sql"})
-def photo_catalog(context: dg.AssetExecutionContext, face_pipeline: FacePipelineResource) -> dg.MaterializeResult:
+def photo_catalog(context: dg.AssetExecutionContext, database: DatabaseResource) -> dg.MaterializeResult:
     """Every photo under FACE_PHOTOS_DIR: new and changed files found by size+mtime, then content hash."""
-    services = face_pipeline.context()
-    report = scan_photos(services.db, services.settings.photos_dir)
-    return dg.MaterializeResult(
-        metadata={**report.as_metadata(), "photos_dir": str(services.settings.photos_dir.resolve())}
-    )
+    photos_dir = database.face_settings().photos_dir
+    report = scan_photos(database.database(), photos_dir)
+    return dg.MaterializeResult(metadata={**report.as_metadata(), "photos_dir": str(photos_dir.resolve())})
 
 
 class DetectConfig(dg.Config):
@@ -29,12 +33,16 @@ class DetectConfig(dg.Config):
 
 @dg.asset(deps=[photo_catalog], group_name=GROUP, pool=VECTOR_STORE_POOL, kinds={"python", "qdrant"})
 def detected_faces(
-    context: dg.AssetExecutionContext, config: DetectConfig, face_pipeline: FacePipelineResource
+    context: dg.AssetExecutionContext,
+    config: DetectConfig,
+    database: DatabaseResource,
+    vector_store: VectorStoreResource,
+    embedder: FaceEmbedderResource,
 ) -> dg.MaterializeResult:
     """Faces of pending photos: boxes and landmarks in SQL, embeddings in the raw space's collection."""
-    services = face_pipeline.context()
-    embedder = embedder_for_library(services.settings, services.db)
-    model = describe_embedder(embedder)
+    services = pipeline_context(database, vector_store)
+    face_model = embedder.for_library(services.db)
+    model = describe_embedder(face_model)
     context.log.info(f"face model: {model}")
 
     def progress(report: DetectReport, total: int) -> None:
@@ -45,7 +53,7 @@ def detected_faces(
 
     with services.vectors() as vectors:
         report = detect_pending_faces(
-            services.settings, services.db, vectors, limit=config.limit, embedder=embedder, progress=progress
+            services.settings, services.db, vectors, limit=config.limit, embedder=face_model, progress=progress
         )
     metadata: dict[str, Any] = {**report.as_metadata(), **{f"model_{k}": str(v) for k, v in model.items()}}
     if report.skip_reasons:

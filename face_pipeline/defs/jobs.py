@@ -4,10 +4,15 @@
   projected when a trained space is active, then prototypes, assignment and clustering (daily schedule).
 - retrain: observe the labels, train a projection, regenerate and re-cluster (label-growth sensor, monthly).
 - reassign: regenerate embeddings and re-cluster with what is there (manual).
-- ingest, cluster_dual: the two halves on their own (the CLI's backfill and cluster-dual steps).
+- ingest, cluster_dual: the two halves on their own (the CLI's backfill and cluster-dual steps; cluster_dual
+  projects new faces first when a trained space is active, a no-op otherwise). `faces cluster` and
+  `faces assign` run parts of cluster_dual.
 - reembed: move the library to another face model (manual; `faces reembed`). No run-level vector-store tag:
   staging writes only its own collection, so the daily job may run beside it; the switch step takes the
   face_vector_store pool.
+
+Jobs select assets by group (each asset's group_name): labels, ingest, training, embeddings, clustering,
+reembed.
 """
 
 from typing import Any
@@ -21,9 +26,18 @@ INGEST = "ingest"
 CLUSTER_DUAL = "cluster_dual"
 REEMBED = "reembed"
 
+# Asset groups (the assets' group_name); jobs select by them.
+LABELS_GROUP = "labels"
+INGEST_GROUP = "ingest"
+TRAINING_GROUP = "training"
+EMBEDDINGS_GROUP = "embeddings"
+CLUSTERING_GROUP = "clustering"
+REEMBED_GROUP = "reembed"
+
 CLUSTERING = ("person_centroids", "supervised_assignments", "unknown_clusters")
 REGENERATE = "regenerated_embeddings"
 TRAIN = "trained_projection_checkpoint"
+FACE_LABELS = "face_labels"
 
 # Runs with this tag write the vector store; dagster.yaml lets one of them run at a time (the embedded
 # store is single-process). Run-level, because the training op (pool "gpu") reads the store too.
@@ -48,12 +62,16 @@ def detect_limit_config(limit: int | None) -> dict[str, Any]:
     return {"ops": {"detected_faces": {"config": {"limit": limit}}}}
 
 
+def groups(*names: str) -> dg.AssetSelection:
+    return dg.AssetSelection.groups(*names)
+
+
 def build_jobs(*, daily_limit: int | None) -> list[AssetJob]:
     """The jobs; daily_limit (FACE_DAILY_LIMIT) is the daily job's default per-run detection limit."""
     return [
         dg.define_asset_job(
             DAILY,
-            selection=["photo_catalog", "detected_faces", REGENERATE, *CLUSTERING],
+            selection=groups(INGEST_GROUP, EMBEDDINGS_GROUP, CLUSTERING_GROUP),
             config=detect_limit_config(daily_limit) if daily_limit else None,
             run_tags=WRITES_VECTORS,
             description="New photos in, faces detected and embedded (projected when a trained space is active), "
@@ -63,23 +81,33 @@ def build_jobs(*, daily_limit: int | None) -> list[AssetJob]:
             RETRAIN,
             # face_labels first: the run records which labels it trained on (and, the only root, it is alone
             # when a brand-new database gets its tables).
-            selection=["face_labels", TRAIN, REGENERATE, *CLUSTERING],
+            # (by key: a group selection leaves out source assets, and face_labels is one: the labels group)
+            selection=dg.AssetSelection.assets(FACE_LABELS)
+            | groups(TRAINING_GROUP, EMBEDDINGS_GROUP, CLUSTERING_GROUP),
             run_tags={**WRITES_VECTORS, WORKER_TAG: "gpu"},
             description="Train a projection head on the users' labels, switch to it when it beats the raw space "
             "(regenerating every face's embedding), then prototypes, assignment and clustering.",
         ),
         dg.define_asset_job(
             REASSIGN,
-            selection=[REGENERATE, *CLUSTERING],
+            selection=groups(EMBEDDINGS_GROUP, CLUSTERING_GROUP),
             run_tags=WRITES_VECTORS,
             description="Bring the active space's embeddings up to date and re-run prototypes, assignment and "
             "clustering (e.g. after many labels, or with other thresholds in the launchpad).",
         ),
-        dg.define_asset_job(INGEST, selection=["photo_catalog", "detected_faces"], run_tags=WRITES_VECTORS),
-        dg.define_asset_job(CLUSTER_DUAL, selection=list(CLUSTERING), run_tags=WRITES_VECTORS),
+        dg.define_asset_job(INGEST, selection=groups(INGEST_GROUP), run_tags=WRITES_VECTORS),
+        dg.define_asset_job(
+            CLUSTER_DUAL,
+            # New faces projected first when a trained space is active, so clustering never meets an active
+            # space missing some faces (a no-op while the raw space is active).
+            selection=groups(EMBEDDINGS_GROUP, CLUSTERING_GROUP),
+            run_tags=WRITES_VECTORS,
+            description="Match faces to known people, then group the rest (`faces cluster-dual`; `faces cluster` "
+            "and `faces assign` run parts of it).",
+        ),
         dg.define_asset_job(
             REEMBED,
-            selection=["staged_faces", "reembedded_faces"],
+            selection=groups(REEMBED_GROUP),
             description="Detect and embed every photo again with another face model (config: model) into a "
             "staging area, then switch the library over in one transaction: faces keep their ids, names and "
             "rejections; decisions on faces the new model does not find are listed. Run cluster_dual after it.",

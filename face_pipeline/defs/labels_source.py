@@ -9,12 +9,13 @@ import warnings
 
 import dagster as dg
 
-from face_pipeline.defs.resources import FacePipelineResource
+from face_pipeline.defs.jobs import LABELS_GROUP
+from face_pipeline.defs.resources import DatabaseResource
 from face_pipeline.services.label_growth import MIN_FACES_PER_PERSON, MIN_TRAINING_PEOPLE, count_labels
 
 
-def observe_face_labels(context: dg.AssetExecutionContext, face_pipeline: FacePipelineResource) -> dg.ObserveResult:
-    counts = count_labels(face_pipeline.context().db)
+def observe_face_labels(context: dg.AssetExecutionContext, database: DatabaseResource) -> dg.ObserveResult:
+    counts = count_labels(database.database())
     context.log.info(f"labels: {counts.labelled_faces} faces of {counts.people} people, {counts.rejections} rejections")
     return dg.ObserveResult(
         data_version=dg.DataVersion(counts.fingerprint),
@@ -34,6 +35,6 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", category=dg.BetaWarning)
     face_labels = dg.observable_source_asset(
         name="face_labels",
-        group_name="labels",
+        group_name=LABELS_GROUP,
         description="The users' names and 'not this person' decisions; the data version changes with any of them.",
     )(observe_face_labels)

@@ -9,12 +9,13 @@ from typing import Any
 import dagster as dg
 
 from face_pipeline.defs.ingest_assets import detected_faces
+from face_pipeline.defs.jobs import REEMBED_GROUP
 from face_pipeline.defs.metadata import markdown_table
-from face_pipeline.defs.resources import VECTOR_STORE_POOL, FacePipelineResource
+from face_pipeline.defs.resources import VECTOR_STORE_POOL, DatabaseResource, VectorStoreResource, pipeline_context
 from face_pipeline.services.detection import DetectReport
 from face_pipeline.services.reembed import ReembedReport, reembed_library, stage_library
 
-GROUP = "reembed"
+GROUP = REEMBED_GROUP
 SHOWN = 200  # decisions not carried listed in the metadata (all of them are in the CSV)
 
 
@@ -32,11 +33,14 @@ def _progress(context: dg.AssetExecutionContext) -> Any:
 
 @dg.asset(deps=[detected_faces], group_name=GROUP, kinds={"python", "qdrant"})
 def staged_faces(
-    context: dg.AssetExecutionContext, config: ReembedConfig, face_pipeline: FacePipelineResource
+    context: dg.AssetExecutionContext,
+    config: ReembedConfig,
+    database: DatabaseResource,
+    vector_store: VectorStoreResource,
 ) -> dg.MaterializeResult:
     """Every photo of the library detected and embedded again with another model, into a staging area the
     live faces never see; an interrupted run resumes where it stopped."""
-    services = face_pipeline.context()
+    services = pipeline_context(database, vector_store)
     with services.vectors() as vectors:
         report = stage_library(services, vectors, config.model, limit=config.limit, progress=_progress(context))
     context.log.info(report.message)
@@ -45,11 +49,14 @@ def staged_faces(
 
 @dg.asset(deps=[staged_faces], group_name=GROUP, pool=VECTOR_STORE_POOL, kinds={"python", "sql", "qdrant"})
 def reembedded_faces(
-    context: dg.AssetExecutionContext, config: ReembedConfig, face_pipeline: FacePipelineResource
+    context: dg.AssetExecutionContext,
+    config: ReembedConfig,
+    database: DatabaseResource,
+    vector_store: VectorStoreResource,
 ) -> dg.MaterializeResult:
     """The switch: photos that arrived meanwhile staged, staged faces matched to the faces by box overlap (a
     matched face keeps its id, name and rejections), the new raw space active in one transaction."""
-    services = face_pipeline.context()
+    services = pipeline_context(database, vector_store)
     with services.vectors() as vectors:
         report = reembed_library(services, vectors, config.model, limit=config.limit, progress=_progress(context))
     context.log.info(report.message)

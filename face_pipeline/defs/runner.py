@@ -51,11 +51,21 @@ def dagster_home(settings: Settings) -> Path:
     return home
 
 
+# INFO shows the assets' progress lines without Dagster's per-event DEBUG chatter.
+CLI_LOGGING = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+CLI_TAGS = {"launched_by": "face-pipeline CLI"}
+
+
+def _definitions() -> dg.Definitions:
+    from face_pipeline.definitions import defs  # late: importing definitions loads every asset module
+
+    return defs()
+
+
 def materialize_assets(
     settings: Settings, selection: Sequence[str], run_config: dict[str, Any] | None = None
 ) -> dg.ExecuteInProcessResult:
-    from face_pipeline.definitions import defs  # late: importing definitions loads every asset module
-
+    defs = _definitions()
     dagster_home(settings)
     # Checks travel with their assets, so a CLI run is guarded (and blocked) exactly like a scheduled one.
     assets = [*(defs.assets or []), *(defs.asset_checks or [])]
@@ -64,11 +74,34 @@ def materialize_assets(
             assets,  # type: ignore[arg-type]
             selection=list(selection),
             instance=instance,
-            # INFO shows the assets' progress lines without Dagster's per-event DEBUG chatter.
-            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}, **(run_config or {})},
+            run_config={**CLI_LOGGING, **(run_config or {})},
             resources=dict(defs.resources or {}),
             raise_on_error=False,
-            tags={"launched_by": "face-pipeline CLI"},
+            tags=CLI_TAGS,
+        )
+    if not result.success:
+        raise RunFailed(_failure_message(result))
+    return result
+
+
+def run_job(
+    settings: Settings,
+    job_name: str,
+    run_config: dict[str, Any] | None = None,
+    *,
+    assets: Sequence[str] | None = None,
+) -> dg.ExecuteInProcessResult:
+    """Run the named job (its run tags and asset checks with it) in this process; `assets`: only these of
+    its assets (and their checks)."""
+    job = _definitions().resolve_job_def(job_name)
+    dagster_home(settings)
+    with dg.DagsterInstance.get() as instance:
+        result = job.execute_in_process(
+            run_config={**CLI_LOGGING, **(run_config or {})},
+            instance=instance,
+            asset_selection=[dg.AssetKey(name) for name in assets] if assets is not None else None,
+            raise_on_error=False,
+            tags=CLI_TAGS,
         )
     if not result.success:
         raise RunFailed(_failure_message(result))

@@ -4,9 +4,9 @@ FACE_SCHEDULE_TIMEZONE (the monthly one an hour later on the 1st, so it queues b
 import dagster as dg
 
 from face_pipeline.defs.jobs import DAILY, RETRAIN, detect_limit_config
-from face_pipeline.defs.resources import FacePipelineResource
-from face_pipeline.defs.sensors import TRAINING_DISABLED, retrain_in_flight
-from face_pipeline.services.label_growth import count_labels, last_promoted_checkpoint
+from face_pipeline.defs.resources import DatabaseResource
+from face_pipeline.defs.sensors import retrain_in_flight
+from face_pipeline.services.label_growth import retrain_decision
 from face_pipeline.settings import Settings
 
 
@@ -32,26 +32,24 @@ def monthly_retrain_schedule(settings: Settings) -> dg.ScheduleDefinition:
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description="Retrain on the 1st of the month when there are new labels since the promoted checkpoint.",
     )
-    def _monthly(
-        context: dg.ScheduleEvaluationContext, face_pipeline: FacePipelineResource
-    ) -> dg.RunRequest | dg.SkipReason:
-        if not face_pipeline.settings().training_enabled:
-            return dg.SkipReason(TRAINING_DISABLED)
+    def _monthly(context: dg.ScheduleEvaluationContext, database: DatabaseResource) -> dg.RunRequest | dg.SkipReason:
         if busy := retrain_in_flight(context.instance):
             return busy
-        db = face_pipeline.context().db
-        counts = count_labels(db)
-        if not counts.enough_to_train:
-            return dg.SkipReason("too few labels to train: " + counts.shortfall())
-        promoted = last_promoted_checkpoint(db)
-        if promoted is not None and counts.labelled_faces <= promoted.label_count:
-            return dg.SkipReason(
-                f"no new labels since the promoted checkpoint {promoted.space} ({promoted.label_count} labels)"
-            )
+        # Any new label since the promoted checkpoint is enough once a month (no growth threshold, no cursor).
+        decision = retrain_decision(
+            database.database,
+            database.face_settings(),
+            last_requested=None,
+            min_new_labels=1,
+            min_growth=0.0,
+            thresholds="the monthly retrain's rule",
+        )
+        if not decision.retrain:
+            return dg.SkipReason(decision.reason)
         when = context.scheduled_execution_time
         return dg.RunRequest(
             run_key=f"monthly-retrain-{when:%Y-%m}" if when else None,
-            tags={"face_pipeline/trigger": "monthly schedule", "face_pipeline/label_count": str(counts.labelled_faces)},
+            tags={"face_pipeline/trigger": "monthly schedule", "face_pipeline/label_count": str(decision.label_count)},
         )
 
     return _monthly

@@ -1,9 +1,9 @@
 """label_growth_sensor: ask for a `retrain` run once users have labelled enough new faces.
 
-Skips (saying why) when FACE_TRAINING_ENABLED is false, when there are too few labels to train (the seed's
-5 people x 5 faces), while a retrain is queued or running, and while the labels have not grown by
+Skips (saying why) while a retrain is queued or running, when FACE_TRAINING_ENABLED is false, when there are
+too few labels to train (5 people x 5 faces), and while the labels have not grown by
 FACE_RETRAIN_MIN_NEW_LABELS and FACE_RETRAIN_MIN_GROWTH since the last promoted checkpoint or the last
-request. Its cursor (JSON) keeps the label count at the last request.
+request (services/label_growth.retrain_decision). Its cursor (JSON) keeps the label count at the last request.
 """
 
 import json
@@ -11,10 +11,10 @@ import json
 import dagster as dg
 
 from face_pipeline.defs.jobs import RETRAIN, runs_in_flight
-from face_pipeline.defs.resources import FacePipelineResource
-from face_pipeline.services.label_growth import count_labels, decide_retrain, last_promoted_checkpoint
+from face_pipeline.defs.resources import DatabaseResource
+from face_pipeline.services.label_growth import TRAINING_DISABLED, retrain_decision
 
-TRAINING_DISABLED = "FACE_TRAINING_ENABLED is false: automatic retraining is off (set it to true to enable)"
+__all__ = ["TRAINING_DISABLED", "label_growth_sensor", "read_cursor", "retrain_in_flight"]
 LABEL_COUNT_TAG = "face_pipeline/label_count"
 
 
@@ -42,20 +42,17 @@ def retrain_in_flight(instance: dg.DagsterInstance) -> dg.SkipReason | None:
     description=__doc__,
 )
 def label_growth_sensor(
-    context: dg.SensorEvaluationContext, face_pipeline: FacePipelineResource
+    context: dg.SensorEvaluationContext, database: DatabaseResource
 ) -> dg.SensorResult | dg.SkipReason:
-    if not face_pipeline.settings().training_enabled:  # before touching the database
-        return dg.SkipReason(TRAINING_DISABLED)
     if busy := retrain_in_flight(context.instance):
         return busy
-    services = face_pipeline.context()
-    counts = count_labels(services.db)
-    decision = decide_retrain(
-        counts,
-        promoted=last_promoted_checkpoint(services.db),
+    settings = database.face_settings()
+    decision = retrain_decision(
+        database.database,
+        settings,
         last_requested=read_cursor(context.cursor),
-        min_new_labels=services.settings.retrain_min_new_labels,
-        min_growth=services.settings.retrain_min_growth,
+        min_new_labels=settings.retrain_min_new_labels,
+        min_growth=settings.retrain_min_growth,
     )
     if not decision.retrain:
         return dg.SkipReason(decision.reason)
@@ -66,5 +63,5 @@ def label_growth_sensor(
     )
     return dg.SensorResult(
         run_requests=[request],
-        cursor=json.dumps({"label_count": decision.label_count, "label_fingerprint": counts.fingerprint}),
+        cursor=json.dumps({"label_count": decision.label_count}),
     )

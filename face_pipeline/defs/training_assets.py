@@ -11,12 +11,12 @@ from typing import Any
 import dagster as dg
 
 from face_pipeline.defs.ingest_assets import detected_faces
+from face_pipeline.defs.jobs import EMBEDDINGS_GROUP, TRAINING_GROUP
 from face_pipeline.defs.metadata import line_chart_md, markdown_table
-from face_pipeline.defs.resources import VECTOR_STORE_POOL, FacePipelineResource
+from face_pipeline.defs.resources import VECTOR_STORE_POOL, DatabaseResource, VectorStoreResource, pipeline_context
 from face_pipeline.services.space_switch import regenerate_embeddings
 from face_pipeline.services.training import TrainingReport, read_training_set, train_checkpoint, training_config
 
-GROUP = "training"
 FACE_LABELS = dg.AssetKey("face_labels")  # the observed source asset (defs/labels_source.py)
 GPU_POOL = "gpu"  # one training op at a time (dagster.yaml); it runs on the CPU when there is no GPU
 DEVICE_TAG = "face_pipeline/device"
@@ -34,18 +34,21 @@ class TrainConfig(dg.Config):
 
 @dg.asset(
     deps=[FACE_LABELS],
-    group_name=GROUP,
+    group_name=TRAINING_GROUP,
     pool=GPU_POOL,
     op_tags={DEVICE_TAG: "gpu"},
     kinds={"pytorch", "sql"},
 )
 def trained_projection_checkpoint(
-    context: dg.AssetExecutionContext, config: TrainConfig, face_pipeline: FacePipelineResource
+    context: dg.AssetExecutionContext,
+    config: TrainConfig,
+    database: DatabaseResource,
+    vector_store: VectorStoreResource,
 ) -> dg.MaterializeResult:
     """A projection head trained with triplet loss on the users' labels, judged against the raw space on
     held-out people: promoted (a candidate space) only when it beats it, kept as rejected with its figures
     otherwise. Fails with a clear message below 5 people x 5 labelled faces."""
-    services = face_pipeline.context()
+    services = pipeline_context(database, vector_store)
     train = training_config(
         services.settings,
         epochs=config.epochs,
@@ -113,23 +116,26 @@ class RegenerateConfig(dg.Config):
 
 @dg.asset(
     deps=[detected_faces, trained_projection_checkpoint],
-    group_name=GROUP,
+    group_name=EMBEDDINGS_GROUP,
     pool=VECTOR_STORE_POOL,
     kinds={"pytorch", "qdrant", "sql"},
 )
 def regenerated_embeddings(
-    context: dg.AssetExecutionContext, config: RegenerateConfig, face_pipeline: FacePipelineResource
+    context: dg.AssetExecutionContext,
+    config: RegenerateConfig,
+    database: DatabaseResource,
+    vector_store: VectorStoreResource,
 ) -> dg.MaterializeResult:
     """Every face in the active embedding space: a promoted checkpoint's projection of all faces into a new
     collection, then an atomic switch; new faces projected and deleted ones removed while a projection is
     active; nothing at all while the raw space stays active."""
-    services = face_pipeline.context()
+    services = pipeline_context(database, vector_store)
     with services.vectors() as vectors:
         report = regenerate_embeddings(services, vectors, mode=config.mode)
     context.log.info(report.message)
     return dg.MaterializeResult(
         metadata={
-            "mode": report.mode,
+            "mode": str(report.mode),
             "active_space": report.active_space or "",
             "previous_space": report.previous_space or "",
             "switched": report.switched,

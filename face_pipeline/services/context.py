@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 from face_pipeline.settings import Settings, load_settings
@@ -15,6 +15,8 @@ from face_pipeline.storage.vectors import VectorStore, open_vector_store
 class PipelineContext:
     settings: Settings
     db: Database
+    # Opens the vector store for one unit of work (a Dagster VectorStoreResource); None: from the settings.
+    open_vectors: Callable[[], AbstractContextManager[VectorStore]] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> PipelineContext:
@@ -26,6 +28,10 @@ class PipelineContext:
     def vectors(self) -> Iterator[VectorStore]:
         """The vector store for one unit of work; the embedded one is single-process, so it is held
         only while needed and released at the end."""
+        if self.open_vectors is not None:
+            with self.open_vectors() as opened:
+                yield opened
+            return
         store = open_vector_store(self.settings.qdrant_url, self.settings.vectors_dir, self.settings.qdrant_api_key)
         try:
             yield store
