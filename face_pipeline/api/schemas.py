@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, StringConstraints, model_validator
 
+from face_pipeline.domain.naming import PERSON_PREFIX, PERSON_REF_PATTERN, person_cluster_id
 from face_pipeline.errors import InvalidInput
 from face_pipeline.services.browse import (
     MAX_FACE_ID,
@@ -28,7 +29,7 @@ from face_pipeline.services.labels import MAX_NAME_LENGTH, LabelResult, clean_na
 from face_pipeline.services.stats import LibraryStats
 
 API_PREFIX = "/api/v1"
-PERSON_ID_PATTERN = r"^(person_)?[0-9a-f]{32}$"
+PERSON_ID_PATTERN = PERSON_REF_PATTERN  # `<uuid hex>` or `person_<uuid hex>` (domain/naming.py)
 MAX_LABEL_FACES = 100_000  # a label request names one cluster; this bounds the body, not real clusters
 
 
@@ -46,13 +47,18 @@ Name = Annotated[
     Field(description="1-200 printable characters; surrounding spaces are trimmed.", examples=["Alice Johnson"]),
 ]
 PersonId = Annotated[
-    str, StringConstraints(pattern=PERSON_ID_PATTERN), Field(description="`<uuid hex>` or `person_<uuid hex>`.")
+    str,
+    StringConstraints(pattern=PERSON_ID_PATTERN),
+    Field(description=f"`<uuid hex>` or `{PERSON_PREFIX}<uuid hex>`."),
 ]
 PersonRef = Annotated[
     str,
     StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH),
     AfterValidator(_checked_name),
-    Field(description="A person id (`<uuid hex>` / `person_<uuid hex>`) or their exact name, if unique (409 if not)."),
+    Field(
+        description=f"A person id (`<uuid hex>` / `{PERSON_PREFIX}<uuid hex>`) or their exact name, if unique "
+        "(409 if not)."
+    ),
 ]
 FaceId = Annotated[int, Strict(), Field(ge=1, le=MAX_FACE_ID)]
 
@@ -242,7 +248,7 @@ class PersonPublic(BaseModel):
     def of(cls, person: PersonSummary) -> PersonPublic:
         return cls(
             person_id=person.person_id,
-            cluster_id=f"person_{person.person_id}",
+            cluster_id=person_cluster_id(person.person_id),
             name=person.name,
             face_count=person.face_count,
             confirmed_count=person.confirmed_count,

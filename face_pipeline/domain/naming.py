@@ -1,6 +1,7 @@
 """Cluster ids that people see and scripts use, and numbers that stay put across runs.
 
-Three kinds of id (the seed's convention, stored in `face_instances.cluster_id`):
+Three kinds of id (stored in `face_instances.cluster_id`). This module owns their format: everything else
+builds, parses, filters (SQL LIKE) and validates (API patterns) them through the names below.
 
 | id                        | kind      | meaning                                        |
 |---------------------------|-----------|------------------------------------------------|
@@ -16,28 +17,54 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Literal
+from enum import StrEnum
 
 import numpy as np
 
 from face_pipeline.domain.clustering import NOISE
 
 __all__ = [
+    "CLUSTER_ID_FORMS",
+    "CLUSTER_ID_PATTERN",
+    "LIKE_ESCAPE",
+    "NOISE_PREFIX",
+    "PERSON_PREFIX",
+    "PERSON_REF_PATTERN",
+    "UNKNOWN_PREFIX",
     "ClusterKind",
     "cluster_ids",
+    "is_person_cluster",
+    "kind_by_prefix",
+    "like_pattern",
     "noise_cluster_id",
     "parse_cluster_id",
     "person_cluster_id",
+    "person_id_of",
     "stable_cluster_numbers",
     "unknown_cluster_id",
 ]
 
-ClusterKind = Literal["person", "unknown", "noise"]
+
+class ClusterKind(StrEnum):
+    PERSON = "person"  # person_{uuid}: faces assigned to a named person
+    UNKNOWN = "unknown"  # unknown_cluster_{N}: a group of similar faces nobody named yet
+    NOISE = "noise"  # unknown_noise_{face_id}: a face on its own
+
 
 PERSON_PREFIX = "person_"
 UNKNOWN_PREFIX = "unknown_cluster_"
 NOISE_PREFIX = "unknown_noise_"
+_PREFIXES = {ClusterKind.PERSON: PERSON_PREFIX, ClusterKind.UNKNOWN: UNKNOWN_PREFIX, ClusterKind.NOISE: NOISE_PREFIX}
 _TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-]*$")  # uuids, integers; no '_' so ids parse unambiguously
+
+# For the API: the ids as stored (person ids are uuid4 hex; numbers and face ids positive, at most 18 digits).
+_UUID_HEX = "[0-9a-f]{32}"
+_POSITIVE = "[1-9][0-9]{0,17}"
+CLUSTER_ID_PATTERN = rf"^({PERSON_PREFIX}{_UUID_HEX}|{UNKNOWN_PREFIX}{_POSITIVE}|{NOISE_PREFIX}{_POSITIVE})$"
+# A person given by id: the bare uuid hex or its cluster id (group 1: the uuid).
+PERSON_REF_PATTERN = rf"^(?:{PERSON_PREFIX})?({_UUID_HEX})$"
+CLUSTER_ID_FORMS = f"`{PERSON_PREFIX}{{uuid}}`, `{UNKNOWN_PREFIX}{{N}}` or `{NOISE_PREFIX}{{face_id}}`"
+LIKE_ESCAPE = "\\"
 
 
 def _token(value: object, what: str) -> str:
@@ -75,19 +102,43 @@ def parse_cluster_id(cluster_id: str) -> tuple[ClusterKind, str | int]:
     if cluster_id.startswith(NOISE_PREFIX):
         rest = cluster_id[len(NOISE_PREFIX) :]
         if _TOKEN.match(rest):
-            return "noise", rest
+            return ClusterKind.NOISE, rest
     elif cluster_id.startswith(UNKNOWN_PREFIX):
         rest = cluster_id[len(UNKNOWN_PREFIX) :]
         if rest.isdigit() and int(rest) >= 1 and rest == str(int(rest)):
-            return "unknown", int(rest)
+            return ClusterKind.UNKNOWN, int(rest)
     elif cluster_id.startswith(PERSON_PREFIX):
         rest = cluster_id[len(PERSON_PREFIX) :]
         if _TOKEN.match(rest):
-            return "person", rest
+            return ClusterKind.PERSON, rest
     raise ValueError(
         f"not a cluster id: {cluster_id!r} (expected person_{{uuid}}, unknown_cluster_{{N}} or "
         "unknown_noise_{face_id})"
     )
+
+
+def kind_by_prefix(cluster_id: str) -> ClusterKind | None:
+    """The kind an id's prefix says, without checking the rest (how the SQL filters classify ids); None for
+    an id with none of the three prefixes."""
+    for kind in (ClusterKind.NOISE, ClusterKind.UNKNOWN, ClusterKind.PERSON):  # the longer prefixes first
+        if cluster_id.startswith(_PREFIXES[kind]):
+            return kind
+    return None
+
+
+def is_person_cluster(cluster_id: str | None) -> bool:
+    """True for a ``person_{uuid}`` id (by prefix, as the SQL filters see it)."""
+    return cluster_id is not None and kind_by_prefix(cluster_id) is ClusterKind.PERSON
+
+
+def person_id_of(cluster_id: str) -> str | None:
+    """The person id in a ``person_{uuid}`` cluster id; None for any other id."""
+    return cluster_id[len(PERSON_PREFIX) :] if is_person_cluster(cluster_id) else None
+
+
+def like_pattern(kind: ClusterKind) -> str:
+    """A SQL LIKE pattern (escape character LIKE_ESCAPE) matching the ids of one kind."""
+    return _PREFIXES[kind].replace("_", LIKE_ESCAPE + "_") + "%"
 
 
 def stable_cluster_numbers(

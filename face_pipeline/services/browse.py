@@ -9,14 +9,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
 import numpy as np
 from sqlalchemy import ColumnElement, Select, and_, case, exists, func, select
 from sqlalchemy.orm import Session
 
-from face_pipeline.domain.naming import parse_cluster_id
+from face_pipeline.domain.naming import (
+    LIKE_ESCAPE,
+    ClusterKind,
+    kind_by_prefix,
+    like_pattern,
+    parse_cluster_id,
+    person_id_of,
+)
 from face_pipeline.errors import NotFound
 from face_pipeline.services.context import PipelineContext
 from face_pipeline.services.labels import find_person
@@ -37,10 +43,8 @@ EXACT_SUGGESTION_POOL = 2_000
 _QUERY_FACES = 64  # at most this many of a person's faces stand in for prototypes that are not built yet
 
 
-class ClusterType(StrEnum):
-    PERSON = "person"  # person_{uuid}: faces assigned to a named person
-    UNKNOWN = "unknown"  # unknown_cluster_{N}: a group of similar faces nobody named yet
-    NOISE = "noise"  # unknown_noise_{face_id}: a face on its own
+# The kinds of cluster id (domain/naming.py owns them); the API's `type` filter takes them by this name.
+ClusterType = ClusterKind
 
 
 class ThumbnailUnavailable(NotFound):
@@ -123,21 +127,15 @@ def cluster_type_of(cluster_id: str) -> ClusterType:
     try:
         kind, _ = parse_cluster_id(cluster_id)
     except ValueError:  # an odd id in old data: classify it by prefix, as the SQL filters do
-        if cluster_id.startswith("person_"):
-            return ClusterType.PERSON
-        return ClusterType.NOISE if cluster_id.startswith("unknown_noise_") else ClusterType.UNKNOWN
-    return ClusterType(kind)
+        return kind_by_prefix(cluster_id) or ClusterKind.UNKNOWN
+    return kind
 
 
 def _type_filter(kind: ClusterType | None) -> ColumnElement[bool]:
     column = FaceInstance.cluster_id
-    if kind is ClusterType.PERSON:
-        return column.like("person\\_%", escape="\\")
-    if kind is ClusterType.NOISE:
-        return column.like("unknown\\_noise\\_%", escape="\\")
-    if kind is ClusterType.UNKNOWN:
-        return column.like("unknown\\_cluster\\_%", escape="\\")
-    return column.is_not(None)
+    if kind is None:
+        return column.is_not(None)
+    return column.like(like_pattern(kind), escape=LIKE_ESCAPE)
 
 
 def list_clusters(
@@ -197,7 +195,7 @@ def ping(db: Database) -> None:
 def _summaries(session: Session, clusters: Sequence[tuple[str, int]]) -> list[ClusterSummary]:
     ids = [cluster_id for cluster_id, _ in clusters]
     covers = _covers(session, FaceInstance.cluster_id, ids)
-    person_ids = {c: c.removeprefix("person_") for c in ids if cluster_type_of(c) is ClusterType.PERSON}
+    person_ids = {c: person for c in ids if (person := person_id_of(c)) is not None}
     rows = session.execute(select(Person.id, Person.name).where(Person.id.in_(list(person_ids.values()))))
     names: dict[str, str] = {row.id: row.name for row in rows}
     return [

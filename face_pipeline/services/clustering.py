@@ -22,7 +22,9 @@ from face_pipeline.domain.assignment import (
 )
 from face_pipeline.domain.clustering import NOISE, cluster_unknown
 from face_pipeline.domain.naming import (
+    ClusterKind,
     cluster_ids,
+    kind_by_prefix,
     noise_cluster_id,
     parse_cluster_id,
     person_cluster_id,
@@ -352,7 +354,7 @@ def _stable_names(session: Session, table: FaceTable, pool: np.ndarray, labels: 
     previous: dict[object, int] = {}
     for row in pool.tolist():
         current = table.cluster_ids[row]
-        if current and current.startswith("unknown_cluster_"):
+        if current and kind_by_prefix(current) is ClusterKind.UNKNOWN:
             previous[int(table.ids[row])] = int(parse_cluster_id(current)[1])
     state = session.get(PipelineState, NEXT_CLUSTER_KEY)
     next_free = max(int(state.value["next"]) if state else 1, max(previous.values(), default=0) + 1)

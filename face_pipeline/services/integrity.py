@@ -12,7 +12,7 @@ import numpy as np
 from sqlalchemy import String, cast, func, literal, or_, select
 from sqlalchemy.orm import Session
 
-from face_pipeline.domain.naming import NOISE_PREFIX, PERSON_PREFIX
+from face_pipeline.domain.naming import LIKE_ESCAPE, NOISE_PREFIX, PERSON_PREFIX, ClusterKind, like_pattern
 from face_pipeline.domain.promotion_gate import pipeline_failures
 from face_pipeline.services.space_registry import active_space
 from face_pipeline.storage.db import Database
@@ -61,11 +61,11 @@ def cluster_id_problems(db: Database) -> Finding:
                 face.person_id.is_not(None) & face.cluster_id.is_not(None) & (face.cluster_id != person_cluster),
             ),
             "unnamed_faces_in_a_person_cluster": _count_and_first(
-                session, face.person_id.is_(None) & face.cluster_id.like(PERSON_PREFIX.replace("_", "\\_") + "%", "\\")
+                session, face.person_id.is_(None) & face.cluster_id.like(like_pattern(ClusterKind.PERSON), LIKE_ESCAPE)
             ),
             "singletons_named_after_another_face": _count_and_first(
                 session,
-                face.cluster_id.like(NOISE_PREFIX.replace("_", "\\_") + "%", "\\")
+                face.cluster_id.like(like_pattern(ClusterKind.NOISE), LIKE_ESCAPE)
                 & (face.cluster_id != literal(NOISE_PREFIX) + cast(face.id, String)),
             ),
         }

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import case, func, select
 
+from face_pipeline.domain.naming import LIKE_ESCAPE, ClusterKind, like_pattern
 from face_pipeline.services.space_registry import Space, active_space, latest_checkpoint, raw_space_of
 from face_pipeline.storage.db import Database
 from face_pipeline.storage.models import FaceInstance, Image, ImageStatus, Person, PersonStatus
@@ -46,9 +47,9 @@ def _cluster_type() -> Any:
     column = FaceInstance.cluster_id
     return case(
         (column.is_(None), "unclustered"),
-        (column.like("person\\_%", escape="\\"), "person"),
-        (column.like("unknown\\_noise\\_%", escape="\\"), "noise"),
-        else_="unknown",
+        (column.like(like_pattern(ClusterKind.PERSON), escape=LIKE_ESCAPE), str(ClusterKind.PERSON)),
+        (column.like(like_pattern(ClusterKind.NOISE), escape=LIKE_ESCAPE), str(ClusterKind.NOISE)),
+        else_=str(ClusterKind.UNKNOWN),
     )
 
 
@@ -89,7 +90,7 @@ def library_stats(db: Database, *, skipped_examples: int = 10, top: int = 10) ->
             (r[0], r[1])
             for r in session.execute(
                 select(FaceInstance.cluster_id, size)
-                .where(FaceInstance.cluster_id.like("unknown\\_cluster\\_%", escape="\\"))
+                .where(FaceInstance.cluster_id.like(like_pattern(ClusterKind.UNKNOWN), escape=LIKE_ESCAPE))
                 .group_by(FaceInstance.cluster_id)
                 .order_by(size.desc(), FaceInstance.cluster_id)
                 .limit(top)
