@@ -7,6 +7,7 @@ from pathlib import Path
 
 from face_pipeline.vision.images import load_rgb
 from face_pipeline.vision.types import DetectedFace, FaceEmbedder
+from face_pipeline_tests.main_face import main_face
 
 LIMITS = {"max_pixels": 80_000_000, "max_bytes": 200 * 1024 * 1024}
 
@@ -20,7 +21,7 @@ class EmbeddedPhoto:
     @property
     def main_face(self) -> DetectedFace:
         """LFW photos centre one person; others can appear smaller in the background."""
-        return max(self.faces, key=lambda f: f.bbox[2] * f.bbox[3])
+        return main_face(self.faces)
 
 
 def embed_folder(folder: Path, embedder: FaceEmbedder) -> list[EmbeddedPhoto]:

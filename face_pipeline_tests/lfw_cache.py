@@ -19,6 +19,7 @@ from face_pipeline.vision.embedders import create_embedder
 from face_pipeline.vision.images import ImageRejected, load_rgb
 from face_pipeline.vision.model_packs import ModelChoice
 from face_pipeline.vision.types import FaceEmbedder
+from face_pipeline_tests.main_face import main_face
 
 _embedder: FaceEmbedder | None = None
 
@@ -44,9 +45,7 @@ def _main_face(path: str) -> np.ndarray | None:
     except ImageRejected:
         return None
     faces = _embedder.detect_and_embed(image)
-    if not faces:
-        return None
-    return max(faces, key=lambda f: f.bbox[2] * f.bbox[3]).embedding
+    return main_face(faces).embedding if faces else None
 
 
 def build_embeddings(

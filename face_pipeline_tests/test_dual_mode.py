@@ -23,6 +23,7 @@ from face_pipeline.services.context import PipelineContext
 from face_pipeline.services.labels import label_cluster, label_face, reject_face
 from face_pipeline.storage.models import FaceAssignmentEvent, FaceInstance
 from face_pipeline.storage.models import Image as ImageRow
+from face_pipeline_tests.main_face import main_face_paths
 from face_pipeline_tests.photo_corpus import copy_mini_library, copy_people
 from face_pipeline_tests.test_ingest import ingest, make_context
 
@@ -35,26 +36,20 @@ def cluster_dual(context: PipelineContext, **assign: float) -> None:
 
 
 def faces(context: PipelineContext) -> dict[int, dict[str, object]]:
-    """face id -> row facts plus `who`: the photo's folder for the photo's largest face, else None."""
+    """face id -> row facts plus `who`: the photo's folder for the photo's main face, else None."""
+    main = main_face_paths(context.db)
     with context.db.session() as session:
-        rows = session.execute(
-            select(FaceInstance, ImageRow.path).join(ImageRow, ImageRow.id == FaceInstance.image_id)
-        ).all()
-    largest: dict[int, FaceInstance] = {}
-    for face, _ in rows:
-        if face.image_id not in largest or face.bbox_w > largest[face.image_id].bbox_w:
-            largest[face.image_id] = face
-    main = {f.id for f in largest.values()}
+        rows = session.scalars(select(FaceInstance)).all()
     return {
         face.id: {
-            "who": Path(path).parent.name if face.id in main else None,
+            "who": main[face.id].parent.name if face.id in main else None,
             "person": face.person_id,
             "cluster": face.cluster_id,
             "source": face.assignment_source,
             "confirmed": face.user_confirmed,
             "image": face.image_id,
         }
-        for face, path in rows
+        for face in rows
     }
 
 

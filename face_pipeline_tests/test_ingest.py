@@ -18,6 +18,7 @@ from face_pipeline.services.space_registry import EmbeddingSpaceMismatch
 from face_pipeline.services.thumbnail_store import thumbnail_path
 from face_pipeline.settings import load_settings
 from face_pipeline.storage.models import FaceInstance, Image, ImageStatus
+from face_pipeline_tests.main_face import main_face_paths
 from face_pipeline_tests.photo_corpus import copy_people, write_bad_inputs, write_odd_but_valid
 
 
@@ -57,20 +58,13 @@ def mini_library(lfw_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 def _identity_of_faces(context: PipelineContext, main_faces_only: bool = False) -> dict[int, str]:
-    """face id -> the photo's folder name; with main_faces_only, only each photo's largest face (LFW's
+    """face id -> the photo's folder name; with main_faces_only, only each photo's main face (LFW's
     labelled face: others in the background are other people)."""
+    if main_faces_only:
+        return {face_id: path.parent.name for face_id, path in main_face_paths(context.db).items()}
     with context.db.session() as session:
-        rows = session.execute(
-            select(FaceInstance.id, FaceInstance.image_id, FaceInstance.bbox_w, Image.path).join(
-                Image, Image.id == FaceInstance.image_id
-            )
-        ).all()
-    largest: dict[int, tuple[int, int]] = {}
-    for row in rows:
-        if row.image_id not in largest or row.bbox_w > largest[row.image_id][1]:
-            largest[row.image_id] = (row.id, row.bbox_w)
-    main = {face_id for face_id, _ in largest.values()}
-    return {r.id: Path(r.path).parent.name for r in rows if not main_faces_only or r.id in main}
+        rows = session.execute(select(FaceInstance.id, Image.path).join(Image, Image.id == FaceInstance.image_id))
+        return {face_id: Path(path).parent.name for face_id, path in rows}
 
 
 def test_a_face_is_found_in_at_least_119_of_120_lfw_mini_photos(mini_library: PipelineContext):

@@ -64,6 +64,7 @@ from face_pipeline.storage.models import (
 )
 from face_pipeline.storage.models import Image as ImageRow
 from face_pipeline.vision.types import EmbeddingSpaceInfo
+from face_pipeline_tests.main_face import main_face_paths
 from face_pipeline_tests.photo_corpus import copy_mini_library
 from face_pipeline_tests.test_ingest import ingest, make_context
 
@@ -85,21 +86,11 @@ runner = CliRunner()
 
 
 def main_faces_by_person(context: PipelineContext) -> dict[str, list[int]]:
-    """Folder name -> the largest face of each of its photos (LFW's labelled face), for the 6-photo people."""
-    with context.db.session() as session:
-        rows = session.execute(
-            select(FaceInstance.id, FaceInstance.image_id, FaceInstance.bbox_w, ImageRow.path).join(
-                ImageRow, ImageRow.id == FaceInstance.image_id
-            )
-        ).all()
-    largest: dict[int, tuple[int, int, str]] = {}
-    for row in rows:
-        if row.image_id not in largest or row.bbox_w > largest[row.image_id][1]:
-            largest[row.image_id] = (row.id, row.bbox_w, row.path)
+    """Folder name -> the main face of each of its photos (LFW's labelled face), for the 6-photo people."""
     people: dict[str, list[int]] = defaultdict(list)
-    for face_id, _, path in largest.values():
-        if Path(path).parent.parent.name == "people":
-            people[Path(path).parent.name].append(face_id)
+    for face_id, path in main_face_paths(context.db).items():
+        if path.parent.parent.name == "people":
+            people[path.parent.name].append(face_id)
     return {who: sorted(ids) for who, ids in people.items()}
 
 
@@ -370,7 +361,9 @@ def test_promoted_checkpoint_is_projected_into_its_own_collection_and_made_activ
     assert stage.cluster_dual.regenerate.active_space == stage.training.space  # a second promoted checkpoint took over
     assert stage.cluster_dual.assignments.space == stage.training.space
     assert stage.cluster_dual.assignments.person_threshold == stage.training.thresholds.threshold
-    assert stage.cluster_dual.centroids.people == 12 and stage.cluster_dual.regenerate.dropped_collection == report.space
+    assert (
+        stage.cluster_dual.centroids.people == 12 and stage.cluster_dual.regenerate.dropped_collection == report.space
+    )
     assert not collection(library, report.space)[0].size  # the old projection's collection went after the switch
 
 
