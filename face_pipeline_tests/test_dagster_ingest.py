@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from face_pipeline.definitions import defs as definitions
 from face_pipeline.defs.ingest_assets import detected_faces, photo_catalog
 from face_pipeline.defs.resources import SettingsResource, VectorStoreResource, pipeline_resources
+from face_pipeline.settings import SettingsError
 from face_pipeline.storage.vectors import VectorStore
 from face_pipeline_tests.photo_corpus import copy_people
 
@@ -37,6 +39,15 @@ def test_definitions_load():
     assert defs.resolve_job_def("ingest") is not None
     keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
     assert {"photo_catalog", "detected_faces"} <= keys
+
+
+def test_importing_the_definitions_reads_no_settings(monkeypatch: pytest.MonkeyPatch):
+    import face_pipeline.definitions as module
+
+    monkeypatch.setenv("FACE_SCHEDULE_HOUR", "24")  # not an hour: reading the settings fails
+    reloaded = importlib.reload(module)  # importing reads nothing
+    with pytest.raises(SettingsError, match="FACE_SCHEDULE_HOUR"):
+        reloaded.defs()  # Dagster calls it when it loads the code location
 
 
 def test_materialize_catalog_and_detection(tmp_path: Path, lfw_mini: Path, monkeypatch: pytest.MonkeyPatch):
