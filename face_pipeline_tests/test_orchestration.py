@@ -28,6 +28,7 @@ from face_pipeline.defs.runner import MARKER_PREFIX, dagster_home
 from face_pipeline.defs.schedules import build_schedules
 from face_pipeline.defs.sensors import label_growth_sensor
 from face_pipeline.domain.promotion_gate import PipelineFigures
+from face_pipeline.services.cluster_dual import CLUSTER_DUAL_ASSETS
 from face_pipeline.services.context import PipelineContext
 from face_pipeline.services.integrity import (
     cluster_id_problems,
@@ -95,6 +96,7 @@ def test_definitions_hold_the_issue_lineage_jobs_schedules_sensor_and_checks():
         CLUSTER_DUAL: ["regenerated_embeddings", *clustering],  # what `faces cluster-dual` runs
         "reembed": ["staged_faces", "reembedded_faces"],
     }
+    assert tuple(assets_of[CLUSTER_DUAL]) == CLUSTER_DUAL_ASSETS  # the sequence run_cluster_dual runs outside Dagster
     for job in (DAILY, RETRAIN, REASSIGN):  # the checks of the selected assets run with them
         assert {"supervised_assignments_assignment_checks", "unknown_clusters_assignment_checks"} <= set(
             job_steps(defs, job)
