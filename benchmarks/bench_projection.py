@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import lfw_dev_embeddings  # noqa: E402
-from face_pipeline.domain.projection import TrainingConfig, TrainingResult, train_projection  # noqa: E402
+from face_pipeline.domain.projection import TrainingParams, TrainingResult, train_projection  # noqa: E402
 from face_pipeline.domain.projection_head import project  # noqa: E402
 from face_pipeline.domain.verification import l2_normalise, pair_scores, sample_pairs, tar_at_far  # noqa: E402
 from face_pipeline_eval.synthetic import nuisance_faces  # noqa: E402
@@ -44,9 +44,9 @@ def speed() -> None:
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # torch.optim's one-time import (~2 s) is not training
     for dim in (128, 512):
         x, labels = nuisance_faces(1000, 10, dim)
-        config = TrainingConfig(epochs=20, patience=20, device="cpu", num_threads=1)
+        config = TrainingParams(epochs=20, patience=20, device="cpu", num_threads=1)
         started = time.perf_counter()
-        result = train_projection(x, labels, config=config)
+        result = train_projection(x, labels, params=config)
         seconds = time.perf_counter() - started
         print(
             f"speed: 20 epochs, {result.counts['train_faces']} training faces of {x.shape[0]} labelled, d={dim}, "
@@ -77,7 +77,7 @@ def lfw() -> None:
         f"never-labelled people ({int(same.sum())} genuine / {int((~same).sum())} impostor pairs): "
         f"raw {never_labelled(vectors)}"
     )
-    base = TrainingConfig(device="cpu", num_threads=1)
+    base = TrainingParams(device="cpu", num_threads=1)
     runs = {
         "default (residual, lr 1e-3)": base,
         "residual, lr 1e-4": replace(base, learning_rate=1e-4),
@@ -87,7 +87,7 @@ def lfw() -> None:
         "default, split seed 2": replace(base, seed=2),
     }
     for name, config in runs.items():
-        result = train_projection(vectors, labels, config=config)
+        result = train_projection(vectors, labels, params=config)
         print(line(name, result))
         print(f"{'':28s} never-labelled people: projected {never_labelled(project(vectors, result.head()))}")
         curve = " ".join(f"{r.val_tar:.3f}" for r in result.history)

@@ -70,7 +70,7 @@ def setup(kind: str, n: int, data_dir: Path) -> dict[str, Any]:
     from sqlalchemy import insert
 
     from face_pipeline.domain.naming import noise_cluster_id, person_cluster_id
-    from face_pipeline.services.context import PipelineContext
+    from face_pipeline.services.library import Library
     from face_pipeline.services.space_registry import register_raw_space
     from face_pipeline.settings import load_settings
     from face_pipeline.storage.models import FaceInstance, Image, Person, utcnow
@@ -83,7 +83,7 @@ def setup(kind: str, n: int, data_dir: Path) -> dict[str, Any]:
     image_of_face = np.sort(rng.integers(0, int(n / FACES_PER_PHOTO), size=n))
     confirmed = _confirmed_rows(identities, rng)
     settings = load_settings(photos_dir=data_dir / "photos", data_dir=data_dir, database_url=None, qdrant_url=None)
-    context = PipelineContext.from_settings(settings)
+    context = Library.from_settings(settings)
     made = time.perf_counter()
     now = utcnow()
     person_of_identity = {int(i): f"{int(i):032x}" for i in np.unique(identities[confirmed])}
@@ -166,7 +166,7 @@ def setup(kind: str, n: int, data_dir: Path) -> dict[str, Any]:
 
 def measure(data_dir: Path) -> dict[str, Any]:
     from face_pipeline.services.cluster_dual import run_cluster_dual
-    from face_pipeline.services.context import PipelineContext
+    from face_pipeline.services.library import Library
     from face_pipeline.settings import load_settings
 
     started = time.perf_counter()
@@ -179,7 +179,7 @@ def measure(data_dir: Path) -> dict[str, Any]:
 
     imports_s = time.perf_counter() - started
     settings = load_settings(photos_dir=data_dir / "photos", data_dir=data_dir, database_url=None, qdrant_url=None)
-    context = PipelineContext.from_settings(settings)
+    context = Library.from_settings(settings)
     rss_before = peak_rss_mb(include_children=False)
     sampler = _AnonSampler()
     sampler.start()

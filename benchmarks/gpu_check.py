@@ -67,7 +67,7 @@ def model_check(photos: list[Path]) -> None:
 def training_check(n_faces: int, epochs: int) -> None:
     import torch
 
-    from face_pipeline.domain.projection import TrainingConfig, train_projection
+    from face_pipeline.domain.projection import TrainingParams, train_projection
 
     rng = np.random.default_rng(0)
     people = n_faces // 10
@@ -76,9 +76,9 @@ def training_check(n_faces: int, epochs: int) -> None:
     vectors = centres[labels] + 1.2 * rng.standard_normal((labels.size, 512)).astype(np.float32)
     devices = ["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"]
     for device in devices:
-        config = TrainingConfig(epochs=epochs, patience=epochs, device=device)  # type: ignore[arg-type]
+        config = TrainingParams(epochs=epochs, patience=epochs, device=device)  # type: ignore[arg-type]
         started = time.perf_counter()
-        result = train_projection(vectors, labels, config=config)
+        result = train_projection(vectors, labels, params=config)
         seconds = time.perf_counter() - started
         emit(
             part="training",

@@ -27,8 +27,8 @@ from benchmarks.common import default_dataset, emit, peak_rss_mb  # noqa: E402
 def run_one(model: str, photos_limit: int, dataset: Path, workers: int) -> dict[str, object]:
     """Ingest in this process with one model; returns the figures."""
     from face_pipeline.services.catalog import scan_photos
-    from face_pipeline.services.context import PipelineContext
     from face_pipeline.services.detection import detect_pending_faces
+    from face_pipeline.services.library import Library
     from face_pipeline.settings import load_settings
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -37,7 +37,7 @@ def run_one(model: str, photos_limit: int, dataset: Path, workers: int) -> dict[
             (photos / source.parent.name).mkdir(parents=True, exist_ok=True)
             os.symlink(source, photos / source.parent.name / source.name)
         settings = load_settings(photos_dir=photos, data_dir=Path(tmp) / "data", workers=workers, embedder=model)
-        context = PipelineContext.from_settings(settings)
+        context = Library.from_settings(settings)
 
         started = time.perf_counter()
         scan_photos(context.db, photos)

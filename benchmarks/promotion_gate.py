@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import lfw_dev_embeddings  # noqa: E402
 from face_pipeline.domain.assignment import thresholds_for_space  # noqa: E402
-from face_pipeline.domain.projection import TrainingConfig, train_projection  # noqa: E402
+from face_pipeline.domain.projection import TrainingParams, train_projection  # noqa: E402
 from face_pipeline.domain.projection_head import project  # noqa: E402
 from face_pipeline.domain.promotion_gate import PipelineFigures, PipelineRoles, pipeline_figures  # noqa: E402
 from face_pipeline.domain.verification import UNLABELLED, l2_normalise  # noqa: E402
@@ -66,7 +66,7 @@ def main() -> None:
     )
     show("raw", pipeline_figures(vectors, person, roles, raw_thresholds), {"thresholds": raw_thresholds.__dict__})
 
-    base = TrainingConfig(device="cpu", num_threads=1)
+    base = TrainingParams(device="cpu", num_threads=1)
     variants = {
         "default": base,
         "split seed 1": replace(base, seed=1),
@@ -88,7 +88,7 @@ def main() -> None:
             rejections=np.empty((0, 2), np.int64),
             library_sample=data["vectors"][~named],  # the unnamed faces, raw, as read_training_set samples them
         )
-        result = train_projection(data_set.vectors, data_set.labels, config=config)
+        result = train_projection(data_set.vectors, data_set.labels, params=config)
         verdict = gate_on_pipeline(data_set, result, min_cluster_size=3)
         projected = project(vectors, result.head())
         figures = pipeline_figures(projected, person, roles, verdict.projected)

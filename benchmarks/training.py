@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/training.py lfw        # real dlib vectors of lfw-dev (.cache/lfw-dev-dlib.npz)
 
 Goal (issue 5): 20 epochs on 10K labelled faces in <= 30 s on the shared 2-core box (training uses one
-torch thread by design: domain.projection.TrainingConfig.num_threads measured two threads slower).
+torch thread by design: domain.projection.TrainingParams.num_threads measured two threads slower).
 
 Each case builds a library in a temporary folder through the real services (the raw space registered as
 detection registers it, face rows in SQL, vectors in the embedded store, labels confirmed as a user's are)
@@ -40,15 +40,15 @@ from benchmarks.common import emit, lfw_dev_embeddings, peak_rss_mb  # noqa: E40
 from face_pipeline.domain.assignment import SpaceThresholds  # noqa: E402
 from face_pipeline.domain.naming import noise_cluster_id  # noqa: E402
 from face_pipeline.domain.verification import l2_normalise, pair_scores, sample_pairs  # noqa: E402
-from face_pipeline.services.context import PipelineContext  # noqa: E402
 from face_pipeline.services.labels import confirm_faces  # noqa: E402
+from face_pipeline.services.library import Library  # noqa: E402
 from face_pipeline.services.space_registry import register_raw_space  # noqa: E402
 from face_pipeline.services.space_switch import regenerate_embeddings  # noqa: E402
 from face_pipeline.services.training import (  # noqa: E402
     TrainingReport,
     read_training_set,
     train_checkpoint,
-    training_config,
+    training_params,
 )
 from face_pipeline.settings import load_settings  # noqa: E402
 from face_pipeline.storage.models import FaceInstance, Image, Person  # noqa: E402
@@ -70,10 +70,10 @@ def calibrated_thresholds(vectors: np.ndarray, people: np.ndarray) -> SpaceThres
 
 def build_library(
     root: Path, dim: int, vectors: np.ndarray, people: np.ndarray, thresholds: SpaceThresholds | None = None
-) -> PipelineContext:
+) -> Library:
     """A library of one photo per face; people: (n,) int, -1 = nobody named the face."""
     space, model = SPACES[dim]
-    context = PipelineContext.from_settings(load_settings(data_dir=root / "data", photos_dir=root, embedder="dlib"))
+    context = Library.from_settings(load_settings(data_dir=root / "data", photos_dir=root, embedder="dlib"))
     n = vectors.shape[0]
     with context.db.session() as session:
         register_raw_space(session, EmbeddingSpaceInfo(space, model, dim), thresholds=thresholds)
@@ -113,9 +113,9 @@ def build_library(
     return context
 
 
-def run_case(case: str, context: PipelineContext, **config: object) -> TrainingReport:
+def run_case(case: str, context: Library, **config: object) -> TrainingReport:
     settings = context.settings
-    train = training_config(settings)
+    train = training_params(settings)
     train = dataclasses.replace(train, **config) if config else train
     started = time.perf_counter()
     with context.vectors() as store:

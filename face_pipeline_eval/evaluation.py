@@ -40,8 +40,8 @@ from face_pipeline.errors import InvalidInput
 from face_pipeline.services.catalog import scan_photos
 from face_pipeline.services.cluster_dual import run_cluster_dual
 from face_pipeline.services.clustering import space_params
-from face_pipeline.services.context import PipelineContext
 from face_pipeline.services.detection import detect_pending_faces
+from face_pipeline.services.library import Library
 from face_pipeline.services.space_registry import active_space, register_raw_space
 from face_pipeline.services.training import TooFewLabels, TrainingReport, train_and_reassign_stage
 from face_pipeline.settings import Settings, load_settings
@@ -158,7 +158,7 @@ def evaluate(
         try:
             return run.play(rounds, clusters_per_round, phase_b=phase_b)
         finally:
-            run.context.close()
+            run.library.close()
 
 
 @contextmanager
@@ -194,7 +194,7 @@ class _Run:
         self.identity_of_path = dataset.identity_of_library_path(settings.photos_dir)
         self.keep_snapshots = keep_snapshots
         self.train = train
-        self.context = PipelineContext.from_settings(settings)
+        self.library = Library.from_settings(settings)
         self.report = EvaluationReport(str(dataset.root))
 
     def play(self, rounds: int, clusters_per_round: int, *, phase_b: bool) -> EvaluationReport:
@@ -205,7 +205,7 @@ class _Run:
         self._baselines("phase A", state)
         for number in range(1, rounds + 1):
             truth = {int(f): str(t) for f, t in zip(state.face_ids, state.truth, strict=True) if t}
-            actions = name_largest_clusters(self.context.db, truth, self.name_of, clusters_per_round)
+            actions = name_largest_clusters(self.library, truth, self.name_of, clusters_per_round)
             log.info(
                 "round %d: the user named %d clusters (%d faces), rejected %d faces",
                 number,
@@ -234,17 +234,17 @@ class _Run:
     def _ingest_phase_a(self) -> None:
         snapshot = self._snapshot_dir()
         if self.keep_snapshots and (snapshot / "done").exists():
-            self.context.close()
+            self.library.close()
             shutil.rmtree(self.settings.data_dir)  # the empty library opening it created
             shutil.copytree(snapshot / "pipeline", self.settings.data_dir)
-            self.context = PipelineContext.from_settings(self.settings)
+            self.library = Library.from_settings(self.settings)
             self.report.ingest["phase A snapshot"] = str(snapshot)
             log.info("phase A: starting from the ingest snapshot %s", snapshot)
         faces = self._ingest(PHASE_A)
         if faces == 0:
             raise InvalidInput(f"no face was found in the first photos of {self.dataset.root}: nothing to evaluate")
         if self.keep_snapshots and not (snapshot / "done").exists():
-            self.context.close()  # SQLite folds its write-ahead log into the file on the last close
+            self.library.close()  # SQLite folds its write-ahead log into the file on the last close
             shutil.rmtree(snapshot, ignore_errors=True)
             shutil.copytree(self.settings.data_dir, snapshot / "pipeline")
             (snapshot / "done").touch()
@@ -254,9 +254,9 @@ class _Run:
         photos = self.dataset.in_phase(phase)
         place_photos(photos, self.settings.photos_dir)
         started = time.perf_counter()
-        scan = scan_photos(self.context.db, self.settings.photos_dir)
-        with self.context.vectors() as vectors:
-            detected = detect_pending_faces(self.settings, self.context.db, vectors)
+        scan = scan_photos(self.library.db, self.settings.photos_dir)
+        with self.library.vectors() as vectors:
+            detected = detect_pending_faces(self.settings, self.library.db, vectors)
         seconds = time.perf_counter() - started
         self.report.photos[f"phase {phase.upper()}"] = len(photos)
         self.report.ingest[f"phase {phase.upper()}"] = {
@@ -267,27 +267,27 @@ class _Run:
             "seconds": round(seconds, 1),
         }
         log.info("phase %s: %d photos, %d new faces (%.0f s)", phase.upper(), len(photos), detected.faces, seconds)
-        with self.context.db.session() as session:
+        with self.library.db.session() as session:
             return int(session.scalar(select(func.count()).select_from(FaceInstance)) or 0)
 
     # --- clustering and scoring -----------------------------------------------------------------------
 
     def _cluster_and_score(self, stage: str) -> LibraryState:
         started = time.perf_counter()
-        with self.context.vectors() as vectors:
+        with self.library.vectors() as vectors:
             # With training, new faces (phase B) get their vectors in the projected space too.
-            run_cluster_dual(self.context, vectors, space_mode="trained" if self.train else "auto")
+            run_cluster_dual(self.library, vectors, space_mode="trained" if self.train else "auto")
         seconds = time.perf_counter() - started
         if not self.report.params:
             self.report.params = self._params()
-        state = read_state(self.context.db, self.identity_of_path, self.identity_of_name)
+        state = read_state(self.library.db, self.identity_of_path, self.identity_of_name)
         self._add_row(score_pipeline(stage, state, self.dataset.strangers, seconds))
         return state
 
     def _add_row(self, row: StageFigures, training: StageTraining | None = None) -> None:
         self.report.rows.append(row)
         if self.train:
-            with self.context.db.session() as session:
+            with self.library.db.session() as session:
                 space = active_space(session)
                 name = "–" if space is None else f"{space.kind} {space.name}"
             self.report.training.append(training or StageTraining(space=name))
@@ -306,7 +306,7 @@ class _Run:
         stage = f"after {_ordinal(number)} training"
         started = time.perf_counter()
         try:
-            report = train_and_reassign_stage(self.context).training
+            report = train_and_reassign_stage(self.library).training
         except TooFewLabels as exc:
             log.info("%s: not enough labels (%s)", stage, exc)
             training = StageTraining(checkpoint="not enough labels", reason=_short(str(exc), 80))
@@ -314,15 +314,15 @@ class _Run:
             training = _stage_training(report)
             log.info("%s: checkpoint %s (%s)", stage, training.checkpoint, report.reason)
         seconds = time.perf_counter() - started
-        state = read_state(self.context.db, self.identity_of_path, self.identity_of_name)
+        state = read_state(self.library.db, self.identity_of_path, self.identity_of_name)
         self._add_row(score_pipeline(stage, state, self.dataset.strangers, seconds), training)
         return state
 
     def _own_thresholds(self) -> None:
         """Write the thresholds in force (settings over the raw row) into the raw space's row and clear the
         overrides: training then maps these onto a projected space, and each space uses its own."""
-        with self.context.db.session() as session:
-            params = space_params(self.context, session)
+        with self.library.db.session() as session:
+            params = space_params(self.library, session)
             space = active_space(session)
             assert space is not None  # space_params raised otherwise
             defaults = thresholds_for_space(space.name)
@@ -333,11 +333,11 @@ class _Run:
             register_raw_space(session, info, thresholds=own)
         cleared = {"person_match_threshold": None, "person_match_margin": None, "unknown_eps": None}
         self.settings = self.settings.model_copy(update=cleared)
-        self.context = PipelineContext(self.settings, self.context.db)
+        self.library = Library(self.settings, self.library.db)
 
     def _params(self) -> dict[str, Any]:
-        with self.context.db.session() as session:
-            params = space_params(self.context, session)
+        with self.library.db.session() as session:
+            params = space_params(self.library, session)
         return {
             "space": params.space,
             "person_threshold": params.person_threshold,
@@ -348,7 +348,7 @@ class _Run:
         }
 
     def _baselines(self, stage: str, state: LibraryState) -> None:
-        with self.context.vectors() as vectors:
+        with self.library.vectors() as vectors:
             matrix = vectors.fetch(self.report.params["space"], state.face_ids)
         eps = float(self.report.params["cluster_eps"])
         self.report.baselines.extend(score_baselines(stage, state, matrix, self.dataset.strangers, eps))

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 from face_pipeline.domain.naming import UNKNOWN_PREFIX
 from face_pipeline.services.labels import clean_name, label_cluster, reject_face
+from face_pipeline.services.library import Library
 from face_pipeline.storage.db import Database
 from face_pipeline.storage.models import FaceInstance
 
@@ -44,7 +45,7 @@ def names_for(identities: Iterable[str]) -> dict[str, str]:
 
 
 def name_largest_clusters(
-    db: Database, truth_of_face: Mapping[int, str], name_of: Mapping[str, str], how_many: int
+    library: Library, truth_of_face: Mapping[int, str], name_of: Mapping[str, str], how_many: int
 ) -> RoundActions:
     """Name up to `how_many` unknown clusters, largest first, after their commonest identity.
 
@@ -53,22 +54,22 @@ def name_largest_clusters(
     (`names_for`). A name already given joins the same person (the label service reuses people by name).
     """
     actions = RoundActions()
-    for cluster_id in _unknown_clusters_by_size(db):
+    for cluster_id in _unknown_clusters_by_size(library.db):
         if actions.clusters_named >= how_many:
             break
-        members = _members(db, cluster_id)
+        members = _members(library.db, cluster_id)
         who = Counter(truth_of_face[f] for f in members if f in truth_of_face).most_common(1)
         if not who or who[0][1] < MIN_FACES_TO_RECOGNISE:
             actions.clusters_skipped += 1
             continue
         identity = who[0][0]
-        result = label_cluster(db, cluster_id, name_of[identity], expected_face_ids=members)
+        result = label_cluster(library, cluster_id, name_of[identity], expected_face_ids=members)
         actions.clusters_named += 1
         actions.new_people += int(result.created_person)
         skipped = set(result.skipped_rejected) | set(result.skipped_confirmed)
         wrong = [f for f in members if f not in skipped and truth_of_face.get(f) != identity]
         for face_id in wrong:
-            reject_face(db, face_id, result.person_id)
+            reject_face(library, face_id, result.person_id)
         actions.faces_labelled += result.faces_labelled - len(wrong)
         actions.faces_rejected += len(wrong)
     return actions

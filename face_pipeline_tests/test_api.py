@@ -25,7 +25,7 @@ from sqlalchemy import func, select, update
 
 from face_pipeline.api.app import create_app
 from face_pipeline.services.cluster_dual import run_cluster_dual
-from face_pipeline.services.context import PipelineContext
+from face_pipeline.services.library import Library
 from face_pipeline.services.thumbnail_store import thumbnail_path
 from face_pipeline.settings import load_settings
 from face_pipeline.storage.models import FaceAssignmentEvent, FaceInstance, FaceRejection, Image
@@ -57,20 +57,20 @@ def _ingested_template(tmp_path_factory: pytest.TempPathFactory, lfw_mini: Path)
     return template / "data"
 
 
-def sqlite_library(tmp_path_factory: pytest.TempPathFactory, lfw_mini: Path, **overrides: Any) -> PipelineContext:
+def sqlite_library(tmp_path_factory: pytest.TempPathFactory, lfw_mini: Path, **overrides: Any) -> Library:
     root = tmp_path_factory.mktemp("api_library")
     shutil.copytree(_ingested_template(tmp_path_factory, lfw_mini), root / "data")
     settings = load_settings(photos_dir=lfw_mini, data_dir=root / "data", embedder="buffalo_s", **overrides)
-    return PipelineContext.from_settings(settings)
+    return Library.from_settings(settings)
 
 
-def group_faces(context: PipelineContext) -> None:
+def group_faces(context: Library) -> None:
     """The cluster-dual sequence, as the cluster_dual job runs it."""
     with context.vectors() as vectors:
         run_cluster_dual(context, vectors)
 
 
-def face_folders(context: PipelineContext) -> dict[int, str]:
+def face_folders(context: Library) -> dict[int, str]:
     """face id -> identity (photo folder) for each photo's largest face (LFW's labelled one)."""
     with context.db.session() as session:
         rows = session.execute(
@@ -85,7 +85,7 @@ def face_folders(context: PipelineContext) -> dict[int, str]:
     return {row.id: Path(row.path).parent.name for row in largest.values()}
 
 
-def make_client(context: PipelineContext, **overrides: Any) -> TestClient:
+def make_client(context: Library, **overrides: Any) -> TestClient:
     settings = load_settings(**{**context.settings.model_dump(), **overrides}) if overrides else context.settings
     return TestClient(create_app(settings), base_url=BASE_URL)
 
@@ -98,8 +98,8 @@ def postgres_module_url(postgres_server: str) -> Iterator[str]:
 
 
 @dataclass
-class Library:
-    context: PipelineContext
+class ServedLibrary:
+    context: Library
     client: TestClient
     folders: dict[int, str]
 
@@ -134,7 +134,7 @@ _taken: set[str] = set()
 )
 def library(
     request: pytest.FixtureRequest, lfw_mini: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Library]:
+) -> Iterator[ServedLibrary]:
     if request.param == "sqlite":
         context = sqlite_library(tmp_path_factory, lfw_mini)
     else:
@@ -144,14 +144,14 @@ def library(
     group_faces(context)
     _taken.clear()
     with make_client(context) as client:
-        yield Library(context, client, face_folders(context))
+        yield ServedLibrary(context, client, face_folders(context))
     context.close()
 
 
 # --- reading -------------------------------------------------------------------------------------------
 
 
-def test_health_and_the_documented_endpoints(library: Library):
+def test_health_and_the_documented_endpoints(library: ServedLibrary):
     assert library.client.get("/healthz").json() == {"status": "ok", "database": "ok"}
     paths = library.client.get("/openapi.json").json()["paths"]
     expected = {
@@ -173,7 +173,7 @@ def test_health_and_the_documented_endpoints(library: Library):
         assert methods <= set(paths[path]), path
 
 
-def test_unknown_clusters_come_largest_first_with_their_best_face_as_cover(library: Library):
+def test_unknown_clusters_come_largest_first_with_their_best_face_as_cover(library: ServedLibrary):
     page = library.client.get(f"{API}/faces/clusters", params={"type": "unknown", "limit": 500}).json()
     sizes = [c["size"] for c in page["items"]]
     assert page["total"] == len(page["items"]) >= 5
@@ -195,7 +195,7 @@ def test_unknown_clusters_come_largest_first_with_their_best_face_as_cover(libra
         assert everything["total"] == session.scalar(select(func.count(func.distinct(FaceInstance.cluster_id))))
 
 
-def test_cluster_faces_are_paged_and_carry_no_file_paths(library: Library):
+def test_cluster_faces_are_paged_and_carry_no_file_paths(library: ServedLibrary):
     cluster = library.client.get(f"{API}/faces/clusters", params={"type": "unknown", "limit": 1}).json()["items"][0]
     url = f"{API}/faces/clusters/{cluster['cluster_id']}"
     first = library.client.get(url, params={"limit": 2}).json()
@@ -209,7 +209,7 @@ def test_cluster_faces_are_paged_and_carry_no_file_paths(library: Library):
     assert library.client.get(f"{API}/faces/clusters/unknown_cluster_999999").status_code == 404
 
 
-def test_thumbnails_are_cached_jpegs_for_known_faces_only(library: Library):
+def test_thumbnails_are_cached_jpegs_for_known_faces_only(library: ServedLibrary):
     face_id = min(library.folders)
     response = library.client.get(f"{API}/faces/{face_id}/thumbnail")
     assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
@@ -226,7 +226,7 @@ def test_thumbnails_are_cached_jpegs_for_known_faces_only(library: Library):
         assert library.client.get(f"{API}/faces/{bad}/thumbnail").status_code in (404, 422), bad
 
 
-def test_a_thumbnail_whose_photo_is_gone_is_a_404_not_a_500(library: Library):
+def test_a_thumbnail_whose_photo_is_gone_is_a_404_not_a_500(library: ServedLibrary):
     face_id = max(library.folders)
     with library.context.db.session() as session:
         image_id = session.get(FaceInstance, face_id).image_id  # type: ignore[union-attr]
@@ -244,7 +244,7 @@ def test_a_thumbnail_whose_photo_is_gone_is_a_404_not_a_500(library: Library):
             session.execute(update(Image).where(Image.id == image_id).values(path=old))
 
 
-def test_stats_match_the_library(library: Library):
+def test_stats_match_the_library(library: ServedLibrary):
     stats = library.client.get(f"{API}/faces/stats").json()
     assert stats["photos_by_status"] == {"done": 120}
     assert stats["faces"] >= 120 and stats["active_space"] == SPACE and stats["skipped"] == []
@@ -253,7 +253,7 @@ def test_stats_match_the_library(library: Library):
 # --- labelling -----------------------------------------------------------------------------------------
 
 
-def test_the_seeds_curl_line_names_a_cluster(library: Library):
+def test_the_seeds_curl_line_names_a_cluster(library: ServedLibrary):
     cluster = library.take_unknown_cluster()
     cluster_id, size = cluster["cluster_id"], cluster["size"]
     before = library.events("label_cluster")
@@ -285,7 +285,7 @@ def test_the_seeds_curl_line_names_a_cluster(library: Library):
     assert reused.json()["person_id"] == result["person_id"] and reused.json()["created_person"] is False
 
 
-def test_a_stale_page_gets_409_and_changes_nothing(library: Library):
+def test_a_stale_page_gets_409_and_changes_nothing(library: ServedLibrary):
     cluster = library.take_unknown_cluster(min_size=4)
     shown = [f["face_id"] for f in cluster["faces"]["items"]]
     before = (library.events("label_cluster"), library.client.get(f"{API}/persons").json()["total"])
@@ -299,7 +299,7 @@ def test_a_stale_page_gets_409_and_changes_nothing(library: Library):
     assert fresh.status_code == 200 and fresh.json()["faces_labelled"] == len(shown)
 
 
-def test_single_faces_are_assigned_rejected_released_and_taken_out_of_groups(library: Library):
+def test_single_faces_are_assigned_rejected_released_and_taken_out_of_groups(library: ServedLibrary):
     cluster = library.take_unknown_cluster(min_size=4)
     a, b, c, d = (f["face_id"] for f in cluster["faces"]["items"][:4])
     post = library.client.post
@@ -333,7 +333,7 @@ def test_single_faces_are_assigned_rejected_released_and_taken_out_of_groups(lib
     assert d in [f["face_id"] for f in detail["faces"]["items"]] and detail["size"] == cluster["size"] - 3
 
 
-def test_assign_takes_exactly_one_of_person_id_or_name(library: Library):
+def test_assign_takes_exactly_one_of_person_id_or_name(library: ServedLibrary):
     face_id = sorted(library.folders)[3]
     url = f"{API}/faces/{face_id}/assign"
     assert library.client.post(url, json={}).status_code == 422
@@ -342,7 +342,7 @@ def test_assign_takes_exactly_one_of_person_id_or_name(library: Library):
     assert library.client.post(f"{API}/faces/987654/assign", json={"name": "Nobody"}).status_code == 404
 
 
-def test_people_are_created_renamed_and_merged(library: Library):
+def test_people_are_created_renamed_and_merged(library: ServedLibrary):
     client = library.client
     created = client.post(f"{API}/persons", json={"name": "Carol Merge"})
     assert created.status_code == 201
@@ -371,7 +371,7 @@ def test_people_are_created_renamed_and_merged(library: Library):
     assert client.patch(f"{API}/persons/{'c' * 32}", json={"name": "Ghost"}).status_code == 404
 
 
-def test_an_ambiguous_name_is_a_409(library: Library):
+def test_an_ambiguous_name_is_a_409(library: ServedLibrary):
     client = library.client
     first = client.post(f"{API}/persons", json={"name": "Twin One"}).json()["person_id"]
     second = client.post(f"{API}/persons", json={"name": "Twin Two"}).json()["person_id"]
@@ -385,7 +385,7 @@ def test_an_ambiguous_name_is_a_409(library: Library):
 # --- suggestions ---------------------------------------------------------------------------------------
 
 
-def test_suggestions_rank_the_persons_own_unnamed_faces_first(library: Library):
+def test_suggestions_rank_the_persons_own_unnamed_faces_first(library: ServedLibrary):
     from face_pipeline.services.browse import suggest_faces
 
     cluster = library.take_unknown_cluster(min_size=5)
@@ -422,7 +422,7 @@ def test_suggestions_rank_the_persons_own_unnamed_faces_first(library: Library):
     assert library.client.get(f"{API}/persons/{'d' * 32}/suggestions").status_code == 404
 
 
-def test_suggestions_answer_503_while_a_pipeline_run_holds_the_vector_store(library: Library):
+def test_suggestions_answer_503_while_a_pipeline_run_holds_the_vector_store(library: ServedLibrary):
     if library.context.settings.qdrant_url:
         pytest.skip("only the embedded vector store is single-process")
     person = library.client.post(f"{API}/persons", json={"name": "Frank Busy"}).json()["person_id"]
@@ -455,7 +455,7 @@ def test_suggestions_answer_503_while_a_pipeline_run_holds_the_vector_store(libr
 # --- security and client mistakes ----------------------------------------------------------------------
 
 
-def test_writes_need_the_token_when_one_is_set(library: Library):
+def test_writes_need_the_token_when_one_is_set(library: ServedLibrary):
     with make_client(library.context, api_token="s3cret-token") as client:
         url = f"{API}/persons"
         assert client.get(url).status_code == 200  # reads stay open
@@ -469,7 +469,7 @@ def test_writes_need_the_token_when_one_is_set(library: Library):
         assert client.post(f"{API}/faces/1/unassign").status_code == 401
 
 
-def test_browser_writes_from_other_sites_and_foreign_host_names_are_refused(library: Library):
+def test_browser_writes_from_other_sites_and_foreign_host_names_are_refused(library: ServedLibrary):
     client = library.client
     evil = client.post(f"{API}/persons", json={"name": "CSRF"}, headers={"Origin": "http://evil.example"})
     assert evil.status_code == 403
@@ -532,14 +532,14 @@ BAD_REQUESTS = [
 
 @pytest.mark.parametrize(("method", "path", "body", "status"), BAD_REQUESTS)
 def test_client_mistakes_get_a_4xx_never_a_500(
-    library: Library, method: str, path: str, body: Any, status: int | tuple[int, ...]
+    library: ServedLibrary, method: str, path: str, body: Any, status: int | tuple[int, ...]
 ):
     kwargs = {} if body is None else {"json": body}
     response = library.client.request(method, API + path, **kwargs)
     assert response.status_code in (status if isinstance(status, tuple) else (status,)), response.text
 
 
-def test_malformed_and_oversized_bodies_are_refused(library: Library):
+def test_malformed_and_oversized_bodies_are_refused(library: ServedLibrary):
     url = f"{API}/persons"
     headers = {"Content-Type": "application/json"}
     assert library.client.post(url, content=b'{"name": ', headers=headers).status_code == 422

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 
 from face_pipeline.api.app import create_app
-from face_pipeline.services.context import PipelineContext
+from face_pipeline.services.library import Library
 from face_pipeline_tests.test_api import group_faces, sqlite_library
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -32,14 +32,14 @@ BASE_URL = "http://127.0.0.1"  # the app admits loopback host names only
 
 
 @pytest.fixture(scope="module")
-def fuzzed_library(lfw_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipelineContext]:
+def fuzzed_library(lfw_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Library]:
     context = sqlite_library(tmp_path_factory, lfw_mini)
     group_faces(context)
     yield context
     context.close()
 
 
-def test_no_request_makes_the_api_fail_with_a_5xx(fuzzed_library: PipelineContext):
+def test_no_request_makes_the_api_fail_with_a_5xx(fuzzed_library: Library):
     import schemathesis
     from schemathesis import GenerationMode
     from schemathesis.checks import not_a_server_error

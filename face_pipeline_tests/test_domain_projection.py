@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from face_pipeline.domain.projection import NotEnoughLabels, TrainingConfig, TrainingResult, train_projection
+from face_pipeline.domain.projection import NotEnoughLabels, TrainingParams, TrainingResult, train_projection
 from face_pipeline.domain.projection_head import HeadSpec, ProjectionHead, project
 from face_pipeline.domain.triplets import (
     NO_PERSON,
@@ -30,13 +30,13 @@ from face_pipeline.domain.verification import (
 from face_pipeline.storage.checkpoints import load_checkpoint, save_checkpoint
 from face_pipeline_eval.synthetic import nuisance_faces, synthetic_faces
 
-FAST = TrainingConfig(epochs=8, patience=8, num_threads=1, device="cpu")
+FAST = TrainingParams(epochs=8, patience=8, num_threads=1, device="cpu")
 
 
 @pytest.fixture(scope="module")
 def helped() -> tuple[np.ndarray, np.ndarray, TrainingResult]:
     x, labels = nuisance_faces()
-    return x, labels, train_projection(x, labels, config=FAST)
+    return x, labels, train_projection(x, labels, params=FAST)
 
 
 # --- mining ---------------------------------------------------------------------------------------------
@@ -101,10 +101,10 @@ def test_triplet_loss_falls_during_training(helped: tuple[np.ndarray, np.ndarray
 
 def test_same_seed_gives_bitwise_identical_weights() -> None:
     x, labels = nuisance_faces(n_people=30, seed=1)
-    config = TrainingConfig(epochs=2, patience=2, num_threads=1, device="cpu", seed=7)
-    first = train_projection(x, labels, config=config)
-    second = train_projection(x, labels, config=config)
-    other = train_projection(x, labels, config=TrainingConfig(epochs=2, patience=2, num_threads=1, seed=8))
+    config = TrainingParams(epochs=2, patience=2, num_threads=1, device="cpu", seed=7)
+    first = train_projection(x, labels, params=config)
+    second = train_projection(x, labels, params=config)
+    other = train_projection(x, labels, params=TrainingParams(epochs=2, patience=2, num_threads=1, seed=8))
     assert first.state_dict.keys() == second.state_dict.keys()
     assert all(torch.equal(first.state_dict[k], second.state_dict[k]) for k in first.state_dict)
     assert not all(torch.equal(first.state_dict[k], other.state_dict[k]) for k in first.state_dict)
@@ -112,7 +112,7 @@ def test_same_seed_gives_bitwise_identical_weights() -> None:
 
 def test_rejections_push_the_rejected_face_away_from_the_person() -> None:
     x, labels = nuisance_faces(n_people=30, seed=2)
-    config = TrainingConfig(epochs=12, patience=12, num_threads=1, device="cpu", max_rejections_per_batch=8)
+    config = TrainingParams(epochs=12, patience=12, num_threads=1, device="cpu", max_rejections_per_batch=8)
     person = int(split_by_identity(labels, config.val_fraction, config.seed).train_people[0])
     # An unlabelled impostor placed among the person's faces: in the raw space it is most of their
     # faces' nearest neighbour, and no label says otherwise; only the user's "not this person" does.
@@ -136,8 +136,8 @@ def test_rejections_push_the_rejected_face_away_from_the_person() -> None:
         )
 
     assert nearest_share_and_similarity(vectors)[0] > 0.5
-    without = train_projection(vectors, face_labels, config=config)
-    with_rejection = train_projection(vectors, face_labels, np.array([[rejected, person]]), config=config)
+    without = train_projection(vectors, face_labels, params=config)
+    with_rejection = train_projection(vectors, face_labels, np.array([[rejected, person]]), params=config)
     assert without.counts["rejections_used"] == 0 and with_rejection.counts["rejections_used"] == 1
     share_without, sim_without, _ = nearest_share_and_similarity(project(vectors, without.state_dict))
     share_with, sim_with, own_median = nearest_share_and_similarity(project(vectors, with_rejection.state_dict))
@@ -148,7 +148,7 @@ def test_rejections_push_the_rejected_face_away_from_the_person() -> None:
 
 def test_rejections_of_validation_faces_or_against_a_label_are_not_used() -> None:
     x, labels = nuisance_faces(n_people=30, seed=4)
-    config = TrainingConfig(epochs=1, patience=1, num_threads=1, device="cpu")
+    config = TrainingParams(epochs=1, patience=1, num_threads=1, device="cpu")
     split = split_by_identity(labels, config.val_fraction, config.seed)
     person = int(split.train_people[0])
     other_train_face = int(split.train[labels[split.train] != person][0])
@@ -179,7 +179,7 @@ def test_gate_promotes_a_projection_that_helps_unseen_people(
 def test_gate_refuses_when_labels_carry_no_identity() -> None:
     x, labels = nuisance_faces(seed=3)
     shuffled = np.random.default_rng(0).permutation(labels)  # names that say nothing about the faces
-    result = train_projection(x, shuffled, config=FAST)
+    result = train_projection(x, shuffled, params=FAST)
     assert not result.promote
     assert result.promote_reason.startswith("kept raw space")
     assert result.raw.verification.n_impostor > 0 and result.projected.verification.n_genuine > 0
@@ -188,7 +188,7 @@ def test_gate_refuses_when_labels_carry_no_identity() -> None:
 def test_gate_refuses_when_the_raw_space_is_already_perfect() -> None:
     x, ids = synthetic_faces(1200, 64, 0, zipf_exponent=1.6)  # well separated people: raw TAR is 1.0
     _, labels = np.unique(ids, return_inverse=True)
-    result = train_projection(x, labels, config=FAST)
+    result = train_projection(x, labels, params=FAST)
     assert result.raw.verification.tar == 1.0
     assert not result.promote
     assert "TAR gain below" in result.promote_reason
@@ -197,10 +197,10 @@ def test_gate_refuses_when_the_raw_space_is_already_perfect() -> None:
 def test_too_few_labels_raise_not_enough_labels_with_the_count() -> None:
     x, labels = nuisance_faces(n_people=6, faces_per_person=5)
     labels[labels == 5] = -1  # five people with five faces: enough
-    train_projection(x, labels, config=TrainingConfig(epochs=1, patience=1))
+    train_projection(x, labels, params=TrainingParams(epochs=1, patience=1))
     labels[np.flatnonzero(labels == 4)[:2]] = -1  # person 4 drops to three labelled faces
     with pytest.raises(NotEnoughLabels, match="need at least 5 people with 5\\+ labelled faces each; have 4 people"):
-        train_projection(x, labels, config=TrainingConfig(epochs=1))
+        train_projection(x, labels, params=TrainingParams(epochs=1))
 
 
 # --- using the head -------------------------------------------------------------------------------------
@@ -213,7 +213,7 @@ def test_a_512_d_space_trains_on_fewer_labelled_faces_than_the_head_has_outputs(
     centres = rng.standard_normal((8, 512))
     vectors = centres[labels] + 0.5 * rng.standard_normal((48, 512))
     vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
-    result = train_projection(vectors, labels, config=TrainingConfig(num_threads=1, device="cpu", epochs=2))
+    result = train_projection(vectors, labels, params=TrainingParams(num_threads=1, device="cpu", epochs=2))
     assert result.spec.in_dim == 512 and result.promote_reason
     skip = result.head().skip
     assert skip is not None  # the skip path is a partial isometry: orthonormal rows, even past the 48 faces
@@ -232,7 +232,7 @@ def test_untrained_residual_head_is_the_raw_space_and_mlp_is_not() -> None:
 def test_project_returns_unit_rows_of_the_output_size(helped: tuple[np.ndarray, np.ndarray, TrainingResult]) -> None:
     x, _, result = helped
     out = project(x, result.head(), batch_size=37)
-    assert out.shape == (x.shape[0], result.config.out_dim) and out.dtype == np.float32
+    assert out.shape == (x.shape[0], result.params.out_dim) and out.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
     np.testing.assert_array_equal(out, project(x, result.state_dict))
     with pytest.raises(ValueError, match="expected vectors of shape"):
@@ -294,7 +294,7 @@ def test_pairs_are_capped_on_large_sets() -> None:
 def _gate_on_real_faces(data: dict[str, np.ndarray], min_people: int) -> TrainingResult:
     _, labels, counts = np.unique(data["identities"], return_inverse=True, return_counts=True)
     labels = np.where(counts[labels] >= 5, labels, -1)  # a user labelled the people with 5+ photos
-    result = train_projection(data["vectors"], labels, config=TrainingConfig(num_threads=1, device="cpu"))
+    result = train_projection(data["vectors"], labels, params=TrainingParams(num_threads=1, device="cpu"))
     assert result.counts["people_with_min_faces"] >= min_people
     # The raw space already separates these people well; whatever the head does, the gate must not let the
     # projected space be worse for people never labelled.

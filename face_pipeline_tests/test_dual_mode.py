@@ -19,8 +19,8 @@ from sqlalchemy import func, select, update
 
 from face_pipeline.domain.naming import parse_cluster_id
 from face_pipeline.services.clustering import assign_known_faces, cluster_unknown_faces, compute_person_centroids
-from face_pipeline.services.context import PipelineContext
 from face_pipeline.services.labels import label_cluster, label_face, reject_face
+from face_pipeline.services.library import Library
 from face_pipeline.storage.models import FaceAssignmentEvent, FaceInstance
 from face_pipeline.storage.models import Image as ImageRow
 from face_pipeline_tests.main_face import main_face_paths
@@ -28,14 +28,14 @@ from face_pipeline_tests.photo_corpus import copy_mini_library, copy_people
 from face_pipeline_tests.test_ingest import ingest, make_context
 
 
-def cluster_dual(context: PipelineContext, **assign: float) -> None:
+def cluster_dual(context: Library, **assign: float) -> None:
     with context.vectors() as vectors:
         compute_person_centroids(context, vectors)
         assign_known_faces(context, vectors, **assign)
         cluster_unknown_faces(context, vectors)
 
 
-def faces(context: PipelineContext) -> dict[int, dict[str, object]]:
+def faces(context: Library) -> dict[int, dict[str, object]]:
     """face id -> row facts plus `who`: the photo's folder for the photo's main face, else None."""
     main = main_face_paths(context.db)
     with context.db.session() as session:
@@ -82,7 +82,7 @@ def mini_data(lfw_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def library(mini_data: Path, tmp_path: Path) -> Iterator[PipelineContext]:
+def library(mini_data: Path, tmp_path: Path) -> Iterator[Library]:
     shutil.copytree(mini_data, tmp_path / "lib")
     context = make_context(tmp_path / "lib", tmp_path / "lib" / "photos")
     with context.db.session() as session:  # the copy's photos live under the copy
@@ -93,7 +93,7 @@ def library(mini_data: Path, tmp_path: Path) -> Iterator[PipelineContext]:
     context.close()
 
 
-def test_first_run_groups_each_person_and_leaves_every_face_one_cluster(library: PipelineContext):
+def test_first_run_groups_each_person_and_leaves_every_face_one_cluster(library: Library):
     cluster_dual(library)
     state = faces(library)
     assert_one_valid_cluster_each(state)
@@ -112,12 +112,12 @@ def test_first_run_groups_each_person_and_leaves_every_face_one_cluster(library:
     assert sum(str(f["cluster"]).startswith("unknown_cluster_") for f in strangers) <= 2
 
 
-def test_labelled_faces_find_the_rest_of_the_person_and_nobody_else(library: PipelineContext):
+def test_labelled_faces_find_the_rest_of_the_person_and_nobody_else(library: Library):
     state = faces(library)
     people = sorted({str(f["who"]) for f in state.values() if f["who"] and len(faces_of(state, str(f["who"]))) >= 6})
     for who in people[:6]:
         for face_id in faces_of(state, who)[:3]:
-            label_face(library.db, face_id, who.replace("_", " "))
+            label_face(library, face_id, who.replace("_", " "))
     cluster_dual(library, person_threshold=0.35)  # the mechanism, not the default's recall/precision trade-off
     state = faces(library)
     assert_one_valid_cluster_each(state)
@@ -134,12 +134,12 @@ def test_labelled_faces_find_the_rest_of_the_person_and_nobody_else(library: Pip
     assert len(correct) == remaining
 
 
-def test_threshold_and_margin_gate_assignment(library: PipelineContext):
+def test_threshold_and_margin_gate_assignment(library: Library):
     state = faces(library)
     people = sorted({str(f["who"]) for f in state.values() if f["who"] and len(faces_of(state, str(f["who"]))) >= 6})
     for who in people[:3]:
         for face_id in faces_of(state, who)[:3]:
-            label_face(library.db, face_id, who)
+            label_face(library, face_id, who)
 
     def assigned(**params: float) -> int:
         cluster_dual(library, **params)
@@ -150,7 +150,7 @@ def test_threshold_and_margin_gate_assignment(library: PipelineContext):
     assert assigned(person_threshold=0.3, person_margin=0.0) >= 9  # 3 people's 3 other photos, scores 0.56+
 
 
-def test_one_face_per_person_per_photo(library: PipelineContext):
+def test_one_face_per_person_per_photo(library: Library):
     state = faces(library)
     who = sorted({str(f["who"]) for f in state.values() if f["who"] and len(faces_of(state, str(f["who"]))) >= 6})[0]
     photos = library.settings.photos_dir
@@ -167,7 +167,7 @@ def test_one_face_per_person_per_photo(library: PipelineContext):
     side_by_side.save(photos / "two_of_the_same.jpg")
     ingest(library)
     for face_id in faces_of(state, who)[:4]:
-        label_face(library.db, face_id, who)
+        label_face(library, face_id, who)
     cluster_dual(library, person_threshold=0.3)  # both copies of the person score above it
 
     with library.db.session() as session:
@@ -179,20 +179,20 @@ def test_one_face_per_person_per_photo(library: PipelineContext):
     assert all(f.cluster_id for f in rows)
 
 
-def test_rejection_is_remembered_and_user_labels_are_never_changed(library: PipelineContext):
+def test_rejection_is_remembered_and_user_labels_are_never_changed(library: Library):
     state = faces(library)
     people = sorted({str(f["who"]) for f in state.values() if f["who"] and len(faces_of(state, str(f["who"]))) >= 6})
     alice, bob = people[0], people[1]
     for face_id in faces_of(state, alice)[:3]:
-        label_face(library.db, face_id, "Alice")
+        label_face(library, face_id, "Alice")
     wrong_label = faces_of(state, bob)[0]
-    label_face(library.db, wrong_label, "Alice")  # a user's mistake is still the user's decision
+    label_face(library, wrong_label, "Alice")  # a user's mistake is still the user's decision
     cluster_dual(library)
     state = faces(library)
     matched = [i for i in faces_of(state, alice) if state[i]["source"] == "supervised"]
     assert matched, "no face of Alice was matched"
     rejected = matched[0]
-    reject_face(library.db, rejected)
+    reject_face(library, rejected)
 
     for _ in range(2):
         cluster_dual(library, person_threshold=0.3, person_margin=0.0)
@@ -208,7 +208,7 @@ def test_rejection_is_remembered_and_user_labels_are_never_changed(library: Pipe
     assert automatic == 0
 
 
-def test_cluster_numbers_stay_with_their_group_across_runs_and_new_photos(library: PipelineContext, lfw_mini: Path):
+def test_cluster_numbers_stay_with_their_group_across_runs_and_new_photos(library: Library, lfw_mini: Path):
     cluster_dual(library)
     first = {i: f["cluster"] for i, f in faces(library).items()}
     cluster_dual(library)
@@ -228,16 +228,16 @@ def test_cluster_numbers_stay_with_their_group_across_runs_and_new_photos(librar
     assert max(grown.values()) == 8  # the groups took in their new photos
 
 
-def test_labelling_a_stale_cluster_changes_nothing(library: PipelineContext):
+def test_labelling_a_stale_cluster_changes_nothing(library: Library):
     cluster_dual(library)
     with library.db.session() as session:
         members = session.scalars(select(FaceInstance.id).where(FaceInstance.cluster_id == "unknown_cluster_1")).all()
     from face_pipeline.errors import Conflict
 
     with pytest.raises(Conflict, match="changed since it was loaded"):
-        label_cluster(library.db, "unknown_cluster_1", "Carol", expected_face_ids=members[:-1])
+        label_cluster(library, "unknown_cluster_1", "Carol", expected_face_ids=members[:-1])
     assert not any(f["confirmed"] for f in faces(library).values())
-    result = label_cluster(library.db, "unknown_cluster_1", "Carol", expected_face_ids=members)
+    result = label_cluster(library, "unknown_cluster_1", "Carol", expected_face_ids=members)
     assert result.faces_labelled == len(members)
 
 
@@ -253,9 +253,9 @@ def test_dual_mode_on_postgresql(tmp_path: Path, lfw_mini: Path, postgres_url: s
     unknown = {str(f["cluster"]) for f in state.values() if str(f["cluster"]).startswith("unknown_cluster_")}
     assert len(unknown) >= 3
     first = sorted(unknown)[0]
-    labelled = label_cluster(context.db, first, "Dana").faces_labelled
+    labelled = label_cluster(context, first, "Dana").faces_labelled
     rejected = next(i for i, f in faces(context).items() if f["confirmed"])
-    dana = reject_face(context.db, rejected)
+    dana = reject_face(context, rejected)
     cluster_dual(context, person_threshold=0.3, person_margin=0.0)
     state = faces(context)
     assert_one_valid_cluster_each(state)
@@ -264,7 +264,7 @@ def test_dual_mode_on_postgresql(tmp_path: Path, lfw_mini: Path, postgres_url: s
     context.close()
 
 
-def test_groups_of_two_are_allowed_when_asked_for(library: PipelineContext):
+def test_groups_of_two_are_allowed_when_asked_for(library: Library):
     with library.vectors() as vectors:
         report = cluster_unknown_faces(library, vectors, min_cluster_size=2)
     assert report.clusters >= 10 and min(report.sizes) >= 2
@@ -290,7 +290,7 @@ def test_dual_mode_on_a_dlib_library(tmp_path: Path, lfw_mini: Path):
 
     people = sorted({str(f["who"]) for f in state.values() if f["who"]})
     for face_id in faces_of(state, people[0])[:3]:
-        label_face(context.db, face_id, "Erin")
+        label_face(context, face_id, "Erin")
     cluster_dual(context)  # dlib's default threshold and margin
     state = faces(context)
     assert_one_valid_cluster_each(state)

@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import func, select
 
 from face_pipeline.services.catalog import scan_photos
-from face_pipeline.services.context import PipelineContext
 from face_pipeline.services.detection import detect_pending_faces
+from face_pipeline.services.library import Library
 from face_pipeline.services.space_registry import EmbeddingSpaceMismatch
 from face_pipeline.services.thumbnail_store import thumbnail_path
 from face_pipeline.settings import load_settings
@@ -22,7 +22,7 @@ from face_pipeline_tests.main_face import main_face_paths
 from face_pipeline_tests.photo_corpus import copy_people, write_bad_inputs, write_odd_but_valid
 
 
-def ingest(context: PipelineContext, **kwargs: object):  # type: ignore[no-untyped-def]
+def ingest(context: Library, **kwargs: object):  # type: ignore[no-untyped-def]
     scan = scan_photos(context.db, context.settings.photos_dir)
     with context.vectors() as vectors:
         return scan, detect_pending_faces(context.settings, context.db, vectors, **kwargs)  # type: ignore[arg-type]
@@ -39,17 +39,17 @@ def make_context(
     *,
     embedder: str = "buffalo_s",
     **overrides: object,
-) -> PipelineContext:
+) -> Library:
     """A library under `tmp_path`; the default model, named explicitly so that a buffalo_l unpacked in
     ~/.insightface on a developer's machine does not change what the tests measure."""
     settings = load_settings(
         photos_dir=photos, data_dir=tmp_path / "data", database_url=database_url, embedder=embedder, **overrides
     )
-    return PipelineContext.from_settings(settings)
+    return Library.from_settings(settings)
 
 
 @pytest.fixture(scope="module")
-def mini_library(lfw_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipelineContext]:
+def mini_library(lfw_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Library]:
     """lfw-mini ingested once (2 worker processes), shared by the read-only tests below."""
     context = make_context(tmp_path_factory.mktemp("mini"), lfw_mini, workers=2)
     ingest(context)
@@ -57,7 +57,7 @@ def mini_library(lfw_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     context.close()
 
 
-def _identity_of_faces(context: PipelineContext, main_faces_only: bool = False) -> dict[int, str]:
+def _identity_of_faces(context: Library, main_faces_only: bool = False) -> dict[int, str]:
     """face id -> the photo's folder name; with main_faces_only, only each photo's main face (LFW's
     labelled face: others in the background are other people)."""
     if main_faces_only:
@@ -67,7 +67,7 @@ def _identity_of_faces(context: PipelineContext, main_faces_only: bool = False) 
         return {face_id: Path(path).parent.name for face_id, path in rows}
 
 
-def test_a_face_is_found_in_at_least_119_of_120_lfw_mini_photos(mini_library: PipelineContext):
+def test_a_face_is_found_in_at_least_119_of_120_lfw_mini_photos(mini_library: Library):
     with mini_library.db.session() as session:
         photos = session.scalar(select(func.count()).select_from(Image))
         with_faces = session.scalar(select(func.count()).where(Image.face_count > 0))
@@ -76,7 +76,7 @@ def test_a_face_is_found_in_at_least_119_of_120_lfw_mini_photos(mini_library: Pi
     assert with_faces >= 119  # buffalo_s: 120 measured (dlib: 95%+)
 
 
-def test_every_face_has_a_vector_and_a_thumbnail(mini_library: PipelineContext):
+def test_every_face_has_a_vector_and_a_thumbnail(mini_library: Library):
     identities = _identity_of_faces(mini_library)
     with mini_library.vectors() as vectors:
         ids, matrix = vectors.fetch_all(SPACE)
@@ -87,7 +87,7 @@ def test_every_face_has_a_vector_and_a_thumbnail(mini_library: PipelineContext):
         assert thumbnail_path(mini_library.settings.thumbnails_dir, face_id).stat().st_size > 500
 
 
-def test_faces_of_one_person_are_closer_than_faces_of_different_people(mini_library: PipelineContext):
+def test_faces_of_one_person_are_closer_than_faces_of_different_people(mini_library: Library):
     identities = _identity_of_faces(mini_library, main_faces_only=True)
     with mini_library.vectors() as vectors:
         ids = np.array(sorted(identities), dtype=np.int64)
@@ -104,7 +104,7 @@ def test_faces_of_one_person_are_closer_than_faces_of_different_people(mini_libr
     assert auc > 0.999  # measured 0.99997
 
 
-def test_second_backfill_is_a_no_op(mini_library: PipelineContext):
+def test_second_backfill_is_a_no_op(mini_library: Library):
     with mini_library.db.session() as session:
         before = session.execute(select(FaceInstance.id, FaceInstance.updated_at)).all()
     scan, detected = ingest(mini_library)

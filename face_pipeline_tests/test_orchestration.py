@@ -29,7 +29,6 @@ from face_pipeline.defs.schedules import build_schedules
 from face_pipeline.defs.sensors import label_growth_sensor
 from face_pipeline.domain.promotion_gate import PipelineFigures
 from face_pipeline.services.cluster_dual import CLUSTER_DUAL_ASSETS
-from face_pipeline.services.context import PipelineContext
 from face_pipeline.services.integrity import (
     cluster_id_problems,
     promotion_evidence,
@@ -38,6 +37,7 @@ from face_pipeline.services.integrity import (
 )
 from face_pipeline.services.label_growth import count_labels
 from face_pipeline.services.labels import label_face
+from face_pipeline.services.library import Library
 from face_pipeline.services.space_registry import GateResult, GateVerdict
 from face_pipeline.settings import SettingsError, load_settings
 from face_pipeline.storage.models import EmbeddingSpaceRow, FaceAssignmentEvent, FaceInstance, SpaceStatus, utcnow
@@ -211,7 +211,7 @@ def ingested(lfw_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def library(ingested: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PipelineContext]:
+def library(ingested: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Library]:
     """A copy of the library; FACE_* variables point every Dagster resource at it."""
     shutil.copytree(ingested / "data", tmp_path / "data")
     for name, value in {
@@ -230,7 +230,7 @@ def library(ingested: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     context.close()
 
 
-def label_people(context: PipelineContext, first: int, count: int, per_person: int = 5) -> None:
+def label_people(context: Library, first: int, count: int, per_person: int = 5) -> None:
     """Name the main face of `per_person` photos of people first..first+count-1 (folder order, among the
     people whose main face was found in at least 5 photos)."""
     state = faces(context)
@@ -242,15 +242,15 @@ def label_people(context: PipelineContext, first: int, count: int, per_person: i
     assert len(people) >= first + count, f"only {len(people)} people with 5 faces found"
     for who in people[first : first + count]:
         for face_id in by_person[who][:per_person]:
-            label_face(context.db, face_id, who.replace("_", " "))
+            label_face(context, face_id, who.replace("_", " "))
 
 
-def resources(context: PipelineContext) -> dict[str, object]:
+def resources(context: Library) -> dict[str, object]:
     settings = context.settings
     return pipeline_resources(SettingsResource(photos_dir=str(settings.photos_dir), data_dir=str(settings.data_dir)))
 
 
-def tick(instance: dg.DagsterInstance, context: PipelineContext, cursor: str | None = None) -> object:
+def tick(instance: dg.DagsterInstance, context: Library, cursor: str | None = None) -> object:
     with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources(context)) as sensor_context:
         return label_growth_sensor(sensor_context)
 
@@ -263,7 +263,7 @@ def gate_metrics(promote: bool) -> dict[str, object]:
     return GateResult(promote, "as the test says", verdict, verdict, raw, projected).as_metrics()
 
 
-def promote(context: PipelineContext, label_count: int, *, promote: bool = True) -> None:
+def promote(context: Library, label_count: int, *, promote: bool = True) -> None:
     """A trained projection made active, as the training step records it."""
     with context.db.session() as session:
         session.execute(update(EmbeddingSpaceRow).values(status=SpaceStatus.RETIRED))
@@ -282,7 +282,7 @@ def promote(context: PipelineContext, label_count: int, *, promote: bool = True)
         )
 
 
-def test_sensor_skips_while_training_is_disabled(library: PipelineContext, monkeypatch: pytest.MonkeyPatch):
+def test_sensor_skips_while_training_is_disabled(library: Library, monkeypatch: pytest.MonkeyPatch):
     label_people(library, 0, 5)
     monkeypatch.setenv("FACE_TRAINING_ENABLED", "false")
     with dg.instance_for_test() as instance:
@@ -290,7 +290,7 @@ def test_sensor_skips_while_training_is_disabled(library: PipelineContext, monke
     assert isinstance(result, dg.SkipReason) and "FACE_TRAINING_ENABLED is false" in str(result.skip_message)
 
 
-def test_sensor_skips_below_the_training_minimum_saying_what_is_missing(library: PipelineContext):
+def test_sensor_skips_below_the_training_minimum_saying_what_is_missing(library: Library):
     label_people(library, 0, 4)  # 4 people x 5 faces: one person short
     with dg.instance_for_test() as instance:
         result = tick(instance, library)
@@ -301,7 +301,7 @@ def test_sensor_skips_below_the_training_minimum_saying_what_is_missing(library:
 
 
 def test_sensor_requests_a_retrain_when_labels_grew_and_honours_its_cursor(
-    library: PipelineContext, monkeypatch: pytest.MonkeyPatch
+    library: Library, monkeypatch: pytest.MonkeyPatch
 ):
     label_people(library, 0, 5)
     with dg.instance_for_test() as instance:
@@ -328,7 +328,7 @@ def test_sensor_requests_a_retrain_when_labels_grew_and_honours_its_cursor(
         assert [r.run_key for r in grown.run_requests or []] == ["labels-25-to-30"]
 
 
-def test_sensor_never_starts_a_second_retrain_while_one_is_queued_or_running(library: PipelineContext):
+def test_sensor_never_starts_a_second_retrain_while_one_is_queued_or_running(library: Library):
     defs = definitions()
 
     label_people(library, 0, 5)
@@ -343,7 +343,7 @@ def test_sensor_never_starts_a_second_retrain_while_one_is_queued_or_running(lib
 
 
 def test_sensor_measures_growth_from_the_last_promoted_checkpoint(
-    library: PipelineContext, monkeypatch: pytest.MonkeyPatch
+    library: Library, monkeypatch: pytest.MonkeyPatch
 ):
     label_people(library, 0, 6)  # 30 labels
     promote(library, 25)
@@ -360,7 +360,7 @@ def test_sensor_measures_growth_from_the_last_promoted_checkpoint(
 
 
 def test_monthly_retrain_needs_training_enabled_labels_and_something_new(
-    library: PipelineContext, monkeypatch: pytest.MonkeyPatch
+    library: Library, monkeypatch: pytest.MonkeyPatch
 ):
     monthly = build_schedules(load_settings())[1]
     label_people(library, 0, 5)
@@ -385,7 +385,7 @@ def test_monthly_retrain_needs_training_enabled_labels_and_something_new(
     assert "0 new labels since the promoted checkpoint projection_25" in str(nothing_new.skip_message)
 
 
-def test_face_labels_observation_changes_version_when_a_label_changes(library: PipelineContext):
+def test_face_labels_observation_changes_version_when_a_label_changes(library: Library):
     defs = definitions()
 
     def observe(instance: dg.DagsterInstance) -> dict[str, object]:
@@ -420,7 +420,7 @@ def check_results(result: dg.ExecuteInProcessResult) -> dict[tuple[str, str], dg
     return evaluations
 
 
-def test_daily_job_runs_every_step_and_its_checks_pass(library: PipelineContext):
+def test_daily_job_runs_every_step_and_its_checks_pass(library: Library):
     defs = definitions()
 
     label_people(library, 0, 2)
@@ -436,7 +436,7 @@ def test_daily_job_runs_every_step_and_its_checks_pass(library: PipelineContext)
     assert detected["photos"].value == 0  # nothing new in the folder
 
 
-def test_checks_name_the_offending_faces(library: PipelineContext):
+def test_checks_name_the_offending_faces(library: Library):
     label_people(library, 0, 1)
     assert all(f.passed for f in (cluster_id_problems(library.db), user_label_overrides(library.db)))
     with library.db.session() as session:
@@ -462,7 +462,7 @@ def test_checks_name_the_offending_faces(library: PipelineContext):
     assert SPACE in out_of_step.description
 
 
-def test_promotion_check_passes_on_raw_and_wants_evidence_for_a_projection(library: PipelineContext):
+def test_promotion_check_passes_on_raw_and_wants_evidence_for_a_projection(library: Library):
     raw = promotion_evidence(library.db)
     assert raw.passed and f"raw model's space {SPACE} is active" in raw.description
     promote(library, 25, promote=False)
@@ -474,7 +474,7 @@ def test_promotion_check_passes_on_raw_and_wants_evidence_for_a_projection(libra
     assert promotion_evidence(library.db).passed
 
 
-def test_a_blocking_check_stops_the_assets_downstream(library: PipelineContext):
+def test_a_blocking_check_stops_the_assets_downstream(library: Library):
     defs = definitions()
 
     label_people(library, 0, 1)
@@ -494,7 +494,7 @@ def test_a_blocking_check_stops_the_assets_downstream(library: PipelineContext):
 
 
 def test_cluster_commands_run_the_cluster_dual_job_whole_or_in_part(
-    library: PipelineContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    library: Library, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     from typer.testing import CliRunner
 

@@ -19,10 +19,10 @@ from typer.testing import CliRunner
 import face_pipeline.services.reembed as reembed_module
 from face_pipeline.cli import app
 from face_pipeline.domain.face_matching import match_faces
-from face_pipeline.services.context import PipelineContext
 from face_pipeline.errors import InvalidInput
 from face_pipeline.services.integrity import cluster_id_problems
 from face_pipeline.services.labels import label_cluster, label_face, reject_face
+from face_pipeline.services.library import Library
 from face_pipeline.services.reembed import SameModel, reembed_library, stage_library
 from face_pipeline.services.space_registry import active_space
 from face_pipeline.services.thumbnail_store import thumbnail_path
@@ -49,19 +49,19 @@ DLIB, BUFFALO_S = "dlib_resnet_v1", "insightface_buffalo_s"
 # --- state helpers ---------------------------------------------------------------------------------------
 
 
-def labels(context: PipelineContext) -> dict[int, str]:
+def labels(context: Library) -> dict[int, str]:
     """face id -> person id, for the faces a user named."""
     with context.db.session() as session:
         rows = session.execute(select(FaceInstance.id, FaceInstance.person_id).where(FaceInstance.user_confirmed))
         return {r.id: r.person_id for r in rows}
 
 
-def rejections(context: PipelineContext) -> set[tuple[int, str]]:
+def rejections(context: Library) -> set[tuple[int, str]]:
     with context.db.session() as session:
         return set(session.execute(select(FaceRejection.face_id, FaceRejection.person_id)).tuples())
 
 
-def photo_of(context: PipelineContext, face_id: int) -> Path:
+def photo_of(context: Library, face_id: int) -> Path:
     with context.db.session() as session:
         return Path(
             session.scalar(
@@ -72,7 +72,7 @@ def photo_of(context: PipelineContext, face_id: int) -> Path:
         )
 
 
-def assert_library_is_in(context: PipelineContext, space: str, dim: int) -> None:
+def assert_library_is_in(context: Library, space: str, dim: int) -> None:
     """Every face and vector in `space`, thumbnails for all, no staging left behind."""
     with context.db.session() as session:
         assert active_space(session).name == space
@@ -91,7 +91,7 @@ def assert_library_is_in(context: PipelineContext, space: str, dim: int) -> None
     assert cluster_id_problems(context.db).passed
 
 
-def move(context: PipelineContext, model: str = "buffalo_s", **kwargs: object) -> reembed_module.ReembedReport:
+def move(context: Library, model: str = "buffalo_s", **kwargs: object) -> reembed_module.ReembedReport:
     with context.vectors() as vectors:
         return reembed_library(context, vectors, model, **kwargs)  # type: ignore[arg-type]
 
@@ -114,20 +114,20 @@ def labelled_data(lfw_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> P
         if str(f["cluster"]).startswith("unknown_cluster_") and f["who"]:
             groups.setdefault(str(f["cluster"]), []).append(str(f["who"]))
     for cluster, who in groups.items():
-        label_cluster(context.db, cluster, max(set(who), key=who.count))
+        label_cluster(context, cluster, max(set(who), key=who.count))
     strangers = sorted(i for i, f in state.items() if f["who"] and str(f["cluster"]).startswith("unknown_noise_"))
     for face_id in strangers[:5]:
-        label_face(context.db, face_id, str(state[face_id]["who"]))
+        label_face(context, face_id, str(state[face_id]["who"]))
     named = sorted(labels(context))
-    reject_face(context.db, named[0])  # "not this person": the face leaves the person for good
-    label_face(context.db, strangers[5], "Somebody")
-    reject_face(context.db, strangers[6], "Somebody")  # ruled out on a face nobody named
+    reject_face(context, named[0])  # "not this person": the face leaves the person for good
+    label_face(context, strangers[5], "Somebody")
+    reject_face(context, strangers[6], "Somebody")  # ruled out on a face nobody named
     context.close()
     return root
 
 
 @pytest.fixture
-def library(labelled_data: Path, tmp_path: Path) -> Iterator[PipelineContext]:
+def library(labelled_data: Path, tmp_path: Path) -> Iterator[Library]:
     shutil.copytree(labelled_data, tmp_path / "lib")
     context = make_context(
         tmp_path / "lib", tmp_path / "lib" / "photos", embedder="dlib", workers=2, detect_batch_size=16
@@ -138,21 +138,21 @@ def library(labelled_data: Path, tmp_path: Path) -> Iterator[PipelineContext]:
     context.close()
 
 
-def small_library(root: Path, lfw_mini: Path, database_url: str | None = None) -> PipelineContext:
+def small_library(root: Path, lfw_mini: Path, database_url: str | None = None) -> Library:
     """Two people, four photos each, ingested with dlib in this process; two faces named, one ruled out."""
     copy_people(lfw_mini, root / "photos", people=2, photos_each=4)
     context = make_context(root, root / "photos", database_url, embedder="dlib", workers=1)
     ingest(context)
-    label_face(context.db, 1, "First")
-    label_face(context.db, 2, "First")
-    reject_face(context.db, 3, "First")
+    label_face(context, 1, "First")
+    label_face(context, 2, "First")
+    reject_face(context, 3, "First")
     return context
 
 
 # --- the move ---------------------------------------------------------------------------------------------
 
 
-def test_moving_to_buffalo_s_keeps_names_and_rejections_on_the_same_face_ids(library: PipelineContext):
+def test_moving_to_buffalo_s_keeps_names_and_rejections_on_the_same_face_ids(library: Library):
     before, ruled_out = labels(library), rejections(library)
     assert len(before) >= 50 and len(ruled_out) == 2
     gone_photo = photo_of(library, sorted(before)[1])  # a named face's photo disappears before the move
@@ -190,7 +190,7 @@ def test_moving_to_buffalo_s_keeps_names_and_rejections_on_the_same_face_ids(lib
 
 
 def test_an_interrupted_move_resumes_while_the_old_space_serves(
-    library: PipelineContext, lfw_mini: Path, monkeypatch: pytest.MonkeyPatch
+    library: Library, lfw_mini: Path, monkeypatch: pytest.MonkeyPatch
 ):
     first = move(library, limit=20)
     assert not first.switched and first.photos_staged == 20 and first.photos_remaining == first.photos_total - 20
@@ -220,7 +220,7 @@ def test_an_interrupted_move_resumes_while_the_old_space_serves(
     assert detected.photos == len(arrivals) and detected.space == DLIB
     cluster_dual(library)
     unnamed = min(i for i, f in faces(library).items() if f["who"] and not f["confirmed"])
-    label_face(library.db, unnamed, "Named Meanwhile")
+    label_face(library, unnamed, "Named Meanwhile")
     before = labels(library)
 
     report = move(library)
@@ -235,7 +235,7 @@ def test_an_interrupted_move_resumes_while_the_old_space_serves(
     assert [r.status for r in runs] == [ReembedStatus.FINISHED]  # one run, resumed twice
 
 
-def test_moving_into_the_space_the_library_is_in_is_refused_and_changes_nothing(library: PipelineContext):
+def test_moving_into_the_space_the_library_is_in_is_refused_and_changes_nothing(library: Library):
     with pytest.raises(SameModel, match="already in dlib_resnet_v1"):
         move(library, "dlib")
     with pytest.raises(InvalidInput, match="--model must be one of buffalo_s, buffalo_l, dlib, insightface"):

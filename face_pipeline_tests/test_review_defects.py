@@ -16,15 +16,14 @@ from typer.testing import CliRunner
 from face_pipeline.api.app import MAX_BODY_BYTES, create_app
 from face_pipeline.cli import app as cli_app
 from face_pipeline.domain.naming import noise_cluster_id
-from face_pipeline.services.context import PipelineContext
 from face_pipeline.services.import_labels import import_labels
 from face_pipeline.services.labels import (
     label_cluster,
     label_face,
-    mirror_user_edits,
     reject_face,
     unassign_face,
 )
+from face_pipeline.services.library import Library
 from face_pipeline.settings import load_settings
 from face_pipeline.storage.db import Database
 from face_pipeline.storage.models import FaceInstance, FaceRejection, Person
@@ -58,7 +57,7 @@ def small_data(lfw_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
 
 
 @pytest.fixture
-def library(small_data: tuple[Path, dict[str, str]], tmp_path: Path) -> Iterator[PipelineContext]:
+def library(small_data: tuple[Path, dict[str, str]], tmp_path: Path) -> Iterator[Library]:
     data, _ = small_data
     shutil.copytree(data, tmp_path / "lib")
     context = make_context(tmp_path / "lib", tmp_path / "lib" / "photos")
@@ -68,7 +67,7 @@ def library(small_data: tuple[Path, dict[str, str]], tmp_path: Path) -> Iterator
     context.close()
 
 
-def main_faces(context: PipelineContext) -> dict[int, tuple[str, str]]:
+def main_faces(context: Library) -> dict[int, tuple[str, str]]:
     """face id -> (photo path, cluster id) for photos with exactly one face."""
     with context.db.session() as session:
         rows = session.execute(
@@ -79,19 +78,19 @@ def main_faces(context: PipelineContext) -> dict[int, tuple[str, str]]:
     return {r.id: (r.path, r.cluster_id) for r in rows if r.face_count == 1}
 
 
-def person_of(context: PipelineContext, face_id: int) -> tuple[str | None, bool]:
+def person_of(context: Library, face_id: int) -> tuple[str | None, bool]:
     with context.db.session() as session:
         face = session.get(FaceInstance, face_id)
         assert face is not None
         return face.person_id, face.user_confirmed
 
 
-def rejected(context: PipelineContext, face_id: int, person_id: str) -> bool:
+def rejected(context: Library, face_id: int, person_id: str) -> bool:
     with context.db.session() as session:
         return session.get(FaceRejection, (face_id, person_id)) is not None
 
 
-def person_id_of(context: PipelineContext, name: str) -> str:
+def person_id_of(context: Library, name: str) -> str:
     with context.db.session() as session:
         person_id = session.scalar(select(Person.id).where(Person.name == name))
         assert person_id is not None
@@ -101,36 +100,36 @@ def person_id_of(context: PipelineContext, name: str) -> str:
 # --- 1. one rule for "name this face" --------------------------------------------------------------------
 
 
-def _alice_and_a_face_ruled_out(context: PipelineContext) -> tuple[str, int, dict[int, tuple[str, str]]]:
+def _alice_and_a_face_ruled_out(context: Library) -> tuple[str, int, dict[int, tuple[str, str]]]:
     faces = main_faces(context)
     first, second = sorted(faces)[:2]
-    alice = label_face(context.db, first, "Alice").person_id
-    reject_face(context.db, second, "Alice")
+    alice = label_face(context, first, "Alice").person_id
+    reject_face(context, second, "Alice")
     return alice, second, faces
 
 
-def test_naming_one_face_lifts_its_rejection(library: PipelineContext):
+def test_naming_one_face_lifts_its_rejection(library: Library):
     alice, ruled_out, _ = _alice_and_a_face_ruled_out(library)
-    label_face(library.db, ruled_out, "Alice")
+    label_face(library, ruled_out, "Alice")
     assert person_of(library, ruled_out) == (alice, True)
     assert not rejected(library, ruled_out, alice)
 
 
-def test_naming_a_cluster_skips_faces_ruled_out_for_that_person(library: PipelineContext):
+def test_naming_a_cluster_skips_faces_ruled_out_for_that_person(library: Library):
     alice, ruled_out, faces = _alice_and_a_face_ruled_out(library)
     cluster = faces[ruled_out][1]
-    result = label_cluster(library.db, cluster, "Alice")
+    result = label_cluster(library, cluster, "Alice")
     assert result.skipped_rejected == [ruled_out]
     assert person_of(library, ruled_out) == (None, False)
     assert rejected(library, ruled_out, alice)
 
 
-def test_import_skips_faces_ruled_out_for_that_person(library: PipelineContext, tmp_path: Path):
+def test_import_skips_faces_ruled_out_for_that_person(library: Library, tmp_path: Path):
     alice, ruled_out, faces = _alice_and_a_face_ruled_out(library)
     tree = tmp_path / "tree"
     (tree / "Alice").mkdir(parents=True)
     shutil.copy(faces[ruled_out][0], tree / "Alice" / "ruled_out.jpg")
-    report = import_labels(library.db, tree)
+    report = import_labels(library, tree)
     assert report.people == 1 and report.faces_labelled == 0 and report.rejected == 1
     assert person_of(library, ruled_out) == (None, False)
     assert rejected(library, ruled_out, alice)
@@ -161,28 +160,26 @@ def test_a_chunked_body_over_the_limit_is_refused_and_changes_nothing(tmp_path: 
 # --- 3. user edits reach the vector store's payloads -----------------------------------------------------
 
 
-def _unnamed_hits(context: PipelineContext, face_id: int) -> dict[int, object]:
+def _unnamed_hits(context: Library, face_id: int) -> dict[int, object]:
     with context.vectors() as store:
         query = store.fetch(SPACE, np.array([face_id], dtype=np.int64))[0]
         hits = store.search(SPACE, query, 100, filter_payload={"person_id": None})
     return {h.face_id: h.payload.get("cluster_id") for h in hits}
 
 
-def test_user_edits_update_the_vector_payloads(library: PipelineContext):
-    mirror_user_edits(library)
+def test_user_edits_update_the_vector_payloads(library: Library):
     face = sorted(main_faces(library))[0]
     assert face in _unnamed_hits(library, face)
-    alice = label_face(library.db, face, "Alice").person_id
+    alice = label_face(library, face, "Alice").person_id
     assert face not in _unnamed_hits(library, face)  # named: the filtered search no longer offers it
-    unassign_face(library.db, face)
+    unassign_face(library, face)
     assert _unnamed_hits(library, face).get(face) == noise_cluster_id(face)  # without re-running clustering
-    label_face(library.db, face, "Alice")
-    reject_face(library.db, face, alice)
+    label_face(library, face, "Alice")
+    reject_face(library, face, alice)
     assert face in _unnamed_hits(library, face)
 
 
-def test_a_locked_vector_store_does_not_fail_the_edit(library: PipelineContext, monkeypatch: pytest.MonkeyPatch):
-    mirror_user_edits(library)
+def test_a_locked_vector_store_does_not_fail_the_edit(library: Library, monkeypatch: pytest.MonkeyPatch):
     face = sorted(main_faces(library))[0]
 
     def locked(*_: object, **__: object) -> None:
@@ -191,14 +188,14 @@ def test_a_locked_vector_store_does_not_fail_the_edit(library: PipelineContext, 
     from face_pipeline.storage.vector_backends import EdgeVectorStore
 
     monkeypatch.setattr(EdgeVectorStore, "set_payload", locked)
-    label_face(library.db, face, "Alice")
+    label_face(library, face, "Alice")
     assert person_of(library, face)[1] is True
 
 
 # --- 4. CLI commands close what they open ----------------------------------------------------------------
 
 
-def test_cli_commands_close_their_database(library: PipelineContext, monkeypatch: pytest.MonkeyPatch):
+def test_cli_commands_close_their_database(library: Library, monkeypatch: pytest.MonkeyPatch):
     opened: list[Database] = []
     disposed: list[Database] = []
     real_init, real_dispose = Database.__init__, Database.dispose

@@ -24,7 +24,7 @@ from playwright.sync_api import expect
 
 from face_pipeline.api.app import create_app
 from face_pipeline.services import labels
-from face_pipeline.services.context import PipelineContext
+from face_pipeline.services.library import Library
 from face_pipeline.settings import Settings, load_settings
 from face_pipeline_tests.browser import ARTIFACTS, free_port, launched_chromium
 from face_pipeline_tests.test_api import group_faces, sqlite_library
@@ -36,7 +36,7 @@ API = "/api/v1"
 
 @dataclass
 class Served:
-    context: PipelineContext
+    context: Library
     url: str
 
     def api(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -154,7 +154,7 @@ def test_naming_a_group_from_the_keyboard_adds_the_person(page: Any, served: Ser
 def test_a_group_that_changed_behind_the_page_is_reloaded_with_an_inline_message(page: Any, served: Served):
     card, cluster_id, size = first_group(page)
     faces = served.api("GET", f"/faces/clusters/{cluster_id}", params={"limit": 500})["faces"]["items"]
-    labels.remove_from_cluster(served.context.db, faces[-1]["face_id"])  # another reviewer, or a run
+    labels.remove_from_cluster(served.context, faces[-1]["face_id"])  # another reviewer, or a run
 
     card.locator("input").fill("Ada Lovelace")
     card.locator("input").press("Enter")

@@ -35,9 +35,9 @@ from typer.testing import CliRunner
 
 from face_pipeline.cli import app
 from face_pipeline.domain.projection_head import project, resolve_device
-from face_pipeline.services.context import PipelineContext
 from face_pipeline.services.face_table import read_faces
 from face_pipeline.services.labels import confirm_faces, reject_face
+from face_pipeline.services.library import Library
 from face_pipeline.services.space_registry import (
     activate,
     checkpoint_file,
@@ -78,14 +78,14 @@ class Model:
 
 DEFAULT = Model("buffalo_s", "insightface_buffalo_s", 512)
 DLIB = Model("dlib", "dlib_resnet_v1", 128)  # the promote path (see the module doc)
-OUT_DIM = 128  # the head's output (TrainingConfig.out_dim)
+OUT_DIM = 128  # the head's output (TrainingParams.out_dim)
 runner = CliRunner()
 
 
 # --- fixtures -------------------------------------------------------------------------------------------
 
 
-def main_faces_by_person(context: PipelineContext) -> dict[str, list[int]]:
+def main_faces_by_person(context: Library) -> dict[str, list[int]]:
     """Folder name -> the main face of each of its photos (LFW's labelled face), for the 6-photo people."""
     people: dict[str, list[int]] = defaultdict(list)
     for face_id, path in main_face_paths(context.db).items():
@@ -94,12 +94,12 @@ def main_faces_by_person(context: PipelineContext) -> dict[str, list[int]]:
     return {who: sorted(ids) for who, ids in people.items()}
 
 
-def labelled_faces(context: PipelineContext) -> int:
+def labelled_faces(context: Library) -> int:
     with context.db.session() as session:
         return session.scalar(select(func.count()).where(FaceInstance.user_confirmed.is_(True))) or 0
 
 
-def label_people(context: PipelineContext, people: dict[str, list[int]]) -> None:
+def label_people(context: Library, people: dict[str, list[int]]) -> None:
     """The user names every face of each person (one confirmation per person, as naming a cluster does)."""
     with context.db.session() as session:
         for who, face_ids in people.items():
@@ -134,7 +134,7 @@ def dlib_labelled_root(lfw_mini: Path, tmp_path_factory: pytest.TempPathFactory)
     return labelled_library(lfw_mini, tmp_path_factory.mktemp("training_dlib"), DLIB)
 
 
-def copy_library(source: Path, target: Path, model: Model) -> PipelineContext:
+def copy_library(source: Path, target: Path, model: Model) -> Library:
     shutil.copytree(source, target)
     context = make_context(target, target / "photos", embedder=model.embedder)
     with context.db.session() as session:  # the copy's photos live under the copy
@@ -143,7 +143,7 @@ def copy_library(source: Path, target: Path, model: Model) -> PipelineContext:
 
 
 @pytest.fixture
-def library(labelled_root: Path, tmp_path: Path) -> Iterator[PipelineContext]:
+def library(labelled_root: Path, tmp_path: Path) -> Iterator[Library]:
     """A copy of the default model's library."""
     context = copy_library(labelled_root, tmp_path / "lib", DEFAULT)
     yield context
@@ -151,21 +151,21 @@ def library(labelled_root: Path, tmp_path: Path) -> Iterator[PipelineContext]:
 
 
 @pytest.fixture
-def dlib_library(dlib_labelled_root: Path, tmp_path: Path) -> Iterator[PipelineContext]:
+def dlib_library(dlib_labelled_root: Path, tmp_path: Path) -> Iterator[Library]:
     """A copy of the dlib library, for the promote path."""
     context = copy_library(dlib_labelled_root, tmp_path / "lib", DLIB)
     yield context
     context.close()
 
 
-def raw_space(context: PipelineContext) -> str:
+def raw_space(context: Library) -> str:
     with context.db.session() as session:
         space = library_raw_space(session)
     assert space is not None
     return space
 
 
-def degrade_raw_vectors(context: PipelineContext, seed: int = 0) -> None:
+def degrade_raw_vectors(context: Library, seed: int = 0) -> None:
     """Add the known nuisance (see the module doc) to every raw vector in the raw collection."""
     rng = np.random.default_rng(seed)
     raw_name = raw_space(context)
@@ -183,39 +183,39 @@ def degrade_raw_vectors(context: PipelineContext, seed: int = 0) -> None:
         vectors.upsert(raw_name, ids, noisy.astype(np.float32), payloads)
 
 
-def train(context: PipelineContext, **config: object) -> TrainingReport:
-    from face_pipeline.services.training import training_config
+def train(context: Library, **config: object) -> TrainingReport:
+    from face_pipeline.services.training import training_params
 
     with context.vectors() as vectors:
         data = read_training_set(context, vectors)
-    return train_checkpoint(context, data, training_config(context.settings, **config))  # type: ignore[arg-type]
+    return train_checkpoint(context, data, training_params(context.settings, **config))  # type: ignore[arg-type]
 
 
-def regenerate(context: PipelineContext, mode: str = "auto"):  # type: ignore[no-untyped-def]
+def regenerate(context: Library, mode: str = "auto"):  # type: ignore[no-untyped-def]
     with context.vectors() as vectors:
         return regenerate_embeddings(context, vectors, mode=mode)
 
 
-def spaces(context: PipelineContext) -> dict[str, EmbeddingSpaceRow]:
+def spaces(context: Library) -> dict[str, EmbeddingSpaceRow]:
     with context.db.session() as session:
         return {row.name: row for row in session.scalars(select(EmbeddingSpaceRow))}
 
 
-def active_names(context: PipelineContext) -> list[str]:
+def active_names(context: Library) -> list[str]:
     return [name for name, row in spaces(context).items() if row.status == SpaceStatus.ACTIVE]
 
 
-def collection(context: PipelineContext, name: str) -> tuple[np.ndarray, np.ndarray]:
+def collection(context: Library, name: str) -> tuple[np.ndarray, np.ndarray]:
     with context.vectors() as vectors:
         return vectors.fetch_all(name) if vectors.has_collection(name) else (np.empty(0, np.int64), np.empty((0, 0)))
 
 
-def face_ids(context: PipelineContext) -> np.ndarray:
+def face_ids(context: Library) -> np.ndarray:
     with context.db.session() as session:
         return np.array(session.scalars(select(FaceInstance.id).order_by(FaceInstance.id)).all(), dtype=np.int64)
 
 
-def switch_to_projection(context: PipelineContext) -> str:
+def switch_to_projection(context: Library) -> str:
     degrade_raw_vectors(context)
     report = train(context)
     assert report.promote, report.reason
@@ -223,7 +223,7 @@ def switch_to_projection(context: PipelineContext) -> str:
     return report.space
 
 
-def assert_collection_is_the_projection_of_every_face(context: PipelineContext, space: str) -> None:
+def assert_collection_is_the_projection_of_every_face(context: Library, space: str) -> None:
     row = spaces(context)[space]
     head, _ = load_checkpoint(checkpoint_file(context.settings, str(row.checkpoint_path)))
     ids, stored = collection(context, space)
@@ -235,12 +235,12 @@ def assert_collection_is_the_projection_of_every_face(context: PipelineContext, 
 # --- training and the gate ------------------------------------------------------------------------------
 
 
-def test_real_faces_give_a_rejected_checkpoint_with_its_figures(library: PipelineContext):
+def test_real_faces_give_a_rejected_checkpoint_with_its_figures(library: Library):
     raw_name = DEFAULT.raw
     with library.db.session() as session:  # a user's "not this person" on a stranger's face rides along
         stranger = session.scalar(select(FaceInstance.id).where(FaceInstance.user_confirmed.is_(False)))
         person = session.scalar(select(Person.id).order_by(Person.name))
-    reject_face(library.db, int(stranger), person)
+    reject_face(library, int(stranger), person)
     report = train(library)
 
     assert not report.promote and report.status == SpaceStatus.REJECTED
@@ -280,7 +280,7 @@ def test_real_faces_give_a_rejected_checkpoint_with_its_figures(library: Pipelin
     assert collection(library, report.space)[0].size == 0  # no collection was made for it
 
 
-def test_degraded_faces_train_a_promoted_projection_whose_loss_falls(dlib_library: PipelineContext):
+def test_degraded_faces_train_a_promoted_projection_whose_loss_falls(dlib_library: Library):
     library = dlib_library
     degrade_raw_vectors(library)
     report = train(library, epochs=20)
@@ -307,7 +307,7 @@ def test_degraded_faces_train_a_promoted_projection_whose_loss_falls(dlib_librar
     )
 
 
-def test_too_few_labels_give_a_clear_message_and_no_checkpoint(library: PipelineContext):
+def test_too_few_labels_give_a_clear_message_and_no_checkpoint(library: Library):
     people = main_faces_by_person(library)
     keep = sorted(people)[:4]  # four people named: the minimum is five with five faces each
     with library.db.session() as session:
@@ -340,7 +340,7 @@ def test_training_runs_on_the_cpu_here_and_is_tagged_for_the_gpu_pool():
 # --- the active space -----------------------------------------------------------------------------------
 
 
-def test_promoted_checkpoint_is_projected_into_its_own_collection_and_made_active(dlib_library: PipelineContext):
+def test_promoted_checkpoint_is_projected_into_its_own_collection_and_made_active(dlib_library: Library):
     library, raw_name = dlib_library, DLIB.raw
     degrade_raw_vectors(library)
     raw_before = collection(library, raw_name)
@@ -424,7 +424,7 @@ def test_switch_is_one_statement_and_a_reader_always_sees_exactly_one_active_spa
 
 
 def test_same_checkpoint_again_is_a_no_op_that_writes_nothing(
-    dlib_library: PipelineContext, monkeypatch: pytest.MonkeyPatch
+    dlib_library: Library, monkeypatch: pytest.MonkeyPatch
 ):
     library = dlib_library
     space = switch_to_projection(library)
@@ -447,7 +447,7 @@ def test_same_checkpoint_again_is_a_no_op_that_writes_nothing(
 
 
 def test_new_photos_are_projected_and_deleted_faces_removed_while_a_projection_is_active(
-    dlib_library: PipelineContext, lfw_mini: Path
+    dlib_library: Library, lfw_mini: Path
 ):
     library = dlib_library
     space = switch_to_projection(library)
@@ -478,7 +478,7 @@ def test_new_photos_are_projected_and_deleted_faces_removed_while_a_projection_i
     assert_collection_is_the_projection_of_every_face(library, space)  # re-used ids included
 
 
-def test_reassign_modes_raw_holds_until_the_trained_model_is_asked_for(dlib_library: PipelineContext):
+def test_reassign_modes_raw_holds_until_the_trained_model_is_asked_for(dlib_library: Library):
     library, raw_name = dlib_library, DLIB.raw
     space = switch_to_projection(library)
 
@@ -505,7 +505,7 @@ def test_model_checkpoint_setting_picks_that_checkpoint_and_never_a_rejected_one
     assert not rejected.promote and first.promote and second.promote
     library.close()
 
-    def with_checkpoint(report: TrainingReport) -> PipelineContext:
+    def with_checkpoint(report: TrainingReport) -> Library:
         return make_context(
             tmp_path / "lib", tmp_path / "lib" / "photos", embedder=DLIB.embedder, model_checkpoint=report.checkpoint
         )
@@ -526,7 +526,7 @@ def test_model_checkpoint_setting_picks_that_checkpoint_and_never_a_rejected_one
 # --- through Dagster and the CLI ------------------------------------------------------------------------
 
 
-def through_the_cli(library: PipelineContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PipelineContext:
+def through_the_cli(library: Library, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Library:
     """FACE_* variables point the CLI (and Dagster) at the library; FACE_EMBEDDER=auto keeps its model."""
     monkeypatch.setenv("FACE_PHOTOS_DIR", str(library.settings.photos_dir))
     monkeypatch.setenv("FACE_DATA_DIR", str(library.settings.data_dir))
@@ -538,16 +538,16 @@ def through_the_cli(library: PipelineContext, tmp_path: Path, monkeypatch: pytes
 
 
 @pytest.fixture
-def cli_library(library: PipelineContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PipelineContext:
+def cli_library(library: Library, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Library:
     return through_the_cli(library, tmp_path, monkeypatch)
 
 
 @pytest.fixture
-def dlib_cli_library(dlib_library: PipelineContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PipelineContext:
+def dlib_cli_library(dlib_library: Library, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Library:
     return through_the_cli(dlib_library, tmp_path, monkeypatch)
 
 
-def test_cli_train_matching_reports_the_gate_and_stats_show_it(cli_library: PipelineContext):
+def test_cli_train_matching_reports_the_gate_and_stats_show_it(cli_library: Library):
     result = runner.invoke(app, ["faces", "train-matching", "--epochs", "20", "--margin", "0.2"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
@@ -566,7 +566,7 @@ def test_cli_train_matching_reports_the_gate_and_stats_show_it(cli_library: Pipe
     assert "embeddings: raw space stays active: no checkpoint was promoted" in regenerated.output
 
 
-def test_cli_train_matching_with_too_few_labels_is_one_line_and_exit_2(cli_library: PipelineContext):
+def test_cli_train_matching_with_too_few_labels_is_one_line_and_exit_2(cli_library: Library):
     with cli_library.db.session() as session:
         session.execute(update(FaceInstance).values(user_confirmed=False))
     result = runner.invoke(app, ["faces", "train-matching", "--epochs", "2"])
@@ -576,7 +576,7 @@ def test_cli_train_matching_with_too_few_labels_is_one_line_and_exit_2(cli_libra
     assert not any(row.kind == "projection" for row in spaces(cli_library).values())
 
 
-def test_cli_reassign_with_trained_model_switches_and_leaves_user_labels_alone(dlib_cli_library: PipelineContext):
+def test_cli_reassign_with_trained_model_switches_and_leaves_user_labels_alone(dlib_cli_library: Library):
     cli_library, raw_name = dlib_cli_library, DLIB.raw
     degrade_raw_vectors(cli_library)
     trained = runner.invoke(app, ["faces", "train-matching"])
@@ -612,7 +612,7 @@ def test_cli_reassign_with_trained_model_switches_and_leaves_user_labels_alone(d
     assert confirmed() == before
 
 
-def test_training_asset_reports_the_loss_curve_and_figures(cli_library: PipelineContext):
+def test_training_asset_reports_the_loss_curve_and_figures(cli_library: Library):
     from face_pipeline.defs.runner import asset_metadata, materialize_assets
 
     result = materialize_assets(cli_library.settings, ["trained_projection_checkpoint"])

@@ -22,8 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from face_pipeline.api.errors import install_error_handlers
 from face_pipeline.api.routes import faces, health, persons
 from face_pipeline.api.schemas import API_PREFIX
-from face_pipeline.services.context import PipelineContext
-from face_pipeline.services.labels import mirror_user_edits
+from face_pipeline.services.library import Library
 from face_pipeline.settings import Settings, load_settings
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -38,13 +37,12 @@ PAGE_POLICY = (
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
-    context = PipelineContext.from_settings(settings)  # upgrades the schema once, before the first request
-    mirror_user_edits(context)  # labels written here reach the vector-store payloads (suggestions filter on them)
+    library = Library.from_settings(settings)  # upgrades the schema once, before the first request
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        context.close()
+        library.close()
 
     app = FastAPI(
         title="face_pipeline labelling API",
@@ -52,7 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Review clusters of faces and name the people in a photo library.",
         lifespan=lifespan,
     )
-    app.state.context = context
+    app.state.library = library
     install_error_handlers(app)
     for router in (faces.router, persons.router):
         app.include_router(router, prefix=API_PREFIX)

@@ -1,4 +1,5 @@
-"""Dependencies as `Annotated` aliases: the pipeline context, typed path and query parameters, write access."""
+"""Dependencies as `Annotated` aliases: the library (settings, database, vector store), typed path and query
+parameters, write access."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from fastapi import Depends, HTTPException, Path, Query, Request
 
 from face_pipeline.api.schemas import PERSON_ID_PATTERN
 from face_pipeline.services.browse import MAX_FACE_ID, ClusterType
-from face_pipeline.services.context import PipelineContext
+from face_pipeline.services.library import Library
 from face_pipeline.settings import Settings
 from face_pipeline.storage.db import Database
 
@@ -17,20 +18,20 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CLUSTER_ID_PATTERN = r"^(person_[0-9a-f]{32}|unknown_cluster_[1-9][0-9]{0,17}|unknown_noise_[1-9][0-9]{0,17})$"
 
 
-def get_context(request: Request) -> PipelineContext:
-    context: PipelineContext = request.app.state.context
-    return context
+def get_library(request: Request) -> Library:
+    library: Library = request.app.state.library
+    return library
 
 
-def get_db(context: Annotated[PipelineContext, Depends(get_context)]) -> Database:
-    return context.db
+def get_db(library: Annotated[Library, Depends(get_library)]) -> Database:
+    return library.db
 
 
-def get_settings(context: Annotated[PipelineContext, Depends(get_context)]) -> Settings:
-    return context.settings
+def get_settings(library: Annotated[Library, Depends(get_library)]) -> Settings:
+    return library.settings
 
 
-ContextDep = Annotated[PipelineContext, Depends(get_context)]
+LibraryDep = Annotated[Library, Depends(get_library)]
 DatabaseDep = Annotated[Database, Depends(get_db)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 if TYPE_CHECKING:
-    from face_pipeline.services.context import PipelineContext
+    from face_pipeline.services.library import Library
 
 from face_pipeline.errors import InvalidInput, UserFacingError
 from face_pipeline.settings import Settings, load_settings
@@ -61,15 +61,12 @@ def _configure(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="De
 
 
 @contextmanager
-def db_context() -> Iterator[PipelineContext]:
-    """The library for one command (`with db_context() as context:`); closed when the command ends. User
-    edits made through it also update the vector-store payloads."""
-    from face_pipeline.services.context import PipelineContext
-    from face_pipeline.services.labels import mirror_user_edits
+def open_library() -> Iterator[Library]:
+    """The library for one command (`with open_library() as library:`); closed when the command ends."""
+    from face_pipeline.services.library import Library
 
-    context = PipelineContext.from_settings(settings_from_env())
+    library = Library.from_settings(settings_from_env())
     try:
-        mirror_user_edits(context)
-        yield context
+        yield library
     finally:
-        context.close()
+        library.close()

@@ -9,9 +9,9 @@ import typer
 
 from face_pipeline.cli.common import (
     UserError,
-    db_context,
     faces,
     friendly,
+    open_library,
     settings_from_env,
 )
 
@@ -52,8 +52,8 @@ def stats(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable
     """Photos by status, faces, people and clusters by type."""
     from face_pipeline.services.stats import library_stats
 
-    with db_context() as context:
-        result = library_stats(context.db)
+    with open_library() as library:
+        result = library_stats(library.db)
     if as_json:
         typer.echo(json.dumps(result.as_dict(), indent=2, default=str))
         return
@@ -108,8 +108,8 @@ def reembed(
     from face_pipeline.services.reembed import check_reembed
 
     settings = settings_from_env()
-    with db_context() as context:  # a bad model or nothing to do: one line before a run is even recorded
-        target = check_reembed(context, model)
+    with open_library() as library:  # a bad model or nothing to do: one line before a run is even recorded
+        target = check_reembed(library, model)
     config = {"model": model, "limit": limit}
     selection = ["staged_faces"] if limit else ["staged_faces", "reembedded_faces"]
     ops = {name: {"config": config} for name in selection}

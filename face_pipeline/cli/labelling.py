@@ -9,9 +9,9 @@ from typing import Annotated, Literal, cast
 import typer
 
 from face_pipeline.cli.common import (
-    db_context,
     faces,
     friendly,
+    open_library,
 )
 
 
@@ -21,8 +21,8 @@ def label(cluster_id: str, name: str) -> None:
     """Name every face of a cluster (creates or reuses the person)."""
     from face_pipeline.services.labels import label_cluster
 
-    with db_context() as context:
-        result = label_cluster(context.db, cluster_id, name)
+    with open_library() as library:
+        result = label_cluster(library, cluster_id, name)
     extra = ""
     if result.skipped_confirmed or result.skipped_rejected:
         extra = (
@@ -42,8 +42,8 @@ def label_face_command(face_id: int, name: str) -> None:
     """Name one face."""
     from face_pipeline.services.labels import label_face
 
-    with db_context() as context:
-        result = label_face(context.db, face_id, name)
+    with open_library() as library:
+        result = label_face(library, face_id, name)
     typer.echo(f"face {face_id} named {result.person_name!r} (person_{result.person_id})")
 
 
@@ -56,8 +56,8 @@ def reject(
     """Not this person: the face leaves the person and is never assigned to them again."""
     from face_pipeline.services.labels import reject_face
 
-    with db_context() as context:
-        person_id = reject_face(context.db, face_id, person)
+    with open_library() as library:
+        person_id = reject_face(library, face_id, person)
     typer.echo(f"face {face_id} is not person_{person_id}")
 
 
@@ -67,8 +67,8 @@ def unassign(face_id: int) -> None:
     """Undo a face's naming; it waits for the next clustering."""
     from face_pipeline.services.labels import unassign_face
 
-    with db_context() as context:
-        unassign_face(context.db, face_id)
+    with open_library() as library:
+        unassign_face(library, face_id)
     typer.echo(f"face {face_id} unassigned")
 
 
@@ -78,8 +78,8 @@ def merge_persons_command(source: str, target: str) -> None:
     """Merge person SOURCE into TARGET (ids or unique names)."""
     from face_pipeline.services.labels import merge_persons
 
-    with db_context() as context:
-        person, moved = merge_persons(context.db, source, target)
+    with open_library() as library:
+        person, moved = merge_persons(library, source, target)
     typer.echo(f"merged into {person.name!r} (person_{person.id}): {moved} faces moved")
 
 
@@ -89,8 +89,8 @@ def rename_person_command(person: str, new_name: str) -> None:
     """Rename a person (id or unique name)."""
     from face_pipeline.services.labels import rename_person
 
-    with db_context() as context:
-        renamed = rename_person(context.db, person, new_name)
+    with open_library() as library:
+        renamed = rename_person(library, person, new_name)
     typer.echo(f"person_{renamed.id} is now {renamed.name!r}")
 
 
@@ -100,8 +100,8 @@ def import_labels_command(directory: Path) -> None:
     """Name the faces of a folder-per-person tree (<person>/<photo>), matched to the library by content."""
     from face_pipeline.services.import_labels import import_labels
 
-    with db_context() as context:
-        report = import_labels(context.db, directory)
+    with open_library() as library:
+        report = import_labels(library, directory)
     typer.echo(
         f"{report.faces_labelled} faces named for {report.people} people ({report.people_created} new) from "
         f"{report.photos_seen} photos; {report.not_in_library} not in the library, {report.no_face} without a "
@@ -125,6 +125,6 @@ def export(
     from face_pipeline.services.export import export_faces
 
     target = output or Path(f"faces.{fmt.value}")
-    with db_context() as context:
-        count = export_faces(context.db, cast(Literal["csv", "parquet"], fmt.value), target)
+    with open_library() as library:
+        count = export_faces(library.db, cast(Literal["csv", "parquet"], fmt.value), target)
     typer.echo(f"{count} faces written to {target}")

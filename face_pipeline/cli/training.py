@@ -8,9 +8,9 @@ import typer
 
 from face_pipeline.cli.clustering import CLUSTER_ASSETS, Threshold
 from face_pipeline.cli.common import (
-    db_context,
     faces,
     friendly,
+    open_library,
     settings_from_env,
 )
 
@@ -28,8 +28,8 @@ def train_matching(
     from face_pipeline.defs.runner import asset_metadata, materialize_assets
     from face_pipeline.services.training import require_enough_labels
 
-    with db_context() as context:  # too few labels: one line before a run is even recorded (the asset checks again)
-        require_enough_labels(context.db)
+    with open_library() as library:  # too few labels: one line before a run is even recorded (the asset checks again)
+        require_enough_labels(library.db)
     config = {"epochs": epochs, "margin": margin, "learning_rate": learning_rate, "device": device}
     result = materialize_assets(
         settings_from_env(),

@@ -14,7 +14,7 @@ from typing import Any
 import dagster as dg
 
 from face_pipeline.defs.cluster_assets import supervised_assignments, unknown_clusters
-from face_pipeline.defs.resources import VECTOR_STORE_POOL, FacePipelineResource
+from face_pipeline.defs.resources import VECTOR_STORE_POOL, DatabaseResource, VectorStoreResource
 from face_pipeline.defs.training_assets import regenerated_embeddings
 from face_pipeline.services.integrity import (
     Finding,
@@ -61,8 +61,8 @@ def assignment_checks(asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
             ),
         ],
     )
-    def _checks(face_pipeline: FacePipelineResource) -> Iterator[dg.AssetCheckResult]:
-        db = face_pipeline.context().db
+    def _checks(database: DatabaseResource) -> Iterator[dg.AssetCheckResult]:
+        db = database.database()
         yield check_result(cluster_id_problems(db), key, ONE_CLUSTER_PER_FACE)
         yield check_result(user_label_overrides(db), key, USER_LABELS_KEPT)
 
@@ -76,19 +76,19 @@ def assignment_checks(asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
     pool=VECTOR_STORE_POOL,  # it opens the embedded store
     description="The active embedding space's collection holds exactly one point per face row in SQL.",
 )
-def vectors_match_sql(face_pipeline: FacePipelineResource) -> dg.AssetCheckResult:
-    services = face_pipeline.context()
-    with services.vectors() as vectors:
-        return check_result(vector_store_sync(services.db, vectors))
+def vectors_match_sql(database: DatabaseResource, vector_store: VectorStoreResource) -> dg.AssetCheckResult:
+    with vector_store.open() as vectors:
+        return check_result(vector_store_sync(database.database(), vectors))
 
 
 @dg.asset_check(
     asset=regenerated_embeddings,
     name=PROMOTED_SPACE_BEATS_RAW,
-    description="The active trained projection beat the raw space on validation (passes when raw is active).",
+    description="The active trained projection's promotion-gate figures show it beating the raw space on held-out "
+    "people (passes when the raw space is active).",
 )
-def promoted_space_beats_raw(face_pipeline: FacePipelineResource) -> dg.AssetCheckResult:
-    return check_result(promotion_evidence(face_pipeline.context().db))
+def promoted_space_beats_raw(database: DatabaseResource) -> dg.AssetCheckResult:
+    return check_result(promotion_evidence(database.database()))
 
 
 ALL_CHECKS = [

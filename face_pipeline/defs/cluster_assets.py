@@ -4,7 +4,7 @@ import dagster as dg
 
 from face_pipeline.defs.jobs import CLUSTERING_GROUP
 from face_pipeline.defs.metadata import bar_chart_md, markdown_table
-from face_pipeline.defs.resources import VECTOR_STORE_POOL, DatabaseResource, VectorStoreResource, pipeline_context
+from face_pipeline.defs.resources import VECTOR_STORE_POOL, DatabaseResource, VectorStoreResource, library_of
 from face_pipeline.defs.training_assets import FACE_LABELS, regenerated_embeddings
 from face_pipeline.services.clustering import assign_known_faces, cluster_unknown_faces, compute_person_centroids
 from face_pipeline.services.stats import library_stats
@@ -17,9 +17,9 @@ def person_centroids(
     context: dg.AssetExecutionContext, database: DatabaseResource, vector_store: VectorStoreResource
 ) -> dg.MaterializeResult:
     """Prototypes of every named person (a centroid plus exemplars), from user-confirmed faces only."""
-    services = pipeline_context(database, vector_store)
-    with services.vectors() as vectors:
-        report = compute_person_centroids(services, vectors)
+    library = library_of(database, vector_store)
+    with library.vectors() as vectors:
+        report = compute_person_centroids(library, vectors)
     return dg.MaterializeResult(
         metadata={
             "space": report.space,
@@ -45,10 +45,10 @@ def supervised_assignments(
 ) -> dg.MaterializeResult:
     """Faces matched to known people (person_{uuid}): threshold and margin over the runner-up, one face per
     person per photo, never a person the user ruled out for that face."""
-    services = pipeline_context(database, vector_store)
-    with services.vectors() as vectors:
+    library = library_of(database, vector_store)
+    with library.vectors() as vectors:
         report = assign_known_faces(
-            services,
+            library,
             vectors,
             person_threshold=config.person_threshold,
             person_margin=config.person_margin,
@@ -72,17 +72,17 @@ def unknown_clusters(
 ) -> dg.MaterializeResult:
     """The faces nobody is named on, grouped (unknown_cluster_{N}, N stable across runs) or left alone
     (unknown_noise_{face_id}), so a user can name a whole group at once."""
-    services = pipeline_context(database, vector_store)
-    with services.vectors() as vectors:
+    library = library_of(database, vector_store)
+    with library.vectors() as vectors:
         report = cluster_unknown_faces(
-            services,
+            library,
             vectors,
             method=config.method,
             min_cluster_size=config.min_cluster_size,
             eps=config.eps,
             run_id=context.run.run_id,
         )
-    stats = library_stats(services.db)
+    stats = library_stats(library.db)
     split = stats.faces_by_cluster_type
     histogram = report.size_histogram()
     return dg.MaterializeResult(

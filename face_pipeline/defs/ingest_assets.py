@@ -10,7 +10,7 @@ from face_pipeline.defs.resources import (
     DatabaseResource,
     FaceEmbedderResource,
     VectorStoreResource,
-    pipeline_context,
+    library_of,
 )
 from face_pipeline.services.catalog import scan_photos
 from face_pipeline.services.detection import DetectReport, detect_pending_faces
@@ -40,8 +40,8 @@ def detected_faces(
     embedder: FaceEmbedderResource,
 ) -> dg.MaterializeResult:
     """Faces of pending photos: boxes and landmarks in SQL, embeddings in the raw space's collection."""
-    services = pipeline_context(database, vector_store)
-    face_model = embedder.for_library(services.db)
+    library = library_of(database, vector_store)
+    face_model = embedder.for_library(library.db)
     model = describe_embedder(face_model)
     context.log.info(f"face model: {model}")
 
@@ -51,9 +51,9 @@ def detected_faces(
             f"{report.photos_per_second:.1f} photos/s"
         )
 
-    with services.vectors() as vectors:
+    with library.vectors() as vectors:
         report = detect_pending_faces(
-            services.settings, services.db, vectors, limit=config.limit, embedder=face_model, progress=progress
+            library.settings, library.db, vectors, limit=config.limit, embedder=face_model, progress=progress
         )
     metadata: dict[str, Any] = {**report.as_metadata(), **{f"model_{k}": str(v) for k, v in model.items()}}
     if report.skip_reasons:

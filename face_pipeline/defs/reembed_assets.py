@@ -11,7 +11,7 @@ import dagster as dg
 from face_pipeline.defs.ingest_assets import detected_faces
 from face_pipeline.defs.jobs import REEMBED_GROUP
 from face_pipeline.defs.metadata import markdown_table
-from face_pipeline.defs.resources import VECTOR_STORE_POOL, DatabaseResource, VectorStoreResource, pipeline_context
+from face_pipeline.defs.resources import VECTOR_STORE_POOL, DatabaseResource, VectorStoreResource, library_of
 from face_pipeline.services.detection import DetectReport
 from face_pipeline.services.reembed import ReembedReport, reembed_library, stage_library
 
@@ -40,9 +40,9 @@ def staged_faces(
 ) -> dg.MaterializeResult:
     """Every photo of the library detected and embedded again with another model, into a staging area the
     live faces never see; an interrupted run resumes where it stopped."""
-    services = pipeline_context(database, vector_store)
-    with services.vectors() as vectors:
-        report = stage_library(services, vectors, config.model, limit=config.limit, progress=_progress(context))
+    library = library_of(database, vector_store)
+    with library.vectors() as vectors:
+        report = stage_library(library, vectors, config.model, limit=config.limit, progress=_progress(context))
     context.log.info(report.message)
     return dg.MaterializeResult(metadata=report.as_metadata())
 
@@ -56,9 +56,9 @@ def reembedded_faces(
 ) -> dg.MaterializeResult:
     """The switch: photos that arrived meanwhile staged, staged faces matched to the faces by box overlap (a
     matched face keeps its id, name and rejections), the new raw space active in one transaction."""
-    services = pipeline_context(database, vector_store)
-    with services.vectors() as vectors:
-        report = reembed_library(services, vectors, config.model, limit=config.limit, progress=_progress(context))
+    library = library_of(database, vector_store)
+    with library.vectors() as vectors:
+        report = reembed_library(library, vectors, config.model, limit=config.limit, progress=_progress(context))
     context.log.info(report.message)
     return dg.MaterializeResult(metadata=_metadata(report))
 

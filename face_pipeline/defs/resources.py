@@ -7,7 +7,7 @@ test) swaps one of them without touching the others:
     resources["database"] = DatabaseResource(settings=resources["settings"], database_url=dg.EnvVar("FACE_DB"))
 
 The database, vector-store and embedder resources share the SettingsResource they are given (by default a
-fresh one reading FACE_*). Services take a PipelineContext; `pipeline_context` builds it from the database and
+fresh one reading FACE_*). Services take a Library; `library_of` builds it from the database and
 the vector store, so the assets stay thin.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from face_pipeline.services.context import PipelineContext
+from face_pipeline.services.library import Library
 from face_pipeline.settings import Settings, load_settings
 from face_pipeline.storage.db import Database
 from face_pipeline.storage.vectors import VectorStore, open_vector_store
@@ -112,23 +112,10 @@ class FaceEmbedderResource(dg.ConfigurableResource):
         return self._embedder
 
 
-def pipeline_context(database: DatabaseResource, vector_store: VectorStoreResource) -> PipelineContext:
-    """What the services take: the database's settings, its open Database and the vector store's opener."""
-    return PipelineContext(database.face_settings(), database.database(), open_vectors=vector_store.open)
-
-
-class FacePipelineResource(dg.ConfigurableResource):
-    """The database and the vector store as one PipelineContext, for code that still takes them together
-    (defs/checks.py); new code takes DatabaseResource and VectorStoreResource."""
-
-    database: DatabaseResource = Field(default_factory=DatabaseResource)
-    vector_store: VectorStoreResource = Field(default_factory=VectorStoreResource)
-
-    def settings(self) -> Settings:
-        return self.database.face_settings()
-
-    def context(self) -> PipelineContext:
-        return pipeline_context(self.database, self.vector_store)
+def library_of(database: DatabaseResource, vector_store: VectorStoreResource) -> Library:
+    """What the services take (services/library.py): the database's settings, its open Database and the
+    vector store's opener."""
+    return Library(database.face_settings(), database.database(), open_vectors=vector_store.open)
 
 
 def pipeline_resources(
@@ -147,5 +134,4 @@ def pipeline_resources(
         "database": database,
         "vector_store": vector_store,
         "embedder": embedder or FaceEmbedderResource(settings=settings),
-        "face_pipeline": FacePipelineResource(database=database, vector_store=vector_store),
     }

@@ -13,9 +13,9 @@ import dagster as dg
 from face_pipeline.defs.ingest_assets import detected_faces
 from face_pipeline.defs.jobs import EMBEDDINGS_GROUP, TRAINING_GROUP
 from face_pipeline.defs.metadata import line_chart_md, markdown_table
-from face_pipeline.defs.resources import VECTOR_STORE_POOL, DatabaseResource, VectorStoreResource, pipeline_context
+from face_pipeline.defs.resources import VECTOR_STORE_POOL, DatabaseResource, VectorStoreResource, library_of
 from face_pipeline.services.space_switch import regenerate_embeddings
-from face_pipeline.services.training import TrainingReport, read_training_set, train_checkpoint, training_config
+from face_pipeline.services.training import TrainingReport, read_training_set, train_checkpoint, training_params
 
 FACE_LABELS = dg.AssetKey("face_labels")  # the observed source asset (defs/labels_source.py)
 GPU_POOL = "gpu"  # one training op at a time (dagster.yaml); it runs on the CPU when there is no GPU
@@ -48,18 +48,18 @@ def trained_projection_checkpoint(
     """A projection head trained with triplet loss on the users' labels, judged against the raw space on
     held-out people: promoted (a candidate space) only when it beats it, kept as rejected with its figures
     otherwise. Fails with a clear message below 5 people x 5 labelled faces."""
-    services = pipeline_context(database, vector_store)
-    train = training_config(
-        services.settings,
+    library = library_of(database, vector_store)
+    train = training_params(
+        library.settings,
         epochs=config.epochs,
         margin=config.margin,
         learning_rate=config.learning_rate,
         batch_size=config.batch_size,
         device=config.device,
     )
-    with services.vectors() as vectors:  # held only while reading: training needs no store
-        data = read_training_set(services, vectors)
-    report = train_checkpoint(services, data, train)
+    with library.vectors() as vectors:  # held only while reading: training needs no store
+        data = read_training_set(library, vectors)
+    report = train_checkpoint(library, data, train)
     context.log.info(f"{report.space}: {'promoted' if report.promote else 'rejected'}: {report.reason}")
     return dg.MaterializeResult(metadata=training_metadata(report))
 
@@ -129,9 +129,9 @@ def regenerated_embeddings(
     """Every face in the active embedding space: a promoted checkpoint's projection of all faces into a new
     collection, then an atomic switch; new faces projected and deleted ones removed while a projection is
     active; nothing at all while the raw space stays active."""
-    services = pipeline_context(database, vector_store)
-    with services.vectors() as vectors:
-        report = regenerate_embeddings(services, vectors, mode=config.mode)
+    library = library_of(database, vector_store)
+    with library.vectors() as vectors:
+        report = regenerate_embeddings(library, vectors, mode=config.mode)
     context.log.info(report.message)
     return dg.MaterializeResult(
         metadata={

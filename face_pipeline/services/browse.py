@@ -24,8 +24,8 @@ from face_pipeline.domain.naming import (
     person_id_of,
 )
 from face_pipeline.errors import NotFound
-from face_pipeline.services.context import PipelineContext
 from face_pipeline.services.labels import find_person
+from face_pipeline.services.library import Library
 from face_pipeline.services.space_registry import active_space
 from face_pipeline.services.thumbnail_store import thumbnail_path, write_thumbnail
 from face_pipeline.settings import Settings
@@ -316,7 +316,7 @@ def get_person(db: Database, person_ref: str) -> PersonSummary:
 
 
 def suggest_faces(
-    context: PipelineContext, person_ref: str, *, limit: int = 20, exact_below: int = EXACT_SUGGESTION_POOL
+    library: Library, person_ref: str, *, limit: int = 20, exact_below: int = EXACT_SUGGESTION_POOL
 ) -> Suggestions:
     """Faces nobody has named, most similar to this person first ("is this Alice too?").
 
@@ -324,7 +324,7 @@ def suggest_faces(
     assigned) faces when prototypes were not built yet. A face the user rejected for them never shows.
     Raises VectorStoreLocked when a pipeline run holds the embedded store.
     """
-    with context.db.session() as session:
+    with library.db.session() as session:
         person = find_person(session, person_ref)
         space = active_space(session)
         result = Suggestions(person.id, person.name, space.name if space else None)
@@ -345,14 +345,14 @@ def suggest_faces(
         pool_ids = session.scalars(select(FaceInstance.id).where(pool)).all() if 0 < pool_size <= exact_below else []
     if pool_size == 0 or not (prototypes or own_faces):
         return result
-    with context.vectors() as store:
+    with library.vectors() as store:
         if not store.has_collection(space.name):
             return result
         queries = np.stack(prototypes) if prototypes else store.fetch(space.name, np.array(own_faces, dtype=np.int64))
         scored = _score_exactly(store, space.name, queries, pool_ids) if pool_ids else None
         if scored is None:
             scored = _score_by_search(store, space.name, queries, limit)
-    return _keep_unassigned(context.db, person.id, result, scored, limit)
+    return _keep_unassigned(library.db, person.id, result, scored, limit)
 
 
 def _unassigned(person_id: str) -> ColumnElement[bool]:

@@ -18,7 +18,7 @@ from face_pipeline.services.clustering import (
     cluster_unknown_faces,
     compute_person_centroids,
 )
-from face_pipeline.services.context import PipelineContext
+from face_pipeline.services.library import Library
 from face_pipeline.services.space_switch import RegenerateReport, regenerate_embeddings
 from face_pipeline.storage.vectors import VectorStore
 
@@ -35,7 +35,7 @@ class ClusterDualReport:
 
 
 def run_cluster_dual(
-    context: PipelineContext,
+    library: Library,
     vectors: VectorStore,
     *,
     space_mode: str = "auto",
@@ -46,10 +46,10 @@ def run_cluster_dual(
 ) -> ClusterDualReport:
     """The four steps on one open vector store. `space_mode` is regenerate_embeddings' mode: "auto" keeps
     the active space (switching only to a newly promoted checkpoint), "trained" / "raw" choose one."""
-    regenerate = regenerate_embeddings(context, vectors, mode=space_mode)
-    centroids = compute_person_centroids(context, vectors)
-    assignments = assign_known_faces(context, vectors, person_threshold=person_threshold)
+    regenerate = regenerate_embeddings(library, vectors, mode=space_mode)
+    centroids = compute_person_centroids(library, vectors)
+    assignments = assign_known_faces(library, vectors, person_threshold=person_threshold)
     clusters = cluster_unknown_faces(
-        context, vectors, method=unknown_method, min_cluster_size=min_cluster_size, eps=eps
+        library, vectors, method=unknown_method, min_cluster_size=min_cluster_size, eps=eps
     )
     return ClusterDualReport(regenerate, centroids, assignments, clusters)

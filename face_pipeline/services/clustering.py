@@ -31,7 +31,6 @@ from face_pipeline.domain.naming import (
     stable_cluster_numbers,
 )
 from face_pipeline.errors import InvalidInput
-from face_pipeline.services.context import PipelineContext
 from face_pipeline.services.face_table import (
     FaceChanges,
     FaceTable,
@@ -40,6 +39,7 @@ from face_pipeline.services.face_table import (
     read_rejections,
     sync_payloads,
 )
+from face_pipeline.services.library import Library
 from face_pipeline.services.space_registry import active_space
 from face_pipeline.storage.models import AssignmentSource, PersonPrototype, PipelineState, utcnow
 from face_pipeline.storage.vectors import VectorStore
@@ -105,7 +105,7 @@ class ClusterReport:
 
 
 def space_params(
-    context: PipelineContext,
+    library: Library,
     session: Session,
     person_threshold: float | None = None,
     person_margin: float | None = None,
@@ -113,7 +113,7 @@ def space_params(
     space = active_space(session)
     if space is None:
         raise NoActiveSpace()
-    settings = context.settings
+    settings = library.settings
     threshold = _first(person_threshold, settings.person_match_threshold, space.person_threshold)
     if threshold is None:
         raise InvalidInput(f"embedding space {space.name} has no person threshold; set FACE_PERSON_MATCH_THRESHOLD")
@@ -150,11 +150,11 @@ def _vectors_for(vectors: VectorStore, space: str, table: FaceTable) -> np.ndarr
 # --- person_centroids ----------------------------------------------------------------------------------
 
 
-def compute_person_centroids(context: PipelineContext, vectors: VectorStore) -> CentroidReport:
+def compute_person_centroids(library: Library, vectors: VectorStore) -> CentroidReport:
     """Prototypes (a centroid and a few exemplars) of every person, from user-confirmed faces only."""
     started = time.perf_counter()
-    with context.db.session() as session:
-        params = space_params(context, session)
+    with library.db.session() as session:
+        params = space_params(library, session)
         table = read_faces(session)
         labelled = np.flatnonzero(table.confirmed & (table.person_ids != None))  # noqa: E711
         report = CentroidReport(params.space, labelled_faces=int(labelled.size))
@@ -217,7 +217,7 @@ def load_prototypes(session: Session, space: str) -> Prototypes | None:
 
 
 def assign_known_faces(
-    context: PipelineContext,
+    library: Library,
     vectors: VectorStore,
     *,
     person_threshold: float | None = None,
@@ -227,8 +227,8 @@ def assign_known_faces(
     """Match every face nobody confirmed to the known people (threshold, margin, one face per person per
     photo, never a rejected person). Faces that no longer match are released to the unknown pool."""
     started = time.perf_counter()
-    with context.db.session() as session:
-        params = space_params(context, session, person_threshold, person_margin)
+    with library.db.session() as session:
+        params = space_params(library, session, person_threshold, person_margin)
         report = AssignReport(params.space, params.person_threshold, params.person_margin)
         table = read_faces(session)
         prototypes = load_prototypes(session, params.space)
@@ -305,7 +305,7 @@ def _assignment_changes(
 
 
 def cluster_unknown_faces(
-    context: PipelineContext,
+    library: Library,
     vectors: VectorStore,
     *,
     method: str | None = None,
@@ -315,8 +315,8 @@ def cluster_unknown_faces(
 ) -> ClusterReport:
     """Group the faces that belong to nobody; keep unknown_cluster_{N} numbers across runs."""
     started = time.perf_counter()
-    with context.db.session() as session:
-        params = space_params(context, session)
+    with library.db.session() as session:
+        params = space_params(library, session)
         method = method or params.cluster_method
         min_size = min_cluster_size or params.min_cluster_size
         eps = eps if eps is not None else params.cluster_eps

@@ -163,7 +163,7 @@ def _results(
         yield (worker.process(image_id, path) for image_id, path in tasks)
         return
     # spawn, not fork: the parent may hold threads (Dagster, BLAS) that fork would copy half-way.
-    context = multiprocessing.get_context("spawn")
+    spawn = multiprocessing.get_context("spawn")
     workers = min(settings.worker_count, len(tasks))
     # Workers use the model the parent resolved (no second "which model" line per worker) and share the
     # cores: onnxruntime would otherwise start a thread per core in every worker.
@@ -171,7 +171,7 @@ def _results(
     if choice is not None:
         settings = settings.model_copy(update={"embedder": choice.value})
     threads = max(1, settings.worker_count // workers)
-    with context.Pool(workers, initializer=init_pool_worker, initargs=(settings, threads)) as pool:
+    with spawn.Pool(workers, initializer=init_pool_worker, initargs=(settings, threads)) as pool:
         yield pool.imap(process_in_pool, tasks, chunksize=4)
 
 

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from face_pipeline.errors import InvalidInput
 from face_pipeline.services.catalog import hash_files, iter_photos
 from face_pipeline.services.labels import clean_name, name_faces, person_by_name, user_edit
-from face_pipeline.storage.db import Database
+from face_pipeline.services.library import Library
 from face_pipeline.storage.models import FaceInstance, Image
 
 DOMINANCE = 2.0  # a face must have this many times the area of the next to be the photo's subject
@@ -41,7 +41,7 @@ class ImportReport:
     examples: dict[str, list[str]] = field(default_factory=dict)
 
 
-def import_labels(db: Database, tree: Path) -> ImportReport:
+def import_labels(library: Library, tree: Path) -> ImportReport:
     if not tree.is_dir():
         raise InvalidInput(f"not a folder: {tree}")
     report = ImportReport()
@@ -53,7 +53,7 @@ def import_labels(db: Database, tree: Path) -> ImportReport:
     if not by_person:
         raise InvalidInput(f"no person folders with photos under {tree} (expected <person>/<photo>.jpg)")
     hashes = hash_files([p for paths in by_person.values() for p in paths])
-    with user_edit(db) as session:
+    with user_edit(library) as session:
         for folder, paths in sorted(by_person.items()):
             name = clean_name(folder.replace("_", " "))
             faces = [_subject_face(session, hashes[p], p, report) for p in paths]

@@ -14,15 +14,15 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from face_pipeline.domain.projection import TrainingConfig
+from face_pipeline.domain.projection import TrainingParams
 from face_pipeline.services.space_registry import PromotedCheckpoint, last_promoted_checkpoint
 from face_pipeline.settings import Settings
 from face_pipeline.storage.db import Database
 from face_pipeline.storage.models import FaceInstance, FaceRejection
 
 # The training minimum (5 people x 5 labelled faces), as training itself enforces it.
-MIN_TRAINING_PEOPLE = TrainingConfig().min_people
-MIN_FACES_PER_PERSON = TrainingConfig().min_faces_per_person
+MIN_TRAINING_PEOPLE = TrainingParams().min_people
+MIN_FACES_PER_PERSON = TrainingParams().min_faces_per_person
 
 
 @dataclass(frozen=True)

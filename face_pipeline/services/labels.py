@@ -3,7 +3,7 @@
 Every decision is stored on the face (person_id + user_confirmed, or a row in face_rejections), never on a
 cluster string, so re-clustering or a new model cannot lose it; every change writes an audit event. SQL is the
 source of truth; after each edit the faces' person_id / cluster_id are mirrored onto their vector-store
-payloads (see `mirror_user_edits`), so filtered searches see the edit before the next run.
+payloads (`user_edit`), so filtered searches see the edit before the next run.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from sqlalchemy.orm import Session
 
 from face_pipeline.domain.naming import noise_cluster_id, person_cluster_id
 from face_pipeline.errors import Conflict, InvalidInput, NotFound
-from face_pipeline.storage.db import Database, FaceChanges
 from face_pipeline.storage.models import (
     AssignmentSource,
     FaceAssignmentEvent,
@@ -35,7 +34,7 @@ from face_pipeline.storage.models import (
 from face_pipeline.storage.vectors import VectorStoreError
 
 if TYPE_CHECKING:
-    from face_pipeline.services.context import PipelineContext
+    from face_pipeline.services.library import Library
 
 log = logging.getLogger(__name__)
 MAX_NAME_LENGTH = 200
@@ -116,7 +115,7 @@ def person_by_name(session: Session, name: str) -> tuple[Person, bool]:
 
 
 def label_cluster(
-    db: Database, cluster_id: str, name: str, *, expected_face_ids: Collection[int] | None = None
+    library: Library, cluster_id: str, name: str, *, expected_face_ids: Collection[int] | None = None
 ) -> LabelResult:
     """Name every face of a cluster: creates or reuses the person and confirms the faces.
 
@@ -124,7 +123,7 @@ def label_cluster(
     nothing changes and Conflict is raised, so a stale page never labels the wrong faces.
     """
     cleaned = clean_name(name)
-    with user_edit(db) as session:
+    with user_edit(library) as session:
         faces = session.execute(
             select(FaceInstance.id, FaceInstance.person_id, FaceInstance.user_confirmed, FaceInstance.cluster_id)
             .where(FaceInstance.cluster_id == cluster_id)
@@ -148,19 +147,19 @@ def label_cluster(
         )
 
 
-def label_face(db: Database, face_id: int, name: str) -> LabelResult:
+def label_face(library: Library, face_id: int, name: str) -> LabelResult:
     """Name one face; an explicit choice replaces an earlier one and lifts a "not this person" for it."""
     cleaned = clean_name(name)
-    with user_edit(db) as session:
+    with user_edit(library) as session:
         face = _face(session, face_id)
         person, created = person_by_name(session, cleaned)
         name_faces(session, [face], person.id, explicit=True, action="label_face")
         return LabelResult(person.id, person.name, created, 1)
 
 
-def assign_face(db: Database, face_id: int, person_ref: str) -> LabelResult:
+def assign_face(library: Library, face_id: int, person_ref: str) -> LabelResult:
     """Confirm one face as an existing person (by id or unique name)."""
-    with user_edit(db) as session:
+    with user_edit(library) as session:
         face = _face(session, face_id)
         person = find_person(session, person_ref)
         name_faces(session, [face], person.id, explicit=True, action="label_face")
@@ -211,10 +210,10 @@ def name_faces(
     return naming
 
 
-def reject_face(db: Database, face_id: int, person_ref: str | None = None) -> str:
+def reject_face(library: Library, face_id: int, person_ref: str | None = None) -> str:
     """ "Not this person": the face leaves the person (its current one, or the one named) for good;
     automatic runs never assign it to that person again. Returns the person's id."""
-    with user_edit(db) as session:
+    with user_edit(library) as session:
         face = _face(session, face_id)
         person = find_person(session, person_ref) if person_ref else None
         person_id = person.id if person else face.person_id
@@ -237,18 +236,18 @@ def reject_face(db: Database, face_id: int, person_ref: str | None = None) -> st
         return person_id
 
 
-def unassign_face(db: Database, face_id: int) -> None:
+def unassign_face(library: Library, face_id: int) -> None:
     """Undo a face's naming (a user's or an automatic one); it becomes a singleton until re-clustered."""
-    with user_edit(db) as session:
+    with user_edit(library) as session:
         face = _face(session, face_id)
         if face.person_id is None and not face.user_confirmed:
             raise InvalidInput(f"face {face_id} is not assigned to anyone")
         _release(session, [face], action="unassign", source=AssignmentSource.NOISE, person_for_event=face.person_id)
 
 
-def rename_person(db: Database, person_ref: str, new_name: str) -> Person:
+def rename_person(library: Library, person_ref: str, new_name: str) -> Person:
     cleaned = clean_name(new_name)
-    with db.session() as session:
+    with library.db.session() as session:
         person = find_person(session, person_ref)
         old = person.name
         person.name = cleaned
@@ -263,9 +262,9 @@ def rename_person(db: Database, person_ref: str, new_name: str) -> Person:
         return person
 
 
-def create_person(db: Database, name: str) -> tuple[Person, bool]:
+def create_person(library: Library, name: str) -> tuple[Person, bool]:
     cleaned = clean_name(name)
-    with db.session() as session:
+    with library.db.session() as session:
         person, created = person_by_name(session, cleaned)
         if created:  # a person with no faces yet still leaves a trace in the audit log
             session.add(
@@ -276,9 +275,9 @@ def create_person(db: Database, name: str) -> tuple[Person, bool]:
         return person, created
 
 
-def merge_persons(db: Database, source_ref: str, target_ref: str) -> tuple[Person, int]:
+def merge_persons(library: Library, source_ref: str, target_ref: str) -> tuple[Person, int]:
     """Merge source into target: its faces, rejections and name history move; source is marked merged."""
-    with user_edit(db) as session:
+    with user_edit(library) as session:
         source = find_person(session, source_ref)
         target = find_person(session, target_ref)
         if source.id == target.id:
@@ -324,13 +323,13 @@ def merge_persons(db: Database, source_ref: str, target_ref: str) -> tuple[Perso
         return target, len(faces)
 
 
-def remove_from_cluster(db: Database, face_id: int) -> str:
+def remove_from_cluster(library: Library, face_id: int) -> str:
     """ "Not part of this group" for a face nobody named: it leaves its unknown cluster and stands alone.
 
     Unlike a rejection this is not remembered: the next clustering run may group the face again. Returns
     the face's new (singleton) cluster id; Conflict when the face belongs to a person or is alone already.
     """
-    with user_edit(db) as session:
+    with user_edit(library) as session:
         face = _face(session, face_id)
         if face.person_id is not None:
             raise Conflict(f"face {face_id} belongs to a person; reject or unassign it instead")
@@ -343,40 +342,35 @@ def remove_from_cluster(db: Database, face_id: int) -> str:
 
 # --- shared steps ---------------------------------------------------------------------------------------
 
-_CHANGED = "face_pipeline.labels.changed"  # session.info key: face id -> (person_id, cluster_id) after the edit
+_EDITED = "face_pipeline.labels.edited"  # session.info key: the faces an edit moved
+EditedFaces = dict[int, tuple[str | None, str]]  # face id -> (person_id, cluster_id) after a user's edit
 
 
 @contextmanager
-def user_edit(db: Database) -> Iterator[Session]:
-    """A session for one user edit; after its commit, the faces it moved are reported to the database's
-    listeners (see `mirror_user_edits`)."""
-    with db.session() as session:
+def user_edit(library: Library) -> Iterator[Session]:
+    """A session for one user edit; after its commit, the faces it moved get their new person_id / cluster_id
+    in the vector-store payloads too (`_write_payloads`)."""
+    with library.db.session() as session:
         yield session
-        changes: FaceChanges = dict(session.info.pop(_CHANGED, {}))
-    if changes:
-        db.faces_changed(changes)
+        edited: EditedFaces = dict(session.info.pop(_EDITED, {}))
+    if edited:
+        _write_payloads(library, edited)
 
 
 def _changed(session: Session, face_ids: Sequence[int], person_id: str | None, cluster_id: str) -> None:
-    changed = session.info.setdefault(_CHANGED, {})
+    changed = session.info.setdefault(_EDITED, {})
     for face_id in face_ids:
         changed[int(face_id)] = (person_id, cluster_id)
 
 
-def mirror_user_edits(context: PipelineContext) -> None:
-    """Make user edits through `context.db` update person_id / cluster_id in the vector-store payloads of
-    the faces they move, in the active space's collection and in its raw space's (filtered searches, e.g.
-    suggestions for big pools, read them). The front ends (API, CLI) install it.
-
-    SQL stays the source of truth: when the store cannot be written (a pipeline run holds it), the edit
-    still stands, a warning is logged, and the next run's clustering rewrites the payloads."""
-    context.db.face_listeners["vector payloads"] = lambda changes: _write_payloads(context, changes)
-
-
-def _write_payloads(context: PipelineContext, changes: FaceChanges) -> None:
+def _write_payloads(library: Library, changes: EditedFaces) -> None:
+    """Mirror an edit onto the payloads of the active space's collection and its raw space's (filtered
+    searches, e.g. suggestions for big pools, read them). SQL stays the source of truth: when the store cannot
+    be written (a pipeline run holds it), the edit still stands, a warning is logged, and the next run's
+    clustering rewrites the payloads."""
     from face_pipeline.services.space_registry import active_space, raw_space_of
 
-    with context.db.session() as session:
+    with library.db.session() as session:
         space = active_space(session)
         names = [] if space is None else sorted({space.name, raw_space_of(session, space).name})
     if not names:
@@ -385,7 +379,7 @@ def _write_payloads(context: PipelineContext, changes: FaceChanges) -> None:
     for face_id, values in changes.items():
         groups.setdefault(values, []).append(face_id)
     try:
-        with context.vectors() as store:
+        with library.vectors() as store:
             for name in names:
                 if not store.has_collection(name):
                     continue

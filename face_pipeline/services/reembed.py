@@ -41,7 +41,6 @@ from sqlalchemy.orm import Session
 from face_pipeline.domain.face_matching import match_faces
 from face_pipeline.domain.naming import noise_cluster_id
 from face_pipeline.errors import Conflict, InvalidInput, UserFacingError
-from face_pipeline.services.context import PipelineContext
 from face_pipeline.services.detection import (
     DetectReport,
     Progress,
@@ -50,6 +49,7 @@ from face_pipeline.services.detection import (
     processed_photos,
     remove_faces,
 )
+from face_pipeline.services.library import Library
 from face_pipeline.services.space_registry import checkpoints_of, library_raw_space, lock_spaces, replace_raw_space
 from face_pipeline.services.thumbnail_store import thumbnail_path, write_thumbnail
 from face_pipeline.settings import Settings
@@ -183,12 +183,12 @@ def target_space_name(settings: Settings, choice: ModelChoice) -> str:
     return f"{INSIGHTFACE_SPACE_PREFIX}{pack}"
 
 
-def check_reembed(context: PipelineContext, model: str) -> str:
+def check_reembed(library: Library, model: str) -> str:
     """The space the library would move to; InvalidInput / SameModel (one line each) when it cannot move.
     Cheap (SQL only): the CLI calls it before a run is recorded."""
     choice = parse_model(model)
-    target = target_space_name(context.settings, choice)
-    with context.db.session() as session:
+    target = target_space_name(library.settings, choice)
+    with library.db.session() as session:
         _refuse(session, choice, target)
     return target
 
@@ -213,7 +213,7 @@ def _switched_run(session: Session, target: str) -> ReembedRun | None:
 
 
 def stage_library(
-    context: PipelineContext,
+    library: Library,
     vectors: VectorStore,
     model: str,
     *,
@@ -222,12 +222,12 @@ def stage_library(
     embedder: FaceEmbedder | None = None,
 ) -> ReembedReport:
     """Stage up to `limit` photos not staged yet with `model`; never switches (see the module doc)."""
-    staged = _stage_what_is_left(context, vectors, model, limit, progress, embedder, finish=False)
+    staged = _stage_what_is_left(library, vectors, model, limit, progress, embedder, finish=False)
     return staged if isinstance(staged, ReembedReport) else staged.report
 
 
 def reembed_library(
-    context: PipelineContext,
+    library: Library,
     vectors: VectorStore,
     model: str,
     *,
@@ -236,7 +236,7 @@ def reembed_library(
     embedder: FaceEmbedder | None = None,
 ) -> ReembedReport:
     """Stage what is left (at most `limit` photos), then, when every photo is staged, switch and clean up."""
-    staged = _stage_what_is_left(context, vectors, model, limit, progress, embedder, finish=True)
+    staged = _stage_what_is_left(library, vectors, model, limit, progress, embedder, finish=True)
     if isinstance(staged, ReembedReport):
         return staged
     if staged.report.photos_remaining:
@@ -245,13 +245,13 @@ def reembed_library(
     facts = describe_embedder(embedder)
     for _ in range(_SWITCH_ATTEMPTS):
         try:
-            _switch(context, vectors, run, facts, report)
+            _switch(library, vectors, run, facts, report)
             break
         except _MoreToStage:
-            _stage(context, vectors, run, embedder, None, progress, report)
+            _stage(library, vectors, run, embedder, None, progress, report)
     else:
         raise Conflict("photos keep arriving faster than they are staged; run `faces reembed` again later")
-    finished = _finish(context, vectors, run.id)
+    finished = _finish(library, vectors, run.id)
     finished.photos_staged, finished.faces_staged = report.photos_staged, report.faces_staged
     finished.seconds = time.perf_counter() - started
     log.info("re-embedded the library: %s", finished.message)
@@ -269,7 +269,7 @@ class _Staged:
 
 
 def _stage_what_is_left(
-    context: PipelineContext,
+    library: Library,
     vectors: VectorStore,
     model: str,
     limit: int | None,
@@ -281,34 +281,34 @@ def _stage_what_is_left(
     """Open (or resume) the move to `model` and stage photos; a report instead when the move cannot start or a
     committed switch was just finished (see `_prepare`)."""
     started = time.perf_counter()
-    prepared = _prepare(context, vectors, model, embedder, finish=finish)
+    prepared = _prepare(library, vectors, model, embedder, finish=finish)
     if isinstance(prepared, ReembedReport):
         return prepared
     run, embedder = prepared
     report = ReembedReport(source_space=run.source, target_space=run.target)
-    _stage(context, vectors, run, embedder, limit, progress, report)
+    _stage(library, vectors, run, embedder, limit, progress, report)
     report.message = _staging_message(report, model)
     report.seconds = time.perf_counter() - started
     return _Staged(run, embedder, report, started)
 
 
-def finish_switched_runs(context: PipelineContext, vectors: VectorStore) -> list[ReembedReport]:
+def finish_switched_runs(library: Library, vectors: VectorStore) -> list[ReembedReport]:
     """Clean up after switches that committed but did not finish (a crash after the commit)."""
-    with context.db.session() as session:
+    with library.db.session() as session:
         ids = session.scalars(select(ReembedRun.id).where(ReembedRun.status == ReembedStatus.SWITCHED)).all()
-    return [_finish(context, vectors, run_id) for run_id in ids]
+    return [_finish(library, vectors, run_id) for run_id in ids]
 
 
 def _prepare(
-    context: PipelineContext, vectors: VectorStore, model: str, embedder: FaceEmbedder | None, *, finish: bool
+    library: Library, vectors: VectorStore, model: str, embedder: FaceEmbedder | None, *, finish: bool
 ) -> ReembedReport | tuple[_Run, FaceEmbedder]:
     """Refuse a move that cannot start, else the run to stage into and its model. A switch to `model`'s space
     that committed but was not cleaned up (a crash) is finished when `finish`, else left to the switch step;
     either way its report comes back instead."""
     choice = parse_model(model)
-    target = target_space_name(context.settings, choice)
-    finished = {r.target_space: r for r in finish_switched_runs(context, vectors)} if finish else {}
-    with context.db.session() as session:
+    target = target_space_name(library.settings, choice)
+    finished = {r.target_space: r for r in finish_switched_runs(library, vectors)} if finish else {}
+    with library.db.session() as session:
         source = library_raw_space(session)
         pending = _switched_run(session, target)
         if source == target and pending is not None:
@@ -319,26 +319,26 @@ def _prepare(
         report = finished[target]
         report.message = "finished the switch an earlier run had committed: " + report.message
         return report
-    with context.db.session() as session:
+    with library.db.session() as session:
         source = _refuse(session, choice, target)
-    embedder = embedder or create_embedder(context.settings, choice)
+    embedder = embedder or create_embedder(library.settings, choice)
     space = embedder.space
     if space.name == source:  # a pack whose space name differs from the guess (FACE_MODEL_NAME)
         raise SameModel(f"the library is already in {space.name} (model {choice}): nothing to re-embed")
-    return _open_run(context, vectors, source, space, choice), embedder
+    return _open_run(library, vectors, source, space, choice), embedder
 
 
 def _open_run(
-    context: PipelineContext, vectors: VectorStore, source: str, space: EmbeddingSpaceInfo, choice: ModelChoice
+    library: Library, vectors: VectorStore, source: str, space: EmbeddingSpaceInfo, choice: ModelChoice
 ) -> _Run:
     """The staging run for source -> space: resumed when one is there; one for another move is abandoned."""
-    with context.db.session() as session:
+    with library.db.session() as session:
         for row in session.scalars(select(ReembedRun).where(ReembedRun.status == ReembedStatus.STAGING)).all():
             if (row.source_space, row.target_space, row.dim) == (source, space.name, space.dim):
                 log.info("resuming the staged move %s -> %s (run %d)", source, space.name, row.id)
                 return _Run.of(row)
             log.info("abandoning the staged move %s -> %s (run %d)", row.source_space, row.target_space, row.id)
-            _discard_staging(context, vectors, _Run.of(row))
+            _discard_staging(library, vectors, _Run.of(row))
             session.execute(delete(ReembedStagedFace).where(ReembedStagedFace.run_id == row.id))
             session.execute(delete(ReembedStagedImage).where(ReembedStagedImage.run_id == row.id))
             row.status = ReembedStatus.ABANDONED
@@ -346,13 +346,13 @@ def _open_run(
         session.add(row)
         session.flush()
         run = _Run.of(row)
-    _discard_staging(context, vectors, run)  # leftovers of a run whose row a rollback undid
+    _discard_staging(library, vectors, run)  # leftovers of a run whose row a rollback undid
     return run
 
 
-def _discard_staging(context: PipelineContext, vectors: VectorStore, run: _Run) -> None:
+def _discard_staging(library: Library, vectors: VectorStore, run: _Run) -> None:
     vectors.drop_collection(run.staging_collection)
-    shutil.rmtree(run.staging_dir(context.settings), ignore_errors=True)
+    shutil.rmtree(run.staging_dir(library.settings), ignore_errors=True)
 
 
 # --- 1. staging --------------------------------------------------------------------------------------------
@@ -369,7 +369,7 @@ def _unstaged(run_id: int) -> Any:
 
 
 def _stage(
-    context: PipelineContext,
+    library: Library,
     vectors: VectorStore,
     run: _Run,
     embedder: FaceEmbedder,
@@ -379,35 +379,35 @@ def _stage(
 ) -> None:
     started = time.perf_counter()
     query = select(Image.id, Image.path, Image.content_hash).where(_unstaged(run.id)).order_by(Image.id)
-    with context.db.session() as session:
+    with library.db.session() as session:
         tasks = session.execute(query.limit(limit) if limit is not None else query).all()
     counts = DetectReport(space=run.target)
     if tasks:
         vectors.ensure_collection(run.staging_collection, run.dim)
         hashes = {t.id: t.content_hash for t in tasks}
-        with processed_photos(context.settings, [(t.id, t.path) for t in tasks], embedder) as batches:
+        with processed_photos(library.settings, [(t.id, t.path) for t in tasks], embedder) as batches:
             for batch in batches:
-                _stage_batch(context, vectors, run, batch, hashes)
+                _stage_batch(library, vectors, run, batch, hashes)
                 counts.count(batch)
                 counts.seconds = time.perf_counter() - started
                 if progress:
                     progress(counts, len(tasks))
     report.photos_staged += counts.photos
     report.faces_staged += counts.faces
-    with context.db.session() as session:
+    with library.db.session() as session:
         report.photos_remaining = session.scalar(select(func.count()).where(_unstaged(run.id))) or 0
         report.photos_total = session.scalar(select(func.count()).where(Image.status == ImageStatus.DONE)) or 0
 
 
 def _stage_batch(
-    context: PipelineContext, vectors: VectorStore, run: _Run, batch: list[PhotoResult], hashes: dict[int, str | None]
+    library: Library, vectors: VectorStore, run: _Run, batch: list[PhotoResult], hashes: dict[int, str | None]
 ) -> None:
     """One transaction: the batch's earlier staging (a photo that changed since) goes, the new one comes.
     Vectors and thumbnails are written under the staged ids before the commit: a rollback leaves orphans that
     a reused id overwrites and the clean-up removes, never a staged face without them."""
     image_ids = [r.image_id for r in batch]
     staged, images = ReembedStagedFace, ReembedStagedImage
-    with context.db.session() as session:
+    with library.db.session() as session:
         session.execute(delete(staged).where(staged.run_id == run.id, staged.image_id.in_(image_ids)))
         session.execute(delete(images).where(images.run_id == run.id, images.image_id.in_(image_ids)))
         rows, embeddings, owners = face_columns(batch)
@@ -420,7 +420,7 @@ def _stage_batch(
             payloads = [{"image_id": i, "person_id": None, "cluster_id": None} for i in owners]
             vectors.upsert(run.staging_collection, np.array(staged_ids, np.int64), np.stack(embeddings), payloads)
         thumbs = [t for r in batch for t in r.thumbnails]
-        folder = run.staging_dir(context.settings)
+        folder = run.staging_dir(library.settings)
         for staged_id, jpeg in zip(staged_ids, thumbs, strict=True):
             write_thumbnail(folder, staged_id, jpeg)
         now = utcnow()
@@ -457,7 +457,7 @@ def _staging_message(report: ReembedReport, model: str) -> str:
 
 
 @dataclass
-class _Library:
+class _Snapshot:
     """What the switch reads, in one transaction."""
 
     faces: list[Any]  # id, image_id, box, person_id, cluster_id, assignment_source, user_confirmed, status, path
@@ -479,7 +479,7 @@ def _lock(session: Session, run: _Run) -> None:
         raise Conflict(f"the library is no longer in {run.source}; run `faces reembed` again")
 
 
-def _read_library(session: Session, run: _Run) -> _Library:
+def _read_snapshot(session: Session, run: _Run) -> _Snapshot:
     face, image = FaceInstance, Image
     faces = session.execute(
         select(
@@ -532,7 +532,7 @@ def _read_library(session: Session, run: _Run) -> _Library:
     for face_id, person_id in session.execute(select(FaceRejection.face_id, FaceRejection.person_id)):
         rejections.setdefault(face_id, []).append(person_id)
     names = dict(session.execute(select(Person.id, Person.name)).tuples().all())
-    return _Library(list(faces), list(staged), redone, failed, rejections, names)
+    return _Snapshot(list(faces), list(staged), redone, failed, rejections, names)
 
 
 def _boxes(rows: Sequence[Any]) -> np.ndarray:
@@ -540,44 +540,44 @@ def _boxes(rows: Sequence[Any]) -> np.ndarray:
 
 
 def _switch(
-    context: PipelineContext, vectors: VectorStore, run: _Run, facts: dict[str, Any], report: ReembedReport
+    library: Library, vectors: VectorStore, run: _Run, facts: dict[str, Any], report: ReembedReport
 ) -> None:
     """The one transaction that moves the library (see the module doc); _MoreToStage when photos are unstaged."""
-    with context.db.session() as session:
+    with library.db.session() as session:
         _lock(session, run)
         if session.scalar(select(func.count()).where(_unstaged(run.id))):
             raise _MoreToStage()
-        library = _read_library(session, run)
-        candidates = [f for f in library.faces if f.image_id in library.redone]
+        snapshot = _read_snapshot(session, run)
+        candidates = [f for f in snapshot.faces if f.image_id in snapshot.redone]
         old_rows, new_rows = match_faces(
             np.array([f.image_id for f in candidates], dtype=np.int64),
             _boxes(candidates),
-            np.array([s.image_id for s in library.staged], dtype=np.int64),
-            _boxes(library.staged),
+            np.array([s.image_id for s in snapshot.staged], dtype=np.int64),
+            _boxes(snapshot.staged),
         )
         matched = [candidates[i] for i in old_rows.tolist()]
         kept_ids = {f.id for f in matched}
-        gone = [f for f in library.faces if f.id not in kept_ids]
-        final_ids = np.zeros(len(library.staged), dtype=np.int64)
+        gone = [f for f in snapshot.faces if f.id not in kept_ids]
+        final_ids = np.zeros(len(snapshot.staged), dtype=np.int64)
         final_ids[new_rows] = [f.id for f in matched]
-        cleared = _update_matched(session, run, matched, [library.staged[i] for i in new_rows.tolist()])
-        fresh = np.setdiff1d(np.arange(len(library.staged)), new_rows)
-        final_ids[fresh] = _insert_new(session, run, [library.staged[i] for i in fresh.tolist()])
-        lost = _remove_unmatched(session, library, gone)
+        cleared = _update_matched(session, run, matched, [snapshot.staged[i] for i in new_rows.tolist()])
+        fresh = np.setdiff1d(np.arange(len(snapshot.staged)), new_rows)
+        final_ids[fresh] = _insert_new(session, run, [snapshot.staged[i] for i in fresh.tolist()])
+        lost = _remove_unmatched(session, snapshot, gone)
         session.execute(
             update(ReembedStagedFace),
-            [{"id": s.id, "face_id": int(f)} for s, f in zip(library.staged, final_ids.tolist(), strict=True)],
+            [{"id": s.id, "face_id": int(f)} for s, f in zip(snapshot.staged, final_ids.tolist(), strict=True)],
         )
-        _update_images(session, run, library)
-        _fill_collection(session, vectors, run, library.staged, final_ids)
+        _update_images(session, run, snapshot)
+        _fill_collection(session, vectors, run, snapshot.staged, final_ids)
         _activate(session, run, facts)
-        report.faces_old, report.faces_new = len(library.faces), len(library.staged)
+        report.faces_old, report.faces_new = len(snapshot.faces), len(snapshot.staged)
         report.matched, report.added, report.removed = len(matched), int(fresh.size), len(gone)
         report.automatic_cleared = cleared
-        report.decisions_carried = sum(f.user_confirmed or f.id in library.rejections for f in matched)
+        report.decisions_carried = sum(f.user_confirmed or f.id in snapshot.rejections for f in matched)
         report.not_carried = lost
         report.photos_not_redone = len(
-            set(library.failed) | {f.image_id for f in gone if f.image_id not in library.redone}
+            set(snapshot.failed) | {f.image_id for f in gone if f.image_id not in snapshot.redone}
         )
         report.switched = True
         row = session.get(ReembedRun, run.id)
@@ -659,33 +659,33 @@ def _insert_new(session: Session, run: _Run, staged: list[Any]) -> np.ndarray:
     return insert_faces(session, rows)
 
 
-def _remove_unmatched(session: Session, library: _Library, gone: list[Any]) -> list[LostDecision]:
+def _remove_unmatched(session: Session, snapshot: _Snapshot, gone: list[Any]) -> list[LostDecision]:
     """Delete the faces the new model did not find again; the decisions they carried, listed."""
     if not gone:
         return []
-    reasons = [_why_gone(f, library) for f in gone]
+    reasons = [_why_gone(f, snapshot) for f in gone]
     lost = [
         LostDecision(
             face_id=f.id,
             image_id=f.image_id,
             photo=f.path,
-            person_name=library.names.get(f.person_id) if f.user_confirmed else None,
+            person_name=snapshot.names.get(f.person_id) if f.user_confirmed else None,
             person_id=f.person_id if f.user_confirmed else None,
-            not_this_person=sorted(library.names.get(p, p) for p in library.rejections.get(f.id, [])),
+            not_this_person=sorted(snapshot.names.get(p, p) for p in snapshot.rejections.get(f.id, [])),
             reason=reason,
         )
         for f, reason in zip(gone, reasons, strict=True)
-        if f.user_confirmed or f.id in library.rejections
+        if f.user_confirmed or f.id in snapshot.rejections
     ]
     remove_faces(session, gone, reasons)
     return lost
 
 
-def _why_gone(face: Any, library: _Library) -> str:
-    if face.image_id in library.redone:
+def _why_gone(face: Any, snapshot: _Snapshot) -> str:
+    if face.image_id in snapshot.redone:
         return "the new model found no face at this place"
-    if face.image_id in library.failed:
-        return library.failed[face.image_id]
+    if face.image_id in snapshot.failed:
+        return snapshot.failed[face.image_id]
     if face.status == ImageStatus.MISSING:
         return "photo missing: it cannot be detected again"
     if face.status == ImageStatus.PENDING:
@@ -693,14 +693,14 @@ def _why_gone(face: Any, library: _Library) -> str:
     return f"photo {face.status}"
 
 
-def _update_images(session: Session, run: _Run, library: _Library) -> None:
+def _update_images(session: Session, run: _Run, snapshot: _Snapshot) -> None:
     """Photos detected again take the new space and face count; the others lose the old space, and come back
     pending (a missing file that returns, or one the new model could not read) so the next backfill tries."""
     now = utcnow()
     counts: dict[int, int] = {}
-    for staged in library.staged:
+    for staged in snapshot.staged:
         counts[staged.image_id] = counts.get(staged.image_id, 0) + 1
-    if library.redone:
+    if snapshot.redone:
         session.execute(
             update(Image),
             [
@@ -712,10 +712,10 @@ def _update_images(session: Session, run: _Run, library: _Library) -> None:
                     "embedding_space": run.target,
                     "processed_at": now,
                 }
-                for image_id, row in library.redone.items()
+                for image_id, row in snapshot.redone.items()
             ],
         )
-    if library.failed:
+    if snapshot.failed:
         session.execute(
             update(Image),
             [
@@ -726,7 +726,7 @@ def _update_images(session: Session, run: _Run, library: _Library) -> None:
                     "embedding_space": None,
                     "processed_at": None,
                 }
-                for i in library.failed
+                for i in snapshot.failed
             ],
         )
     not_done = Image.status != ImageStatus.DONE
@@ -782,10 +782,10 @@ def _report_from_json(data: dict[str, Any]) -> ReembedReport:
 # --- 3. clean-up -------------------------------------------------------------------------------------------
 
 
-def _finish(context: PipelineContext, vectors: VectorStore, run_id: int) -> ReembedReport:
+def _finish(library: Library, vectors: VectorStore, run_id: int) -> ReembedReport:
     """Everything after the commit, each step idempotent so a rerun after a crash completes it."""
-    settings = context.settings
-    with context.db.session() as session:
+    settings = library.settings
+    with library.db.session() as session:
         row = session.get(ReembedRun, run_id)
         assert row is not None
         run, data = _Run.of(row), dict(row.report or {})
@@ -803,7 +803,7 @@ def _finish(context: PipelineContext, vectors: VectorStore, run_id: int) -> Reem
     report.csv_path = str(_write_csv(run.csv_path(settings), report.not_carried))
     left = _drop_collections(vectors, old_collections)
     vectors.optimize(run.target)
-    with context.db.session() as session:
+    with library.db.session() as session:
         session.execute(delete(ReembedStagedFace).where(ReembedStagedFace.run_id == run_id))
         session.execute(delete(ReembedStagedImage).where(ReembedStagedImage.run_id == run_id))
         session.execute(
@@ -811,7 +811,7 @@ def _finish(context: PipelineContext, vectors: VectorStore, run_id: int) -> Reem
             .where(ReembedRun.id == run_id)
             .values(status=ReembedStatus.FINISHED, finished_at=utcnow(), report={**data, "csv_path": report.csv_path})
         )
-    _discard_staging(context, vectors, run)
+    _discard_staging(library, vectors, run)
     report.message = _switch_message(report, left)
     return report
 

@@ -43,8 +43,8 @@ from sqlalchemy.orm import Session
 from face_pipeline.domain.assignment import SpaceThresholds
 from face_pipeline.domain.projection_head import project
 from face_pipeline.errors import InvalidInput
-from face_pipeline.services.context import PipelineContext
 from face_pipeline.services.face_table import FaceTable, read_faces
+from face_pipeline.services.library import Library
 from face_pipeline.services.space_registry import (
     GateResult,
     Space,
@@ -219,16 +219,16 @@ def _raw_pages(vectors: VectorStore, raw: str, table: FaceTable) -> Iterator[tup
 
 
 def sync_projection(
-    context: PipelineContext, vectors: VectorStore, space: Space, raw: str, report: RegenerateReport
+    library: Library, vectors: VectorStore, space: Space, raw: str, report: RegenerateReport
 ) -> None:
     """Bring the projection's collection in step with SQL, writing only what differs."""
     if space.checkpoint_path is None:
         raise InvalidInput(f"embedding space {space.name} has no checkpoint file")
     try:
-        head, _ = load_checkpoint(checkpoint_file(context.settings, space.checkpoint_path))
+        head, _ = load_checkpoint(checkpoint_file(library.settings, space.checkpoint_path))
     except FileNotFoundError as exc:
         raise InvalidInput(f"checkpoint of {space.name} is missing: {exc}") from None
-    with context.db.session() as session:
+    with library.db.session() as session:
         table = read_faces(session)
     fresh = not vectors.has_collection(space.name)
     vectors.ensure_collection(space.name, head.spec.out_dim)
@@ -237,7 +237,7 @@ def sync_projection(
     written = 0
     for rows, raw_page in _raw_pages(vectors, raw, table):
         ids = table.ids[rows]
-        projected = project(raw_page, head, device=context.settings.device)
+        projected = project(raw_page, head, device=library.settings.device)
         write = np.ones(rows.size, dtype=bool)
         if stored is not None and stored_ids.size:
             where = np.minimum(np.searchsorted(stored_ids, ids), stored_ids.size - 1)
@@ -255,10 +255,10 @@ def sync_projection(
     report.projected, report.removed, report.unchanged = written, int(gone.size), len(table) - written
 
 
-def refresh_raw_payloads(context: PipelineContext, vectors: VectorStore, raw: str) -> int:
+def refresh_raw_payloads(library: Library, vectors: VectorStore, raw: str) -> int:
     """Rewrite the raw collection's person/cluster payloads from SQL: while a projection was active only
     its collection's payloads followed the assignments. Vectors are written back unchanged."""
-    with context.db.session() as session:
+    with library.db.session() as session:
         table = read_faces(session)
     for rows, raw_page in _raw_pages(vectors, raw, table):
         vectors.upsert(raw, table.ids[rows], raw_page, _payloads(table, rows))
@@ -269,7 +269,7 @@ def refresh_raw_payloads(context: PipelineContext, vectors: VectorStore, raw: st
 
 
 def regenerate_embeddings(
-    context: PipelineContext, vectors: VectorStore, *, mode: SpaceMode | str = SpaceMode.AUTO
+    library: Library, vectors: VectorStore, *, mode: SpaceMode | str = SpaceMode.AUTO
 ) -> RegenerateReport:
     """Choose the active space (see the module doc), fill its collection, switch atomically, report."""
     try:
@@ -278,20 +278,20 @@ def regenerate_embeddings(
         raise InvalidInput(f"mode must be one of {', '.join(SpaceMode)}, got {mode!r}") from None
     started = time.perf_counter()
     report = RegenerateReport(mode.value)
-    with context.db.session() as session:
+    with library.db.session() as session:
         active = active_space(session)
         if active is None:
             report.message = "no faces yet: nothing to regenerate"
             return report
         raw = raw_space_of(session, active)
-        target, why = _choose_target(session, context.settings, mode, active, raw)
+        target, why = _choose_target(session, library.settings, mode, active, raw)
 
     if target.is_projection:
-        sync_projection(context, vectors, target, raw.name, report)
+        sync_projection(library, vectors, target, raw.name, report)
     elif active.is_projection:  # back to raw: its payloads stood still while the projection was active
-        report.payloads_refreshed = refresh_raw_payloads(context, vectors, raw.name)
+        report.payloads_refreshed = refresh_raw_payloads(library, vectors, raw.name)
     if target.name != active.name:
-        report.previous_space = activate(context.db, target.name)
+        report.previous_space = activate(library.db, target.name)
         report.switched = True
         if active.is_projection:
             vectors.drop_collection(active.name)

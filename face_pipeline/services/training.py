@@ -32,7 +32,7 @@ from sqlalchemy import select
 from face_pipeline.domain.assignment import SpaceThresholds
 from face_pipeline.domain.projection import (
     NotEnoughLabels,
-    TrainingConfig,
+    TrainingParams,
     TrainingResult,
     train_projection,
 )
@@ -47,8 +47,8 @@ from face_pipeline.domain.verification import UNLABELLED, l2_normalise
 from face_pipeline.errors import InvalidInput
 from face_pipeline.services.cluster_dual import ClusterDualReport, run_cluster_dual
 from face_pipeline.services.clustering import NoActiveSpace
-from face_pipeline.services.context import PipelineContext
 from face_pipeline.services.label_growth import MIN_FACES_PER_PERSON, MIN_TRAINING_PEOPLE, LabelCounts, count_labels
+from face_pipeline.services.library import Library
 from face_pipeline.services.space_registry import (
     GateResult,
     GateVerdict,
@@ -118,11 +118,11 @@ def require_enough_labels(db: Database) -> LabelCounts:
     return counts
 
 
-def read_training_set(context: PipelineContext, vectors: VectorStore) -> TrainingSet:
+def read_training_set(library: Library, vectors: VectorStore) -> TrainingSet:
     """Every user-confirmed face and every rejected face, with raw vectors. Raises TooFewLabels before
     reading any vector when fewer than 5 people have 5+ labelled faces (the design note's minimum)."""
-    require_enough_labels(context.db)
-    with context.db.session() as session:
+    require_enough_labels(library.db)
+    with library.db.session() as session:
         active = active_space(session)
         if active is None:
             raise NoActiveSpace()
@@ -149,7 +149,7 @@ def read_training_set(context: PipelineContext, vectors: VectorStore) -> Trainin
         unnamed = np.sort(np.random.default_rng(0).choice(unnamed, LIBRARY_SAMPLE, replace=False))
     try:
         raw = vectors.fetch(base.name, face_ids)
-        library = vectors.fetch(base.name, unnamed) if unnamed.size else np.empty((0, raw.shape[1]), np.float32)
+        sample = vectors.fetch(base.name, unnamed) if unnamed.size else np.empty((0, raw.shape[1]), np.float32)
     except VectorStoreError as exc:
         raise InvalidInput(f"raw vectors of some faces are missing ({exc}); re-run `faces backfill`") from None
     return TrainingSet(
@@ -161,7 +161,7 @@ def read_training_set(context: PipelineContext, vectors: VectorStore) -> Trainin
         labels=labels,
         person_ids=person_ids,
         rejections=rejection_rows,
-        library_sample=library.astype(np.float32, copy=False),
+        library_sample=sample.astype(np.float32, copy=False),
     )
 
 
@@ -177,7 +177,7 @@ def _labels_by_first_face(face_ids: np.ndarray, people: list[str]) -> tuple[np.n
     return person_ids[order], rank[inverse].astype(np.int64)
 
 
-def training_config(
+def training_params(
     settings: Settings,
     *,
     epochs: int | None = None,
@@ -185,11 +185,11 @@ def training_config(
     learning_rate: float | None = None,
     batch_size: int | None = None,
     device: str | None = None,
-) -> TrainingConfig:
+) -> TrainingParams:
     """FACE_TRAINING_EPOCHS, FACE_TRIPLET_MARGIN, FACE_LEARNING_RATE, FACE_BATCH_SIZE, FACE_DEVICE, each
     overridable (CLI options, Dagster run config)."""
     try:
-        return TrainingConfig(
+        return TrainingParams(
             epochs=epochs or settings.training_epochs,
             margin=margin if margin is not None else settings.triplet_margin,
             learning_rate=learning_rate or settings.learning_rate,
@@ -261,19 +261,19 @@ def new_space_name(base_space: str) -> str:
 
 
 def train_checkpoint(
-    context: PipelineContext, data: TrainingSet, config: TrainingConfig | None = None
+    library: Library, data: TrainingSet, params: TrainingParams | None = None
 ) -> TrainingReport:
     """Train, gate, choose the projected space's thresholds, save the checkpoint, register the row."""
-    config = config or training_config(context.settings)
+    params = params or training_params(library.settings)
     try:
-        resolve_device(config.device)
+        resolve_device(params.device)
     except (RuntimeError, ValueError) as exc:  # e.g. FACE_DEVICE=cuda on a machine without a GPU
         raise InvalidInput(str(exc)) from None
     try:
-        result = train_projection(data.vectors, data.labels, data.rejections, config)
+        result = train_projection(data.vectors, data.labels, data.rejections, params)
     except NotEnoughLabels as exc:
         raise _too_few(exc) from None
-    verdict = gate_on_pipeline(data, result, min_cluster_size=context.settings.unknown_min_cluster_size)
+    verdict = gate_on_pipeline(data, result, min_cluster_size=library.settings.unknown_min_cluster_size)
     gate = GateResult(
         promote=result.promote and verdict.promote,
         reason=_overall_reason(result, verdict),
@@ -283,7 +283,7 @@ def train_checkpoint(
         projected_figures=verdict.projected_figures,
     )
     name = new_space_name(data.base_space)
-    path = new_checkpoint_path(context.settings, name)
+    path = new_checkpoint_path(library.settings, name)
     thresholds = {
         **verdict.threshold_facts,
         "raw": asdict(data.base_thresholds),
@@ -303,14 +303,14 @@ def train_checkpoint(
             "thresholds": thresholds,
         },
     )
-    with context.db.session() as session:
+    with library.db.session() as session:
         space = register_checkpoint(
             session,
             name=name,
             base_space=data.base_space,
             model_name=data.model_name,
             dim=result.spec.out_dim,
-            checkpoint_path=stored_checkpoint_path(context.settings, path),
+            checkpoint_path=stored_checkpoint_path(library.settings, path),
             gate=gate,
             thresholds=verdict.projected,
             label_count=data.label_count,
@@ -376,7 +376,7 @@ class StageReport:
 
 
 def train_and_reassign_stage(
-    context: PipelineContext,
+    library: Library,
     *,
     epochs: int | None = None,
     margin: float | None = None,
@@ -390,9 +390,9 @@ def train_and_reassign_stage(
 
     Raises TooFewLabels (nothing changed) below 5 people x 5 labelled faces.
     """
-    config = training_config(context.settings, epochs=epochs, margin=margin, learning_rate=learning_rate)
+    params = training_params(library.settings, epochs=epochs, margin=margin, learning_rate=learning_rate)
     space_mode = SpaceMode.TRAINED if use_trained_model else SpaceMode.RAW
-    with context.vectors() as vectors:
-        training = train_checkpoint(context, read_training_set(context, vectors), config)
-        dual = run_cluster_dual(context, vectors, space_mode=space_mode, person_threshold=person_threshold)
+    with library.vectors() as vectors:
+        training = train_checkpoint(library, read_training_set(library, vectors), params)
+        dual = run_cluster_dual(library, vectors, space_mode=space_mode, person_threshold=person_threshold)
     return StageReport(training, dual)

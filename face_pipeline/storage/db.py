@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-FaceChanges = dict[int, tuple[str | None, str]]  # face id -> (person_id, cluster_id) after a user's edit
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -87,9 +86,6 @@ class Database:
         if upgrade:
             upgrade_schema(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        # Called after a user's edit commits, with the faces it moved (services/labels.py); by name, so
-        # installing one twice replaces it.
-        self.face_listeners: dict[str, Callable[[FaceChanges], None]] = {}
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -101,15 +97,6 @@ class Database:
             except BaseException:
                 session.rollback()
                 raise
-
-    def faces_changed(self, changes: FaceChanges) -> None:
-        """Tell the listeners about a committed edit. The edit stands whatever they do: a failing listener
-        is logged, never raised to the user whose edit is already saved."""
-        for name, listener in self.face_listeners.items():
-            try:
-                listener(changes)
-            except Exception:
-                log.exception("after a user's edit of %d face(s): %s failed", len(changes), name)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -11,6 +11,7 @@ from face_pipeline.api.deps import (
     ClusterTypeQuery,
     DatabaseDep,
     FaceIdPath,
+    LibraryDep,
     Limit,
     Offset,
     SettingsDep,
@@ -60,12 +61,12 @@ def get_cluster(
 
 
 @router.post("/clusters/{cluster_id}/label", responses=NOT_FOUND | CONFLICT | WRITE)
-def label_cluster(db: DatabaseDep, cluster_id: ClusterIdPath, body: ClusterLabel) -> LabelResultPublic:
+def label_cluster(library: LibraryDep, cluster_id: ClusterIdPath, body: ClusterLabel) -> LabelResultPublic:
     """Name every face of a cluster (creating the person, or reusing one with that name).
 
     Send `face_ids` (the faces you showed) to get a 409 instead of a wrong label when the cluster changed.
     """
-    result = labels.label_cluster(db, cluster_id, body.name, expected_face_ids=body.face_ids)
+    result = labels.label_cluster(library, cluster_id, body.name, expected_face_ids=body.face_ids)
     return LabelResultPublic.of(result)
 
 
@@ -80,31 +81,33 @@ def get_thumbnail(db: DatabaseDep, settings: SettingsDep, face_id: FaceIdPath) -
 
 
 @router.post("/{face_id}/assign", responses=NOT_FOUND | CONFLICT | WRITE)
-def assign_face(db: DatabaseDep, face_id: FaceIdPath, body: FaceAssign) -> LabelResultPublic:
+def assign_face(library: LibraryDep, face_id: FaceIdPath, body: FaceAssign) -> LabelResultPublic:
     """Confirm one face as a person: an existing one by `person_id`, or by `name` (created when new)."""
     if body.person_id is not None:
-        return LabelResultPublic.of(labels.assign_face(db, face_id, body.person_id))
+        return LabelResultPublic.of(labels.assign_face(library, face_id, body.person_id))
     assert body.name is not None  # FaceAssign guarantees exactly one of the two
-    return LabelResultPublic.of(labels.label_face(db, face_id, body.name))
+    return LabelResultPublic.of(labels.label_face(library, face_id, body.name))
 
 
 @router.post("/{face_id}/reject", responses=NOT_FOUND | CONFLICT | WRITE)
-def reject_face(db: DatabaseDep, face_id: FaceIdPath, body: Annotated[FaceReject | None, Body()] = None) -> FacePublic:
+def reject_face(
+    library: LibraryDep, face_id: FaceIdPath, body: Annotated[FaceReject | None, Body()] = None
+) -> FacePublic:
     """ "Not this person": the face leaves the person (its own, or `person_id`) and is never matched to
     them again. A face nobody was assigned needs `person_id` (422 otherwise)."""
-    labels.reject_face(db, face_id, body.person_id if body else None)
-    return FacePublic.of(browse.get_face(db, face_id))
+    labels.reject_face(library, face_id, body.person_id if body else None)
+    return FacePublic.of(browse.get_face(library.db, face_id))
 
 
 @router.post("/{face_id}/unassign", responses=NOT_FOUND | WRITE)
-def unassign_face(db: DatabaseDep, face_id: FaceIdPath) -> FacePublic:
+def unassign_face(library: LibraryDep, face_id: FaceIdPath) -> FacePublic:
     """Undo a face's naming; it stands alone until the next clustering run (422 if nobody had it)."""
-    labels.unassign_face(db, face_id)
-    return FacePublic.of(browse.get_face(db, face_id))
+    labels.unassign_face(library, face_id)
+    return FacePublic.of(browse.get_face(library.db, face_id))
 
 
 @router.post("/{face_id}/remove-from-cluster", responses=NOT_FOUND | CONFLICT | WRITE)
-def remove_from_cluster(db: DatabaseDep, face_id: FaceIdPath) -> FacePublic:
+def remove_from_cluster(library: LibraryDep, face_id: FaceIdPath) -> FacePublic:
     """Take an unnamed face out of its unknown group (409 if it belongs to a person or is alone already)."""
-    labels.remove_from_cluster(db, face_id)
-    return FacePublic.of(browse.get_face(db, face_id))
+    labels.remove_from_cluster(library, face_id)
+    return FacePublic.of(browse.get_face(library.db, face_id))

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from face_pipeline.api.deps import ContextDep, DatabaseDep, Limit, Offset, PersonIdPath, WriteAccess
+from face_pipeline.api.deps import DatabaseDep, LibraryDep, Limit, Offset, PersonIdPath, WriteAccess
 from face_pipeline.api.errors import BUSY, CONFLICT, NOT_FOUND, WRITE, Responses
 from face_pipeline.api.schemas import (
     MergePublic,
@@ -35,11 +35,11 @@ def list_persons(db: DatabaseDep, limit: Limit = 100, offset: Offset = 0) -> Per
     status_code=201,
     responses=EXISTING | WRITE,
 )
-def create_person(db: DatabaseDep, body: PersonCreate, response: Response) -> PersonPublic:
+def create_person(library: LibraryDep, body: PersonCreate, response: Response) -> PersonPublic:
     """Create a person by name; an existing person of that name (any case) is returned with 200."""
-    person, created = labels.create_person(db, body.name)
+    person, created = labels.create_person(library, body.name)
     response.status_code = 201 if created else 200
-    return PersonPublic.of(browse.get_person(db, person.id))
+    return PersonPublic.of(browse.get_person(library.db, person.id))
 
 
 @router.get("/{person_id}", responses=NOT_FOUND)
@@ -49,21 +49,21 @@ def get_person(db: DatabaseDep, person_id: PersonIdPath) -> PersonPublic:
 
 
 @router.patch("/{person_id}", responses=NOT_FOUND | CONFLICT | WRITE)
-def rename_person(db: DatabaseDep, person_id: PersonIdPath, body: PersonUpdate) -> PersonPublic:
-    person = labels.rename_person(db, person_id, body.name)
-    return PersonPublic.of(browse.get_person(db, person.id))
+def rename_person(library: LibraryDep, person_id: PersonIdPath, body: PersonUpdate) -> PersonPublic:
+    person = labels.rename_person(library, person_id, body.name)
+    return PersonPublic.of(browse.get_person(library.db, person.id))
 
 
 @router.post("/{person_id}/merge", responses=NOT_FOUND | CONFLICT | WRITE)
-def merge_person(db: DatabaseDep, person_id: PersonIdPath, body: PersonMerge) -> MergePublic:
+def merge_person(library: LibraryDep, person_id: PersonIdPath, body: PersonMerge) -> MergePublic:
     """Merge this person into `into`: their faces and "not this person" decisions move over."""
-    target, moved = labels.merge_persons(db, person_id, body.into)
-    return MergePublic(person=PersonPublic.of(browse.get_person(db, target.id)), faces_moved=moved)
+    target, moved = labels.merge_persons(library, person_id, body.into)
+    return MergePublic(person=PersonPublic.of(browse.get_person(library.db, target.id)), faces_moved=moved)
 
 
 @router.get("/{person_id}/suggestions", responses=NOT_FOUND | BUSY)
 def suggest_faces(
-    context: ContextDep, person_id: PersonIdPath, limit: Annotated[int, Query(ge=1, le=200)] = 20
+    library: LibraryDep, person_id: PersonIdPath, limit: Annotated[int, Query(ge=1, le=200)] = 20
 ) -> SuggestionsPublic:
     """Unnamed faces most similar to this person, best first (opens the vector store for this call only)."""
-    return SuggestionsPublic.of(browse.suggest_faces(context, person_id, limit=limit))
+    return SuggestionsPublic.of(browse.suggest_faces(library, person_id, limit=limit))

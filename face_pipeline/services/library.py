@@ -1,4 +1,6 @@
-"""What every use case needs: settings, the SQL database and (opened on demand) the vector store."""
+"""A photo library as the use cases see it: its settings, its SQL database and (opened on demand) its
+vector store. Every service takes one; the CLI opens one per command (`open_library`), the API one per
+server, and Dagster assets build one from their resources (`defs.resources.library_of`)."""
 
 from __future__ import annotations
 
@@ -12,14 +14,16 @@ from face_pipeline.storage.vectors import VectorStore, open_vector_store
 
 
 @dataclass
-class PipelineContext:
+class Library:
+    """Settings, database and vector-store opener of one library (Dagster's own `context` is another thing)."""
+
     settings: Settings
     db: Database
     # Opens the vector store for one unit of work (a Dagster VectorStoreResource); None: from the settings.
     open_vectors: Callable[[], AbstractContextManager[VectorStore]] | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> PipelineContext:
+    def from_settings(cls, settings: Settings | None = None) -> Library:
         settings = settings or load_settings()
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         return cls(settings, Database(settings.resolved_database_url))
