@@ -36,7 +36,7 @@ def main() -> None:
 
         started = time.perf_counter()
         with dg.instance_for_test(temp_dir=tmp) as instance:
-            job = defs.resolve_job_def("daily_backfill_and_cluster")
+            job = defs().resolve_job_def("daily_backfill_and_cluster")
             result = job.execute_in_process(instance=instance, raise_on_error=False)
             stats = instance.get_run_step_stats(result.run_id)
         total = time.perf_counter() - started

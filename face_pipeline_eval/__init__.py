@@ -11,6 +11,7 @@ command reaches the CLI through the `face_pipeline.cli` entry point group (`face
     dataset.py         the photo set, its two arrival phases and anonymous library names
     simulated_user.py  the user who names the largest unknown clusters
     scoring.py         one stage's library state against the truth, and the baselines' figures
+    main_face.py       a photo's main face (its largest): the one the folder names
     table.py           the report's markdown table
     baselines.py       plain HDBSCAN (the seed) and Immich's facial-recognition rule
     cluster_metrics.py BCubed and pair-counting F, group counts, strangers in clusters

@@ -22,6 +22,7 @@ from face_pipeline.storage.db import Database
 from face_pipeline.storage.models import AssignmentSource, FaceInstance, Image, Person
 from face_pipeline_eval.baselines import immich_baseline, plain_hdbscan_baseline
 from face_pipeline_eval.cluster_metrics import bcubed, cluster_counts
+from face_pipeline_eval.main_face import main_faces_of_photos
 
 UNKNOWN_IDENTITY = ""  # truth of a background face (or of a photo outside the dataset)
 # Immich's max_distance is swept around the space's own link distance (dlib 0.055 -> 0.033..0.077, buffalo_s
@@ -74,12 +75,10 @@ def read_state(db: Database, identity_of_path: dict[str, str], identity_of_name:
             .order_by(FaceInstance.id)
         ).all()
         names = dict(session.execute(select(Person.id, Person.name)).tuples().all())
-    largest: dict[int, tuple[int, int]] = {}  # image -> (area, face id); ties go to the lower id
-    for r in rows:
-        area = r.bbox_w * r.bbox_h
-        if r.image_id not in largest or area > largest[r.image_id][0]:
-            largest[r.image_id] = (area, r.id)
-    main = {face_id for _, face_id in largest.values()}
+    main = set(
+        main_faces_of_photos((r.id for r in rows), (r.image_id for r in rows), (r.bbox_w * r.bbox_h for r in rows))
+        .values()
+    )
     clusters = [r.cluster_id or "" for r in rows]
     grouped = [c if c.startswith((PERSON_PREFIX, UNKNOWN_PREFIX)) else None for c in clusters]
     codes = {c: i for i, c in enumerate(sorted({c for c in grouped if c}))}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from face_pipeline.vision.images import load_rgb
 from face_pipeline.vision.types import DetectedFace, FaceEmbedder
-from face_pipeline_tests.main_face import main_face
+from face_pipeline_eval.main_face import main_face
 
 LIMITS = {"max_pixels": 80_000_000, "max_bytes": 200 * 1024 * 1024}
 

@@ -19,7 +19,7 @@ from face_pipeline.vision.embedders import create_embedder
 from face_pipeline.vision.images import ImageRejected, load_rgb
 from face_pipeline.vision.model_packs import ModelChoice
 from face_pipeline.vision.types import FaceEmbedder
-from face_pipeline_tests.main_face import main_face
+from face_pipeline_eval.main_face import main_face
 
 _embedder: FaceEmbedder | None = None
 

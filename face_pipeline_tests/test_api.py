@@ -29,6 +29,7 @@ from face_pipeline.services.library import Library
 from face_pipeline.services.thumbnail_store import thumbnail_path
 from face_pipeline.settings import load_settings
 from face_pipeline.storage.models import FaceAssignmentEvent, FaceInstance, FaceRejection, Image
+from face_pipeline_eval.main_face import main_face_paths
 from face_pipeline_tests.conftest import throwaway_database
 from face_pipeline_tests.test_ingest import ingest, make_context
 
@@ -71,18 +72,8 @@ def group_faces(context: Library) -> None:
 
 
 def face_folders(context: Library) -> dict[int, str]:
-    """face id -> identity (photo folder) for each photo's largest face (LFW's labelled one)."""
-    with context.db.session() as session:
-        rows = session.execute(
-            select(FaceInstance.id, FaceInstance.image_id, FaceInstance.bbox_w, Image.path).join(
-                Image, Image.id == FaceInstance.image_id
-            )
-        ).all()
-    largest: dict[int, Any] = {}
-    for row in rows:
-        if row.image_id not in largest or row.bbox_w > largest[row.image_id].bbox_w:
-            largest[row.image_id] = row
-    return {row.id: Path(row.path).parent.name for row in largest.values()}
+    """face id -> identity (photo folder) for each photo's main face (LFW's labelled one)."""
+    return {face_id: path.parent.name for face_id, path in main_face_paths(context.db).items()}
 
 
 def make_client(context: Library, **overrides: Any) -> TestClient:

@@ -21,14 +21,6 @@ OWNER = Path(naming.__file__).resolve()
 # A prefix starts a word; "person_" as one is not followed by a letter (person_id, person_name... are other
 # names); also the SQL LIKE forms (person\_%).
 PREFIX = re.compile(r"(?<![A-Za-z0-9_])(person_(?![a-z])|unknown_cluster_|unknown_noise_|person\\_|unknown\\_)")
-# Modules other engineers own, still spelling the prefixes (see the report of issue 11 point 2): remove each
-# entry once its module goes through naming.py.
-NOT_YET = {
-    "api/deps.py",  # CLUSTER_ID_PATTERN and its description: use naming.CLUSTER_ID_PATTERN / CLUSTER_ID_FORMS
-    "cli/labelling.py",  # f"person_{id}" in messages: naming.person_cluster_id
-    "defs/checks.py",  # a check's description names person_{uuid}
-    "services/labels.py",  # _PERSON_REF regex: naming.PERSON_REF_PATTERN
-}
 
 
 def _docstrings(tree: ast.AST) -> set[int]:
@@ -68,10 +60,7 @@ def offenders() -> dict[str, list[tuple[int, str]]]:
 
 def test_only_naming_spells_the_cluster_id_prefixes():
     found = offenders()
-    unexpected = {module: hits for module, hits in found.items() if module not in NOT_YET}
-    assert not unexpected, f"cluster-id prefixes spelled outside domain/naming.py: {unexpected}"
-    fixed = NOT_YET - set(found)
-    assert not fixed, f"these modules no longer spell the prefixes: take them off NOT_YET: {sorted(fixed)}"
+    assert not found, f"cluster-id prefixes spelled outside domain/naming.py: {found}"
 
 
 @pytest.mark.parametrize(

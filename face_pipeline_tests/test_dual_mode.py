@@ -23,7 +23,7 @@ from face_pipeline.services.labels import label_cluster, label_face, reject_face
 from face_pipeline.services.library import Library
 from face_pipeline.storage.models import FaceAssignmentEvent, FaceInstance
 from face_pipeline.storage.models import Image as ImageRow
-from face_pipeline_tests.main_face import main_face_paths
+from face_pipeline_eval.main_face import main_face_paths
 from face_pipeline_tests.photo_corpus import copy_mini_library, copy_people
 from face_pipeline_tests.test_ingest import ingest, make_context
 

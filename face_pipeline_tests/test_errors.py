@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from face_pipeline.cli.common import UserError
 from face_pipeline.defs.runner import RunFailed
 from face_pipeline.errors import Conflict, InvalidInput, NotFound, UserFacingError
 from face_pipeline.services.catalog import PhotosDirNotFound
@@ -27,7 +26,6 @@ USER_FIXABLE = [
     VectorStoreError,
     VectorStoreLocked,
     ModelUnavailable,
-    UserError,
     SameModel,
     TooFewLabels,
 ]

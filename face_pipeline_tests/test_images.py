@@ -16,6 +16,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from face_pipeline.vision.images import ImageRejected, image_size, load_rgb
+from face_pipeline_eval.main_face import main_face
 
 LIMITS = {"max_pixels": 80_000_000, "max_bytes": 200 * 1024 * 1024}
 
@@ -252,7 +253,7 @@ def test_face_is_found_only_once_exif_orientation_is_applied(tmp_path: Path, fac
     assert dlib_embedder.detect_and_embed(sideways) == []  # the frontal detector needs an upright face
     faces = dlib_embedder.detect_and_embed(load_rgb(path, **LIMITS))
     assert len(faces) >= 1
-    x, y, w, h = max(faces, key=lambda f: f.bbox[2] * f.bbox[3]).bbox
+    x, y, w, h = main_face(faces).bbox
     assert 40 < x + w / 2 < 160 and 70 < y + h / 2 < 180  # the face sits in the middle of the portrait
 
 

@@ -18,7 +18,7 @@ from face_pipeline.services.space_registry import EmbeddingSpaceMismatch
 from face_pipeline.services.thumbnail_store import thumbnail_path
 from face_pipeline.settings import load_settings
 from face_pipeline.storage.models import FaceInstance, Image, ImageStatus
-from face_pipeline_tests.main_face import main_face_paths
+from face_pipeline_eval.main_face import main_face_paths
 from face_pipeline_tests.photo_corpus import copy_people, write_bad_inputs, write_odd_but_valid
 
 

@@ -64,7 +64,7 @@ from face_pipeline.storage.models import (
 )
 from face_pipeline.storage.models import Image as ImageRow
 from face_pipeline.vision.types import EmbeddingSpaceInfo
-from face_pipeline_tests.main_face import main_face_paths
+from face_pipeline_eval.main_face import main_face_paths
 from face_pipeline_tests.photo_corpus import copy_mini_library
 from face_pipeline_tests.test_ingest import ingest, make_context
 

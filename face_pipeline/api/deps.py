@@ -9,13 +9,13 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Path, Query, Request
 
 from face_pipeline.api.schemas import PERSON_ID_PATTERN
+from face_pipeline.domain.naming import CLUSTER_ID_FORMS, CLUSTER_ID_PATTERN, PERSON_PREFIX, unknown_cluster_id
 from face_pipeline.services.browse import MAX_FACE_ID, ClusterType
 from face_pipeline.services.library import Library
 from face_pipeline.settings import Settings
 from face_pipeline.storage.db import Database
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-CLUSTER_ID_PATTERN = r"^(person_[0-9a-f]{32}|unknown_cluster_[1-9][0-9]{0,17}|unknown_noise_[1-9][0-9]{0,17})$"
 
 
 def get_library(request: Request) -> Library:
@@ -42,11 +42,13 @@ ClusterIdPath = Annotated[
     Path(
         pattern=CLUSTER_ID_PATTERN,
         max_length=80,
-        description="`person_{uuid}`, `unknown_cluster_{N}` or `unknown_noise_{face_id}`.",
-        examples=["unknown_cluster_5"],
+        description=f"{CLUSTER_ID_FORMS}.",
+        examples=[unknown_cluster_id(5)],
     ),
 ]
-PersonIdPath = Annotated[str, Path(pattern=PERSON_ID_PATTERN, description="`<uuid hex>` or `person_<uuid hex>`.")]
+PersonIdPath = Annotated[
+    str, Path(pattern=PERSON_ID_PATTERN, description=f"`<uuid hex>` or `{PERSON_PREFIX}<uuid hex>`.")
+]
 Limit = Annotated[int, Query(ge=1, le=500, description="Page size.")]
 Offset = Annotated[int, Query(ge=0, le=MAX_FACE_ID, description="Items to skip.")]
 ClusterTypeQuery = Annotated[ClusterType | None, Query(alias="type", description="Only clusters of this type.")]

@@ -7,11 +7,11 @@ from typing import Annotated, Any
 import typer
 
 from face_pipeline.cli.common import (
-    UserError,
     faces,
     friendly,
     settings_from_env,
 )
+from face_pipeline.errors import InvalidInput
 
 CLUSTER_ASSETS = ["person_centroids", "supervised_assignments", "unknown_clusters"]
 # Parts of the cluster_dual job (defs/jobs.py). Each starts with regenerated_embeddings: faces new since the
@@ -29,7 +29,7 @@ def _check_method(method: str | None) -> None:
     from face_pipeline.domain.clustering import METHODS
 
     if method is not None and method not in METHODS:
-        raise UserError(f"--unknown-method must be one of {', '.join(METHODS)}, got {method!r}")
+        raise InvalidInput(f"--unknown-method must be one of {', '.join(METHODS)}, got {method!r}")
 
 
 def _run_clustering(run_config: dict[str, Any], assets: list[str] | None = None) -> None:

@@ -17,7 +17,7 @@ import typer
 if TYPE_CHECKING:
     from face_pipeline.services.library import Library
 
-from face_pipeline.errors import InvalidInput, UserFacingError
+from face_pipeline.errors import UserFacingError
 from face_pipeline.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -32,7 +32,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 # Commands raise the generic "bad input" error; the name stays for the commands that use it.
-UserError = InvalidInput
 
 
 def friendly(command: F) -> F:

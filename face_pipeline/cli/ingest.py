@@ -8,12 +8,12 @@ from typing import Annotated, Any
 import typer
 
 from face_pipeline.cli.common import (
-    UserError,
     faces,
     friendly,
     open_library,
     settings_from_env,
 )
+from face_pipeline.errors import InvalidInput
 
 
 @faces.command()
@@ -26,7 +26,7 @@ def backfill(
 
     settings = settings_from_env()
     if not settings.photos_dir.is_dir():  # fail before a run is even recorded
-        raise UserError(f"photos folder not found: {settings.photos_dir} (set FACE_PHOTOS_DIR)")
+        raise InvalidInput(f"photos folder not found: {settings.photos_dir} (set FACE_PHOTOS_DIR)")
     result = materialize_assets(
         settings,
         ["photo_catalog", "detected_faces"],

@@ -13,6 +13,7 @@ from face_pipeline.cli.common import (
     friendly,
     open_library,
 )
+from face_pipeline.domain.naming import person_cluster_id
 
 
 @faces.command("label")
@@ -32,7 +33,7 @@ def label(cluster_id: str, name: str) -> None:
     created = "new person" if result.created_person else "existing person"
     typer.echo(
         f"{cluster_id}: {result.faces_labelled} faces named {result.person_name!r} ({created} "
-        f"person_{result.person_id}){extra}"
+        f"{person_cluster_id(result.person_id)}){extra}"
     )
 
 
@@ -44,7 +45,7 @@ def label_face_command(face_id: int, name: str) -> None:
 
     with open_library() as library:
         result = label_face(library, face_id, name)
-    typer.echo(f"face {face_id} named {result.person_name!r} (person_{result.person_id})")
+    typer.echo(f"face {face_id} named {result.person_name!r} ({person_cluster_id(result.person_id)})")
 
 
 @faces.command("reject")
@@ -58,7 +59,7 @@ def reject(
 
     with open_library() as library:
         person_id = reject_face(library, face_id, person)
-    typer.echo(f"face {face_id} is not person_{person_id}")
+    typer.echo(f"face {face_id} is not {person_cluster_id(person_id)}")
 
 
 @faces.command("unassign")
@@ -80,7 +81,7 @@ def merge_persons_command(source: str, target: str) -> None:
 
     with open_library() as library:
         person, moved = merge_persons(library, source, target)
-    typer.echo(f"merged into {person.name!r} (person_{person.id}): {moved} faces moved")
+    typer.echo(f"merged into {person.name!r} ({person_cluster_id(person.id)}): {moved} faces moved")
 
 
 @faces.command("rename-person")
@@ -91,7 +92,7 @@ def rename_person_command(person: str, new_name: str) -> None:
 
     with open_library() as library:
         renamed = rename_person(library, person, new_name)
-    typer.echo(f"person_{renamed.id} is now {renamed.name!r}")
+    typer.echo(f"{person_cluster_id(renamed.id)} is now {renamed.name!r}")
 
 
 @faces.command("import-labels")

@@ -16,6 +16,7 @@ import dagster as dg
 from face_pipeline.defs.cluster_assets import supervised_assignments, unknown_clusters
 from face_pipeline.defs.resources import VECTOR_STORE_POOL, DatabaseResource, VectorStoreResource
 from face_pipeline.defs.training_assets import regenerated_embeddings
+from face_pipeline.domain.naming import PERSON_PREFIX
 from face_pipeline.services.integrity import (
     Finding,
     cluster_id_problems,
@@ -51,7 +52,8 @@ def assignment_checks(asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
                 ONE_CLUSTER_PER_FACE,
                 asset=key,
                 blocking=True,
-                description="Every face has exactly one cluster id: person_{uuid} if and only if a person is set.",
+                description=f"Every face has exactly one cluster id: {PERSON_PREFIX}{{uuid}} if and only if a person "
+                "is set.",
             ),
             dg.AssetCheckSpec(
                 USER_LABELS_KEPT,

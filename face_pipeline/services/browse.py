@@ -30,7 +30,7 @@ from face_pipeline.services.space_registry import active_space
 from face_pipeline.services.thumbnail_store import thumbnail_path, write_thumbnail
 from face_pipeline.settings import Settings
 from face_pipeline.storage.db import Database
-from face_pipeline.storage.models import FaceInstance, FaceRejection, Image, Person, PersonPrototype
+from face_pipeline.storage.models import FaceInstance, FaceRejection, Image, Person, PersonPrototype, PersonStatus
 from face_pipeline.storage.vectors import VectorStore, VectorStoreError
 from face_pipeline.vision.images import ImageRejected, load_rgb
 from face_pipeline.vision.thumbnails import face_thumbnail
@@ -293,10 +293,10 @@ def _person_summaries(session: Session, query: Select[Any]) -> list[PersonSummar
 def list_persons(db: Database, *, limit: int = 100, offset: int = 0) -> Page[PersonSummary]:
     """Active (not merged-away) people by name, with how many faces each has and how many a user confirmed."""
     with db.session() as session:
-        total = session.scalar(select(func.count()).where(Person.status == "active")) or 0
+        total = session.scalar(select(func.count()).where(Person.status == PersonStatus.ACTIVE)) or 0
         query = (
             _person_rows(session)
-            .where(Person.status == "active")
+            .where(Person.status == PersonStatus.ACTIVE)
             .order_by(func.lower(Person.name), Person.id)
             .limit(limit)
             .offset(offset)

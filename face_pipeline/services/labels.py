@@ -20,7 +20,7 @@ import numpy as np
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from face_pipeline.domain.naming import noise_cluster_id, person_cluster_id
+from face_pipeline.domain.naming import PERSON_REF_PATTERN, noise_cluster_id, person_cluster_id
 from face_pipeline.errors import Conflict, InvalidInput, NotFound
 from face_pipeline.storage.models import (
     AssignmentSource,
@@ -29,6 +29,7 @@ from face_pipeline.storage.models import (
     FaceRejection,
     Person,
     PersonPrototype,
+    PersonStatus,
     utcnow,
 )
 from face_pipeline.storage.vectors import VectorStoreError
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MAX_NAME_LENGTH = 200
-_PERSON_REF = re.compile(r"^(?:person_)?([0-9a-f]{32})$")
+_PERSON_REF = re.compile(PERSON_REF_PATTERN)
 
 
 @dataclass
@@ -82,7 +83,7 @@ def find_person(session: Session, ref: str) -> Person:
         if person is not None:
             return _follow_merges(session, person)
     people = session.scalars(
-        select(Person).where(func.lower(Person.name) == ref.strip().lower(), Person.status == "active")
+        select(Person).where(func.lower(Person.name) == ref.strip().lower(), Person.status == PersonStatus.ACTIVE)
     ).all()
     if not people:
         raise NotFound("person", ref)
@@ -93,7 +94,7 @@ def find_person(session: Session, ref: str) -> Person:
 
 def _follow_merges(session: Session, person: Person) -> Person:
     seen = {person.id}
-    while person.status == "merged" and person.merged_into and person.merged_into not in seen:
+    while person.status == PersonStatus.MERGED and person.merged_into and person.merged_into not in seen:
         person = session.get(Person, person.merged_into) or person
         seen.add(person.id)
     return person
@@ -103,7 +104,7 @@ def person_by_name(session: Session, name: str) -> tuple[Person, bool]:
     """The active person with this name (case-insensitive, oldest first), created when none exists."""
     existing = session.scalars(
         select(Person)
-        .where(func.lower(Person.name) == name.lower(), Person.status == "active")
+        .where(func.lower(Person.name) == name.lower(), Person.status == PersonStatus.ACTIVE)
         .order_by(Person.created_at)
     ).first()
     if existing is not None:
@@ -309,7 +310,7 @@ def merge_persons(library: Library, source_ref: str, target_ref: str) -> tuple[P
         )
         session.execute(delete(FaceRejection).where(FaceRejection.person_id == source.id))
         session.execute(delete(PersonPrototype).where(PersonPrototype.person_id.in_([source.id, target.id])))
-        source.status, source.merged_into = "merged", target.id
+        source.status, source.merged_into = PersonStatus.MERGED, target.id
         # One person-level event as well: a merge of someone with no faces would otherwise leave no trace.
         session.add(
             FaceAssignmentEvent(

@@ -1,11 +1,11 @@
-"""The photo's main face: its largest face (by box area), the one an LFW folder names; other faces in the
-photo are background people. The one rule the tests use, for faces in a library (SQL) and for faces a model
-just found in a photo.
+"""The photo's main face: its largest face (by box area), the one a folder-per-person set (LFW) names; other
+faces in the photo are background people. The one rule the evaluation and the tests use, for faces in a
+library (SQL) and for faces a model just found in a photo.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from sqlalchemy import select
@@ -33,6 +33,15 @@ def main_face_paths(db: Database) -> dict[int, Path]:
     return {face_id: path for face_id, (_, path) in _main_faces(db).items()}
 
 
+def main_faces_of_photos(face_ids: Iterable[int], image_ids: Iterable[int], areas: Iterable[float]) -> dict[int, int]:
+    """Image id -> its largest face's id; among equal boxes the first given (callers give faces by id)."""
+    largest: dict[int, tuple[float, int]] = {}  # image id -> (area, face id)
+    for face_id, image_id, area in zip(face_ids, image_ids, areas, strict=True):
+        if image_id not in largest or area > largest[image_id][0]:
+            largest[image_id] = (area, face_id)
+    return {image_id: face_id for image_id, (_, face_id) in largest.items()}
+
+
 def _main_faces(db: Database) -> dict[int, tuple[int, Path]]:
     with db.session() as session:
         rows = session.execute(
@@ -40,8 +49,6 @@ def _main_faces(db: Database) -> dict[int, tuple[int, Path]]:
             .join(ImageRow, ImageRow.id == FaceInstance.image_id)
             .order_by(FaceInstance.id)
         ).all()
-    largest: dict[int, tuple[int, int, str]] = {}  # image id -> (area, face id, path)
-    for face_id, image_id, width, height, path in rows:
-        if image_id not in largest or width * height > largest[image_id][0]:
-            largest[image_id] = (width * height, face_id, path)
-    return {face_id: (image_id, Path(path)) for image_id, (_, face_id, path) in largest.items()}
+    main = main_faces_of_photos((r.id for r in rows), (r.image_id for r in rows), (r.bbox_w * r.bbox_h for r in rows))
+    path_of = {r.image_id: r.path for r in rows}
+    return {face_id: (image_id, Path(path_of[image_id])) for image_id, face_id in main.items()}
