@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from face_pipeline.definitions import defs as definitions
-from face_pipeline.defs.jobs import DAILY, REASSIGN, RETRAIN
+from face_pipeline.defs.jobs import CLUSTER_DUAL, DAILY, RETRAIN
 from face_pipeline.defs.runner import dagster_home
 from face_pipeline.settings import load_settings
 from face_pipeline_tests.photo_corpus import copy_people
@@ -40,12 +40,12 @@ def test_jobs_record_their_runs_and_events_in_postgres(
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
         daily = defs.resolve_job_def(DAILY).execute_in_process(instance=instance)
-        reassign = defs.resolve_job_def(REASSIGN).execute_in_process(instance=instance)
+        cluster_dual = defs.resolve_job_def(CLUSTER_DUAL).execute_in_process(instance=instance)
         # too few labels to train: the retrain run observes the labels, then training says so and stops
         retrain = defs.resolve_job_def(RETRAIN).execute_in_process(instance=instance, raise_on_error=False)
-        assert daily.success and reassign.success and not retrain.success
+        assert daily.success and cluster_dual.success and not retrain.success
         latest = instance.get_latest_materialization_event(dg.AssetKey("unknown_clusters"))
-        assert latest is not None and latest.run_id == reassign.run_id
+        assert latest is not None and latest.run_id == cluster_dual.run_id
         assert instance.get_latest_data_version_record(dg.AssetKey("face_labels")) is not None  # observed
 
     engine = create_engine(postgres_url)
@@ -57,6 +57,6 @@ def test_jobs_record_their_runs_and_events_in_postgres(
             ).scalar_one()
     finally:
         engine.dispose()
-    assert runs == {daily.run_id: DAILY, reassign.run_id: REASSIGN, retrain.run_id: RETRAIN}
+    assert runs == {daily.run_id: DAILY, cluster_dual.run_id: CLUSTER_DUAL, retrain.run_id: RETRAIN}
     assert checks == 12  # 6 checks in each of the two clustering runs, all recorded
     assert not (home / "history").exists()  # nothing went to SQLite files

@@ -22,7 +22,7 @@ from sqlalchemy import delete, select, update
 
 from face_pipeline.definitions import defs as definitions
 from face_pipeline.defs import checks
-from face_pipeline.defs.jobs import CLUSTER_DUAL, DAILY, REASSIGN, RETRAIN, VECTOR_STORE_TAG, WORKER_TAG
+from face_pipeline.defs.jobs import CLUSTER_DUAL, DAILY, RETRAIN, VECTOR_STORE_TAG, WORKER_TAG
 from face_pipeline.defs.resources import VECTOR_STORE_POOL, SettingsResource, pipeline_resources
 from face_pipeline.defs.runner import MARKER_PREFIX, dagster_home
 from face_pipeline.defs.schedules import build_schedules
@@ -86,18 +86,17 @@ def test_definitions_hold_the_issue_lineage_jobs_schedules_sensor_and_checks():
     clustering = ["person_centroids", "supervised_assignments", "unknown_clusters"]
     assets_of = {
         job: [step for step in job_steps(defs, job) if step in asset_keys(defs)]
-        for job in (DAILY, RETRAIN, REASSIGN, "ingest", CLUSTER_DUAL, "reembed")
+        for job in (DAILY, RETRAIN, "ingest", CLUSTER_DUAL, "reembed")
     }
     assert assets_of == {
         DAILY: ["photo_catalog", "detected_faces", "regenerated_embeddings", *clustering],
         RETRAIN: ["face_labels", "trained_projection_checkpoint", "regenerated_embeddings", *clustering],
-        REASSIGN: ["regenerated_embeddings", *clustering],
         "ingest": ["photo_catalog", "detected_faces"],
         CLUSTER_DUAL: ["regenerated_embeddings", *clustering],  # what `faces cluster-dual` runs
         "reembed": ["staged_faces", "reembedded_faces"],
     }
     assert tuple(assets_of[CLUSTER_DUAL]) == CLUSTER_DUAL_ASSETS  # the sequence run_cluster_dual runs outside Dagster
-    for job in (DAILY, RETRAIN, REASSIGN):  # the checks of the selected assets run with them
+    for job in (DAILY, RETRAIN, CLUSTER_DUAL):  # the checks of the selected assets run with them
         assert {"supervised_assignments_assignment_checks", "unknown_clusters_assignment_checks"} <= set(
             job_steps(defs, job)
         )

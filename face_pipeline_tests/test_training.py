@@ -613,9 +613,10 @@ def test_cli_reassign_with_trained_model_switches_and_leaves_user_labels_alone(d
 
 
 def test_training_asset_reports_the_loss_curve_and_figures(cli_library: Library):
-    from face_pipeline.defs.runner import asset_metadata, materialize_assets
+    from face_pipeline.defs.jobs import RETRAIN, TRAIN
+    from face_pipeline.defs.runner import asset_metadata, run_job
 
-    result = materialize_assets(cli_library.settings, ["trained_projection_checkpoint"])
+    result = run_job(cli_library.settings, RETRAIN, assets=[TRAIN])
     metadata = asset_metadata(result, "trained_projection_checkpoint")
     assert metadata["promote"] is False and metadata["label_count"] == labelled_faces(cli_library)
     assert metadata["loss_curve"].startswith("![triplet loss](data:image/png;base64,")

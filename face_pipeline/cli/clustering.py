@@ -1,4 +1,4 @@
-"""faces cluster-dual, cluster, assign: the Dagster job cluster_dual, whole or in part."""
+"""faces cluster-dual, reassign, cluster, assign: the Dagster job cluster_dual, whole or in part."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from face_pipeline.cli.common import (
 )
 from face_pipeline.errors import InvalidInput
 
-CLUSTER_ASSETS = ["person_centroids", "supervised_assignments", "unknown_clusters"]
 # Parts of the cluster_dual job (defs/jobs.py). Each starts with regenerated_embeddings: faces new since the
 # last run are projected first, so clustering never meets an active trained space missing some faces (a
 # no-op while the raw space is active).
@@ -39,6 +38,8 @@ def _run_clustering(run_config: dict[str, Any], assets: list[str] | None = None)
 
     result = run_job(settings_from_env(), CLUSTER_DUAL, {"ops": run_config}, assets=assets)
     ran = {event.asset_key.to_user_string() for event in result.get_asset_materialization_events() if event.asset_key}
+    if "regenerated_embeddings" in ran:
+        typer.echo(f"embeddings: {asset_metadata(result, 'regenerated_embeddings').get('message')}")
     if "supervised_assignments" in ran:
         m = asset_metadata(result, "supervised_assignments")
         typer.echo(
@@ -71,6 +72,29 @@ def cluster_dual(
                 "config": {"method": unknown_method, "min_cluster_size": min_cluster_size, "eps": eps}
             },
         },
+    )
+
+
+@faces.command("reassign")
+@friendly
+def reassign(
+    person_threshold: Threshold = None,
+    use_trained_model: Annotated[
+        bool, typer.Option("--use-trained-model", help="Switch to the newest promoted checkpoint first.")
+    ] = False,
+) -> None:
+    """Choose the space (raw, or with --use-trained-model the trained one), then cluster-dual in it.
+
+    With --use-trained-model: the newest promoted checkpoint (or FACE_MODEL_CHECKPOINT) becomes the active
+    space; if there is none, the raw space stays and the message says why. Without it: the raw model's
+    space (a trained space that was active is retired; scheduled runs do not bring it back). Faces a user
+    confirmed are never changed.
+    """
+    _run_clustering(
+        {
+            "regenerated_embeddings": {"config": {"mode": "trained" if use_trained_model else "raw"}},
+            "supervised_assignments": {"config": {"person_threshold": person_threshold}},
+        }
     )
 
 

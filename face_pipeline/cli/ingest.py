@@ -22,16 +22,13 @@ def backfill(
     limit: Annotated[int | None, typer.Option(min=1, help="At most this many new photos in this run.")] = None,
 ) -> None:
     """Scan FACE_PHOTOS_DIR and detect faces in new or changed photos (photo_catalog, detected_faces)."""
-    from face_pipeline.defs.runner import asset_metadata, materialize_assets
+    from face_pipeline.defs.jobs import INGEST
+    from face_pipeline.defs.runner import asset_metadata, run_job
 
     settings = settings_from_env()
     if not settings.photos_dir.is_dir():  # fail before a run is even recorded
         raise InvalidInput(f"photos folder not found: {settings.photos_dir} (set FACE_PHOTOS_DIR)")
-    result = materialize_assets(
-        settings,
-        ["photo_catalog", "detected_faces"],
-        {"ops": {"detected_faces": {"config": {"limit": limit}}}},
-    )
+    result = run_job(settings, INGEST, {"ops": {"detected_faces": {"config": {"limit": limit}}}})
     catalog = asset_metadata(result, "photo_catalog")
     detected = asset_metadata(result, "detected_faces")
     typer.echo(
@@ -104,7 +101,8 @@ def reembed(
     "not this person" rejections; decisions on faces it does not find are listed (and saved as a CSV).
     Automatic groupings are reset: run `faces cluster-dual` afterwards (this command does not run it).
     """
-    from face_pipeline.defs.runner import asset_metadata, materialize_assets
+    from face_pipeline.defs.jobs import REEMBED
+    from face_pipeline.defs.runner import asset_metadata, run_job
     from face_pipeline.services.reembed import check_reembed
 
     settings = settings_from_env()
@@ -113,7 +111,7 @@ def reembed(
     config = {"model": model, "limit": limit}
     selection = ["staged_faces"] if limit else ["staged_faces", "reembedded_faces"]
     ops = {name: {"config": config} for name in selection}
-    result = materialize_assets(settings, selection, {"ops": ops})
+    result = run_job(settings, REEMBED, {"ops": ops}, assets=selection)
     if limit:
         typer.echo(f"{asset_metadata(result, 'staged_faces').get('message')} (run {result.run_id})")
         return

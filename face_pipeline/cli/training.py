@@ -1,4 +1,4 @@
-"""faces train-matching, faces reassign: learning from labels."""
+"""faces train-matching: learning from labels."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from typing import Annotated
 
 import typer
 
-from face_pipeline.cli.clustering import CLUSTER_ASSETS, Threshold
 from face_pipeline.cli.common import (
     faces,
     friendly,
@@ -25,17 +24,15 @@ def train_matching(
 ) -> None:
     """Train a projection on the labelled faces (trained_projection_checkpoint); it is promoted only if it
     beats the raw space on held-out people. Use it with `faces reassign --use-trained-model`."""
-    from face_pipeline.defs.runner import asset_metadata, materialize_assets
+    from face_pipeline.defs.jobs import RETRAIN, TRAIN
+    from face_pipeline.defs.runner import asset_metadata, run_job
     from face_pipeline.services.training import require_enough_labels
 
     with open_library() as library:  # too few labels: one line before a run is even recorded (the asset checks again)
         require_enough_labels(library.db)
     config = {"epochs": epochs, "margin": margin, "learning_rate": learning_rate, "device": device}
-    result = materialize_assets(
-        settings_from_env(),
-        ["trained_projection_checkpoint"],
-        {"ops": {"trained_projection_checkpoint": {"config": config}}},
-    )
+    # The retrain job's training step alone: switching to the checkpoint is `faces reassign --use-trained-model`.
+    result = run_job(settings_from_env(), RETRAIN, {"ops": {TRAIN: {"config": config}}}, assets=[TRAIN])
     m = asset_metadata(result, "trained_projection_checkpoint")
     typer.echo(f"checkpoint {m.get('space')}: promote {'yes' if m.get('promote') else 'no'}")
     typer.echo(f"reason: {m.get('reason')}")
@@ -57,47 +54,3 @@ def train_matching(
 
 def _figure(value: object) -> str:
     return f"{value:.3f}" if isinstance(value, int | float) else "-"
-
-
-@faces.command("reassign")
-@friendly
-def reassign(
-    person_threshold: Threshold = None,
-    use_trained_model: Annotated[
-        bool, typer.Option("--use-trained-model", help="Switch to the newest promoted checkpoint first.")
-    ] = False,
-) -> None:
-    """Regenerate embeddings, then rebuild prototypes, assign known people and cluster the rest.
-
-    With --use-trained-model: the newest promoted checkpoint (or FACE_MODEL_CHECKPOINT) becomes the active
-    space; if there is none, the raw space stays and the message says why. Without it: the raw model's
-    space (a trained space that was active is retired; scheduled runs do not bring it back). Faces a user
-    confirmed are never changed.
-    """
-    from face_pipeline.defs.runner import asset_metadata, materialize_assets
-
-    mode = "trained" if use_trained_model else "raw"
-    result = materialize_assets(
-        settings_from_env(),
-        ["regenerated_embeddings", *CLUSTER_ASSETS],
-        {
-            "ops": {
-                "regenerated_embeddings": {"config": {"mode": mode}},
-                "supervised_assignments": {"config": {"person_threshold": person_threshold}},
-            }
-        },
-    )
-    regenerated = asset_metadata(result, "regenerated_embeddings")
-    assigned = asset_metadata(result, "supervised_assignments")
-    clusters = asset_metadata(result, "unknown_clusters")
-    typer.echo(f"embeddings: {regenerated.get('message')}")
-    typer.echo(
-        f"assigned: {assigned.get('assigned', 0)} of {assigned.get('candidates', 0)} faces to known people "
-        f"(threshold {assigned.get('person_threshold')}, margin {assigned.get('person_margin')}, "
-        f"space {assigned.get('space')})"
-    )
-    typer.echo(
-        f"unknown: {clusters.get('clusters', 0)} clusters holding {clusters.get('clustered_faces', 0)} faces, "
-        f"{clusters.get('noise', 0)} singletons"
-    )
-    typer.echo(f"run {result.run_id}")

@@ -3,10 +3,10 @@
 - daily_backfill_and_cluster: new photos in, faces detected (at most FACE_DAILY_LIMIT photos), new faces
   projected when a trained space is active, then prototypes, assignment and clustering (daily schedule).
 - retrain: observe the labels, train a projection, regenerate and re-cluster (label-growth sensor, monthly).
-- reassign: regenerate embeddings and re-cluster with what is there (manual).
-- ingest, cluster_dual: the two halves on their own (the CLI's backfill and cluster-dual steps; cluster_dual
-  projects new faces first when a trained space is active, a no-op otherwise). `faces cluster` and
-  `faces assign` run parts of cluster_dual.
+- ingest: the first half on its own (`faces backfill`).
+- cluster_dual: the second half: regenerated_embeddings (new faces projected when a trained space is active; its
+  `mode` config switches between the raw and the trained space: `faces reassign`), then prototypes, assignment
+  and clustering (`faces cluster-dual`; `faces cluster` and `faces assign` run parts of it).
 - reembed: move the library to another face model (manual; `faces reembed`). No run-level vector-store tag:
   staging writes only its own collection, so the daily job may run beside it; the switch step takes the
   face_vector_store pool.
@@ -21,7 +21,6 @@ import dagster as dg
 
 DAILY = "daily_backfill_and_cluster"
 RETRAIN = "retrain"
-REASSIGN = "reassign"
 INGEST = "ingest"
 CLUSTER_DUAL = "cluster_dual"
 REEMBED = "reembed"
@@ -87,13 +86,6 @@ def build_jobs(*, daily_limit: int | None) -> list[AssetJob]:
             run_tags={**WRITES_VECTORS, WORKER_TAG: "gpu"},
             description="Train a projection head on the users' labels, switch to it when it beats the raw space "
             "(regenerating every face's embedding), then prototypes, assignment and clustering.",
-        ),
-        dg.define_asset_job(
-            REASSIGN,
-            selection=groups(EMBEDDINGS_GROUP, CLUSTERING_GROUP),
-            run_tags=WRITES_VECTORS,
-            description="Bring the active space's embeddings up to date and re-run prototypes, assignment and "
-            "clustering (e.g. after many labels, or with other thresholds in the launchpad).",
         ),
         dg.define_asset_job(INGEST, selection=groups(INGEST_GROUP), run_tags=WRITES_VECTORS),
         dg.define_asset_job(

@@ -62,28 +62,6 @@ def _definitions() -> dg.Definitions:
     return defs()
 
 
-def materialize_assets(
-    settings: Settings, selection: Sequence[str], run_config: dict[str, Any] | None = None
-) -> dg.ExecuteInProcessResult:
-    defs = _definitions()
-    dagster_home(settings)
-    # Checks travel with their assets, so a CLI run is guarded (and blocked) exactly like a scheduled one.
-    assets = [*(defs.assets or []), *(defs.asset_checks or [])]
-    with dg.DagsterInstance.get() as instance:
-        result = dg.materialize(
-            assets,  # type: ignore[arg-type]
-            selection=list(selection),
-            instance=instance,
-            run_config={**CLI_LOGGING, **(run_config or {})},
-            resources=dict(defs.resources or {}),
-            raise_on_error=False,
-            tags=CLI_TAGS,
-        )
-    if not result.success:
-        raise RunFailed(_failure_message(result))
-    return result
-
-
 def run_job(
     settings: Settings,
     job_name: str,

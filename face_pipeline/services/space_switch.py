@@ -8,7 +8,7 @@ is active (detection writes there, and projections are computed from them).
 
 What `regenerate_embeddings` makes active (`mode`):
 
-- "auto" (scheduled and sensor runs; the retrain, reassign and daily jobs): the newest checkpoint when the
+- "auto" (scheduled and sensor runs; the retrain, daily and cluster_dual jobs): the newest checkpoint when the
   gate promoted it and it was never active; otherwise the active space stays. It never brings back a
   retired checkpoint and never switches to the raw space, so a user's `faces reassign` (raw) holds until
   they ask for the trained model again. With FACE_MODEL_CHECKPOINT set it never switches at all.

@@ -50,26 +50,7 @@ from qdrant_edge import (
     UpdateOperation,
 )
 
-from face_pipeline.storage.vector_backends._common import (
-    INDEXED_KEYWORD_KEYS,
-    READ_BATCH,
-    SEARCH_BATCH,
-    Condition,
-    as_ids,
-    batches,
-    check_collection_name,
-    check_dim,
-    clean_payload,
-    complete_payload,
-    concat_sorted,
-    filter_conditions,
-    format_ids,
-    normalise_query,
-    normalise_rows,
-    order_fetched,
-    prepare_upsert,
-    records_to_arrays,
-)
+from face_pipeline.storage.vector_backends import _common as common
 from face_pipeline.storage.vectors import Hit, VectorStoreError, VectorStoreLocked
 
 log = logging.getLogger(__name__)
@@ -180,7 +161,7 @@ def _read_dim(path: Path) -> int:
         ) from exc
 
 
-def _to_filter(conditions: list[Condition]) -> Filter | None:
+def _to_filter(conditions: list[common.Condition]) -> Filter | None:
     if not conditions:
         return None
     must: list[Any] = []
@@ -212,7 +193,7 @@ class EdgeVectorStore:
 
     # --- shard handles ---------------------------------------------------------------------------------
     def _path(self, name: str) -> Path:
-        return self.root / check_collection_name(name)
+        return self.root / common.check_collection_name(name)
 
     def _load(self, path: Path) -> _OpenShard:
         dim = _read_dim(path)
@@ -257,7 +238,7 @@ class EdgeVectorStore:
 
     # --- VectorStore -----------------------------------------------------------------------------------
     def ensure_collection(self, name: str, dim: int) -> None:
-        dim = check_dim(dim)
+        dim = common.check_dim(dim)
         path = self._path(name)
         if self.has_collection(name):
             entry = self._entry(name)
@@ -290,7 +271,7 @@ class EdgeVectorStore:
         self, name: str, face_ids: np.ndarray, vectors: np.ndarray, payloads: Sequence[Mapping[str, Any]]
     ) -> None:
         entry = self._entry(name)
-        chunks = prepare_upsert(face_ids, vectors, payloads, entry.dim)  # validates before any write
+        chunks = common.prepare_upsert(face_ids, vectors, payloads, entry.dim)  # validates before any write
         with _engine_errors("upsert", self._path(name)):
             for ids, rows, clean in chunks:
                 points = [Point(i, v, p) for i, v, p in zip(ids, rows, clean, strict=True)]
@@ -299,8 +280,8 @@ class EdgeVectorStore:
 
     def set_payload(self, name: str, face_ids: np.ndarray, payload: Mapping[str, Any]) -> None:
         entry = self._entry(name)
-        ids = as_ids(face_ids)
-        values = clean_payload(payload, allow_face_id=False)
+        ids = common.as_ids(face_ids)
+        values = common.clean_payload(payload, allow_face_id=False)
         if not len(ids) or not values:
             return
         path = self._path(name)
@@ -308,15 +289,15 @@ class EdgeVectorStore:
             # The engine stops at the first missing id after changing the earlier ones: check first.
             self._require_ids(entry, name, ids)
             id_list = ids.tolist()
-            for part in batches(len(id_list), READ_BATCH):
+            for part in common.batches(len(id_list), common.READ_BATCH):
                 entry.shard.update(UpdateOperation.set_payload(id_list[part], values))
 
     def delete(self, name: str, face_ids: np.ndarray) -> None:
         """Delete points; ids that are not there are ignored."""
         entry = self._entry(name)
-        id_list = as_ids(face_ids).tolist()
+        id_list = common.as_ids(face_ids).tolist()
         with _engine_errors("delete", self._path(name)):
-            for part in batches(len(id_list), READ_BATCH):
+            for part in common.batches(len(id_list), common.READ_BATCH):
                 entry.shard.update(UpdateOperation.delete_points(id_list[part]))
 
     def count(self, name: str) -> int:
@@ -332,52 +313,52 @@ class EdgeVectorStore:
             while True:
                 request = ScrollRequest(offset=offset, limit=SCROLL_PAGE, with_payload=False, with_vector=True)
                 records, offset = entry.shard.scroll(request)
-                pages.append(records_to_arrays(records, entry.dim))
+                pages.append(common.records_to_arrays(records, entry.dim))
                 if offset is None:
                     break
-        return concat_sorted(pages, entry.dim)
+        return common.concat_sorted(pages, entry.dim)
 
     def fetch(self, name: str, face_ids: np.ndarray) -> np.ndarray:
         entry = self._entry(name)
-        wanted = as_ids(face_ids)
+        wanted = common.as_ids(face_ids)
         id_list = wanted.tolist()
         pages: list[tuple[np.ndarray, np.ndarray]] = []
         with _engine_errors("retrieve", self._path(name)):
-            for part in batches(len(id_list), READ_BATCH):
-                pages.append(records_to_arrays(entry.shard.retrieve(id_list[part], False, True), entry.dim))
-        found, vectors = concat_sorted(pages, entry.dim)
-        return order_fetched(wanted, found, vectors, name)
+            for part in common.batches(len(id_list), common.READ_BATCH):
+                pages.append(common.records_to_arrays(entry.shard.retrieve(id_list[part], False, True), entry.dim))
+        found, vectors = common.concat_sorted(pages, entry.dim)
+        return common.order_fetched(wanted, found, vectors, name)
 
     def search(
         self, name: str, vector: np.ndarray, limit: int, filter_payload: Mapping[str, Any] | None = None
     ) -> list[Hit]:
         entry = self._entry(name)
-        query = normalise_query(vector, entry.dim)
+        query = common.normalise_query(vector, entry.dim)
         request = SearchRequest(
             query=Query.Nearest(query.tolist()),
             limit=int(limit),
-            filter=_to_filter(filter_conditions(filter_payload)),
+            filter=_to_filter(common.filter_conditions(filter_payload)),
             with_payload=True,
         )
         with _engine_errors("search", self._path(name)):
             points = entry.shard.search(request)
-        return [Hit(int(p.id), float(p.score), complete_payload(p.payload)) for p in points]
+        return [Hit(int(p.id), float(p.score), common.complete_payload(p.payload)) for p in points]
 
     def search_batch(
         self, name: str, vectors: np.ndarray, limit: int, filter_payload: Mapping[str, Any] | None = None
     ) -> list[list[Hit]]:
         entry = self._entry(name)
-        queries = normalise_rows(vectors, entry.dim).tolist()
-        query_filter = _to_filter(filter_conditions(filter_payload))
+        queries = common.normalise_rows(vectors, entry.dim).tolist()
+        query_filter = _to_filter(common.filter_conditions(filter_payload))
         results: list[list[Hit]] = []
         with _engine_errors("search", self._path(name)):
-            for part in batches(len(queries), SEARCH_BATCH):
+            for part in common.batches(len(queries), common.SEARCH_BATCH):
                 requests = [
                     QueryRequest(int(limit), query=Query.Nearest(q), filter=query_filter, with_payload=True)
                     for q in queries[part]
                 ]
                 for points in entry.shard.query_batch(QueryBatchRequest(requests)):
-                    results.append([Hit(int(p.id), float(p.score), complete_payload(p.payload)) for p in points])
+                    results.append([Hit(int(p.id), float(p.score), common.complete_payload(p.payload)) for p in points])
         return results
 
     def optimize(self, name: str) -> bool:
@@ -412,15 +393,15 @@ class EdgeVectorStore:
     def _require_ids(self, entry: _OpenShard, name: str, ids: np.ndarray) -> None:
         id_list = ids.tolist()
         found: set[int] = set()
-        for part in batches(len(id_list), READ_BATCH):
+        for part in common.batches(len(id_list), common.READ_BATCH):
             found.update(int(r.id) for r in entry.shard.retrieve(id_list[part], False, False))
         if len(found) != len(set(id_list)):
             missing = [i for i in id_list if i not in found]
-            raise VectorStoreError(f"collection {name!r} has no points for face ids {format_ids(missing)}")
+            raise VectorStoreError(f"collection {name!r} has no points for face ids {common.format_ids(missing)}")
 
 
 def _ensure_indexes(shard: EdgeShard) -> None:
     present = shard.info().payload_schema
-    for key in INDEXED_KEYWORD_KEYS:
+    for key in common.INDEXED_KEYWORD_KEYS:
         if key not in present:
             shard.update(UpdateOperation.create_field_index(key, PayloadSchemaType.Keyword))

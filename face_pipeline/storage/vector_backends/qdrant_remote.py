@@ -19,26 +19,7 @@ from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from qdrant_client.http.exceptions import ApiException
 
-from face_pipeline.storage.vector_backends._common import (
-    INDEXED_KEYWORD_KEYS,
-    READ_BATCH,
-    SEARCH_BATCH,
-    Condition,
-    as_ids,
-    batches,
-    check_collection_name,
-    check_dim,
-    clean_payload,
-    complete_payload,
-    concat_sorted,
-    filter_conditions,
-    format_ids,
-    normalise_query,
-    normalise_rows,
-    order_fetched,
-    prepare_upsert,
-    records_to_arrays,
-)
+from face_pipeline.storage.vector_backends import _common as common
 from face_pipeline.storage.vectors import Hit, VectorStoreError, VectorStoreLocked
 
 log = logging.getLogger(__name__)
@@ -48,7 +29,7 @@ PATH_PREFIX = "path:"
 SCROLL_PAGE = 2000  # points per scroll page: ~4 MB of JSON at 512-d from a server
 
 
-def _to_filter(conditions: list[Condition]) -> qm.Filter | None:
+def _to_filter(conditions: list[common.Condition]) -> qm.Filter | None:
     if not conditions:
         return None
     must: list[qm.Condition] = []
@@ -109,7 +90,7 @@ class QdrantClientVectorStore:
         """The collection's vector size (cached); VectorStoreError when it does not exist."""
         if name in self._dims:
             return self._dims[name]
-        check_collection_name(name)
+        common.check_collection_name(name)
         with self._errors("read collection info", name):
             if not self._client.collection_exists(name):
                 raise VectorStoreError(
@@ -124,7 +105,7 @@ class QdrantClientVectorStore:
 
     # --- VectorStore -----------------------------------------------------------------------------------
     def ensure_collection(self, name: str, dim: int) -> None:
-        dim = check_dim(dim)
+        dim = common.check_dim(dim)
         if self.has_collection(name):
             existing = self._dim(name)
             if existing != dim:
@@ -136,18 +117,18 @@ class QdrantClientVectorStore:
         with self._errors("create collection", name):
             self._client.create_collection(name, vectors_config=qm.VectorParams(size=dim, distance=qm.Distance.COSINE))
             if not self.is_local:  # local mode ignores payload indexes (and warns): skip them there
-                for key in INDEXED_KEYWORD_KEYS:
+                for key in common.INDEXED_KEYWORD_KEYS:
                     self._client.create_payload_index(name, key, qm.PayloadSchemaType.KEYWORD)
         self._dims[name] = dim
         log.info("created vector collection %s at %s (dim %d, cosine)", name, self.url, dim)
 
     def has_collection(self, name: str) -> bool:
-        check_collection_name(name)
+        common.check_collection_name(name)
         with self._errors("check collection", name):
             return bool(self._client.collection_exists(name))
 
     def drop_collection(self, name: str) -> None:
-        check_collection_name(name)
+        common.check_collection_name(name)
         self._dims.pop(name, None)
         with self._errors("drop collection", name):
             if self._client.collection_exists(name):
@@ -157,7 +138,7 @@ class QdrantClientVectorStore:
     def upsert(
         self, name: str, face_ids: np.ndarray, vectors: np.ndarray, payloads: Sequence[Mapping[str, Any]]
     ) -> None:
-        chunks = prepare_upsert(face_ids, vectors, payloads, self._dim(name))  # validates before any write
+        chunks = common.prepare_upsert(face_ids, vectors, payloads, self._dim(name))  # validates before any write
         with self._errors("upsert", name):
             for ids, rows, clean in chunks:
                 point_ids: list[qm.ExtendedPointId] = list(ids)
@@ -166,8 +147,8 @@ class QdrantClientVectorStore:
         log.debug("upserted %d points into %s", len(face_ids), name)
 
     def set_payload(self, name: str, face_ids: np.ndarray, payload: Mapping[str, Any]) -> None:
-        ids = as_ids(face_ids)
-        values = clean_payload(payload, allow_face_id=False)
+        ids = common.as_ids(face_ids)
+        values = common.clean_payload(payload, allow_face_id=False)
         self._dim(name)
         if not len(ids) or not values:
             return
@@ -175,15 +156,15 @@ class QdrantClientVectorStore:
         with self._errors("set payload", name):
             # A missing id fails midway after changing the earlier ones: check them all first.
             self._require_ids(name, id_list)
-            for part in batches(len(id_list), READ_BATCH):
+            for part in common.batches(len(id_list), common.READ_BATCH):
                 self._client.set_payload(name, payload=values, points=id_list[part], wait=True)
 
     def delete(self, name: str, face_ids: np.ndarray) -> None:
         """Delete points; ids that are not there are ignored."""
-        id_list = as_ids(face_ids).tolist()
+        id_list = common.as_ids(face_ids).tolist()
         self._dim(name)
         with self._errors("delete", name):
-            for part in batches(len(id_list), READ_BATCH):
+            for part in common.batches(len(id_list), common.READ_BATCH):
                 selector = qm.PointIdsList(points=list[qm.ExtendedPointId](id_list[part]))
                 self._client.delete(name, points_selector=selector, wait=True)
 
@@ -201,49 +182,49 @@ class QdrantClientVectorStore:
                 records, offset = self._client.scroll(
                     name, limit=SCROLL_PAGE, offset=offset, with_payload=False, with_vectors=True
                 )
-                pages.append(records_to_arrays(records, dim))
+                pages.append(common.records_to_arrays(records, dim))
                 if offset is None:
                     break
-        return concat_sorted(pages, dim)
+        return common.concat_sorted(pages, dim)
 
     def fetch(self, name: str, face_ids: np.ndarray) -> np.ndarray:
         dim = self._dim(name)
-        wanted = as_ids(face_ids)
+        wanted = common.as_ids(face_ids)
         id_list = wanted.tolist()
         pages: list[tuple[np.ndarray, np.ndarray]] = []
         with self._errors("retrieve", name):
-            for part in batches(len(id_list), READ_BATCH):
+            for part in common.batches(len(id_list), common.READ_BATCH):
                 records = self._client.retrieve(name, ids=id_list[part], with_payload=False, with_vectors=True)
-                pages.append(records_to_arrays(records, dim))
-        found, vectors = concat_sorted(pages, dim)
-        return order_fetched(wanted, found, vectors, name)
+                pages.append(common.records_to_arrays(records, dim))
+        found, vectors = common.concat_sorted(pages, dim)
+        return common.order_fetched(wanted, found, vectors, name)
 
     def search(
         self, name: str, vector: np.ndarray, limit: int, filter_payload: Mapping[str, Any] | None = None
     ) -> list[Hit]:
-        query = normalise_query(vector, self._dim(name))
-        query_filter = _to_filter(filter_conditions(filter_payload))
+        query = common.normalise_query(vector, self._dim(name))
+        query_filter = _to_filter(common.filter_conditions(filter_payload))
         with self._errors("search", name):
             response = self._client.query_points(
                 name, query=query.tolist(), limit=int(limit), query_filter=query_filter, with_payload=True
             )
-        return [Hit(int(p.id), float(p.score), complete_payload(p.payload)) for p in response.points]
+        return [Hit(int(p.id), float(p.score), common.complete_payload(p.payload)) for p in response.points]
 
     def search_batch(
         self, name: str, vectors: np.ndarray, limit: int, filter_payload: Mapping[str, Any] | None = None
     ) -> list[list[Hit]]:
-        queries = normalise_rows(vectors, self._dim(name)).tolist()
-        query_filter = _to_filter(filter_conditions(filter_payload))
+        queries = common.normalise_rows(vectors, self._dim(name)).tolist()
+        query_filter = _to_filter(common.filter_conditions(filter_payload))
         results: list[list[Hit]] = []
         with self._errors("search", name):
-            for part in batches(len(queries), SEARCH_BATCH):
+            for part in common.batches(len(queries), common.SEARCH_BATCH):
                 requests = [
                     qm.QueryRequest(query=q, limit=int(limit), filter=query_filter, with_payload=True)
                     for q in queries[part]
                 ]
                 for response in self._client.query_batch_points(name, requests=requests):
                     results.append(
-                        [Hit(int(p.id), float(p.score), complete_payload(p.payload)) for p in response.points]
+                        [Hit(int(p.id), float(p.score), common.complete_payload(p.payload)) for p in response.points]
                     )
         return results
 
@@ -264,9 +245,9 @@ class QdrantClientVectorStore:
     # --- helpers ---------------------------------------------------------------------------------------
     def _require_ids(self, name: str, id_list: list[int]) -> None:
         found: set[int] = set()
-        for part in batches(len(id_list), READ_BATCH):
+        for part in common.batches(len(id_list), common.READ_BATCH):
             records = self._client.retrieve(name, ids=id_list[part], with_payload=False, with_vectors=False)
             found.update(int(r.id) for r in records)
         missing = [i for i in dict.fromkeys(id_list) if i not in found]
         if missing:
-            raise VectorStoreError(f"collection {name!r} has no points for face ids {format_ids(missing)}")
+            raise VectorStoreError(f"collection {name!r} has no points for face ids {common.format_ids(missing)}")
