@@ -1,5 +1,5 @@
-"""Materialise assets in this process against the project's Dagster instance, so runs started from
-the CLI appear in the UI's run history next to scheduled ones."""
+"""Run a named job (whole or some of its assets) in this process against the project's Dagster instance, so
+runs started from the CLI appear in the UI's run history under the job's name, next to scheduled ones."""
 
 from __future__ import annotations
 
