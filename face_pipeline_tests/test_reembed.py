@@ -23,7 +23,7 @@ from face_pipeline.errors import InvalidInput
 from face_pipeline.services.integrity import cluster_id_problems
 from face_pipeline.services.labels import label_cluster, label_face, reject_face
 from face_pipeline.services.library import Library
-from face_pipeline.services.reembed import SameModel, reembed_library, stage_library
+from face_pipeline.services.reembed import SameModel, moves, reembed_library, stage_library, staging
 from face_pipeline.services.space_registry import active_space
 from face_pipeline.services.thumbnail_store import thumbnail_path
 from face_pipeline.storage.models import (
@@ -195,7 +195,7 @@ def test_an_interrupted_move_resumes_while_the_old_space_serves(
     first = move(library, limit=20)
     assert not first.switched and first.photos_staged == 20 and first.photos_remaining == first.photos_total - 20
 
-    stage_batch, calls = reembed_module._stage_batch, []
+    stage_batch, calls = staging._stage_batch, []
 
     def crash_on_second_batch(*args: object) -> None:
         calls.append(1)
@@ -203,7 +203,7 @@ def test_an_interrupted_move_resumes_while_the_old_space_serves(
             raise KeyboardInterrupt  # Ctrl-C in the middle of a run
         stage_batch(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(reembed_module, "_stage_batch", crash_on_second_batch)
+    monkeypatch.setattr(staging, "_stage_batch", crash_on_second_batch)
     with pytest.raises(KeyboardInterrupt):
         move(library)
     monkeypatch.undo()
@@ -254,7 +254,7 @@ def test_a_crash_after_the_switch_is_finished_by_the_next_run(
     def crash(*args: object) -> None:
         raise RuntimeError("power cut")
 
-    monkeypatch.setattr(reembed_module, "_finish", crash)
+    monkeypatch.setattr(moves, "finish_run", crash)  # the clean-up after the commit
     with pytest.raises(RuntimeError, match="power cut"):
         move(context)
     monkeypatch.undo()
