@@ -42,11 +42,10 @@ from face_pipeline.services.cluster_dual import run_cluster_dual
 from face_pipeline.services.clustering import space_params
 from face_pipeline.services.detection import detect_pending_faces
 from face_pipeline.services.library import Library
-from face_pipeline.services.space_registry import active_space, register_raw_space
+from face_pipeline.services.space_registry import active_space, set_thresholds
 from face_pipeline.services.training import TooFewLabels, TrainingReport, train_and_reassign_stage
 from face_pipeline.settings import Settings, load_settings
 from face_pipeline.storage.models import FaceInstance
-from face_pipeline.vision.types import EmbeddingSpaceInfo
 from face_pipeline_eval.dataset import (
     PHASE_A,
     PHASE_B,
@@ -328,9 +327,7 @@ class _Run:
             defaults = thresholds_for_space(space.name)
             eps = params.cluster_eps if params.cluster_eps is not None else defaults.cluster_eps
             own = replace(defaults, threshold=params.person_threshold, margin=params.person_margin, cluster_eps=eps)
-            # Registering the (already registered) raw space again rewrites its thresholds.
-            info = EmbeddingSpaceInfo(space.name, space.model_name, space.dim)
-            register_raw_space(session, info, thresholds=own)
+            set_thresholds(session, space.name, own)
         cleared = {"person_match_threshold": None, "person_match_margin": None, "unknown_eps": None}
         self.settings = self.settings.model_copy(update=cleared)
         self.library = Library(self.settings, self.library.db)

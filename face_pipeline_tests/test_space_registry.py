@@ -26,6 +26,7 @@ from face_pipeline.services.space_registry import (
     last_promoted_checkpoint,
     register_checkpoint,
     register_raw_space,
+    set_thresholds,
 )
 from face_pipeline.storage.db import Database
 from face_pipeline.vision.types import EmbeddingSpaceInfo
@@ -127,3 +128,12 @@ def test_promotion_check_fails_a_projection_without_gate_figures(db: Database):
     activate(db, "bare")
     finding = promotion_evidence(db)
     assert not finding.passed and "no promotion-gate figures" in finding.description
+
+
+def test_thresholds_are_set_through_the_registry(db: Database):
+    with db.session() as session:
+        set_thresholds(session, RAW, PROJECTED)
+    with db.session() as session:
+        space = active_space(session)
+    assert space is not None and space.thresholds().threshold == PROJECTED.threshold
+    assert space.thresholds().cluster_method == "dbscan"  # the grouping stays the model's own

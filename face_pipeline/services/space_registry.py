@@ -256,7 +256,7 @@ def register_raw_space(
 
     Faces of two raw spaces never share a library: their vectors are not comparable. `model_facts`
     (vision.embedders.describe_embedder: model, providers, licence, ...) are kept for `faces stats`.
-    `thresholds` replace the model's defaults (benchmarks on synthetic spaces).
+    `thresholds` replace the model's defaults for a space registered now (benchmarks on synthetic spaces).
     """
     other = session.execute(
         select(FaceInstance.embedding_space, func.count())
@@ -285,11 +285,21 @@ def _raw_row(session: Session, info: EmbeddingSpaceInfo, thresholds: SpaceThresh
             name=info.name, kind=SpaceKind.RAW, model_name=info.model_name, dim=info.dim, status=SpaceStatus.CANDIDATE
         )
         session.add(row)
-        thresholds = thresholds or thresholds_for_space(info.name)
-    if thresholds is not None:
-        row.person_threshold, row.person_margin = thresholds.threshold, thresholds.margin
-        row.cluster_eps = thresholds.cluster_eps
+        _set_thresholds(row, thresholds or thresholds_for_space(info.name))
     return row
+
+
+def _set_thresholds(row: EmbeddingSpaceRow, thresholds: SpaceThresholds) -> None:
+    row.person_threshold, row.person_margin = thresholds.threshold, thresholds.margin
+    row.cluster_eps = thresholds.cluster_eps
+
+
+def set_thresholds(session: Session, name: str, thresholds: SpaceThresholds) -> None:
+    """Replace a registered space's own thresholds (person threshold, margin, cluster eps)."""
+    row = _row(session, name)
+    if row is None:
+        raise InvalidInput(f"unknown embedding space {name!r}")
+    _set_thresholds(row, thresholds)
 
 
 def register_checkpoint(
