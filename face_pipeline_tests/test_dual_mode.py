@@ -13,12 +13,17 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from sqlalchemy import func, select, update
 
-from face_pipeline.domain.naming import parse_cluster_id
+from face_pipeline.domain.clustering import NOISE
+from face_pipeline.domain.naming import UNKNOWN_PREFIX, parse_cluster_id, person_cluster_id
+from face_pipeline.services import clustering as clustering_service
+from face_pipeline.services.cluster_dual import run_cluster_dual
 from face_pipeline.services.clustering import assign_known_faces, cluster_unknown_faces, compute_person_centroids
+from face_pipeline.services.integrity import user_label_overrides
 from face_pipeline.services.labels import label_cluster, label_face, reject_face
 from face_pipeline.services.library import Library
 from face_pipeline.storage.models import FaceAssignmentEvent, FaceInstance
@@ -30,9 +35,7 @@ from face_pipeline_tests.test_ingest import ingest, make_context
 
 def cluster_dual(context: Library, **assign: float) -> None:
     with context.vectors() as vectors:
-        compute_person_centroids(context, vectors)
-        assign_known_faces(context, vectors, **assign)
-        cluster_unknown_faces(context, vectors)
+        run_cluster_dual(context, vectors, **assign)  # type: ignore[arg-type]
 
 
 def faces(context: Library) -> dict[int, dict[str, object]]:
@@ -206,6 +209,71 @@ def test_rejection_is_remembered_and_user_labels_are_never_changed(library: Libr
             select(func.count()).where(FaceAssignmentEvent.face_id == wrong_label, FaceAssignmentEvent.source != "user")
         )
     assert automatic == 0
+
+
+def test_a_name_given_while_clustering_computes_is_kept(library: Library, monkeypatch: pytest.MonkeyPatch):
+    """The race issue 13 found: a user names a group between the run's read of the faces and its write. Made
+    deterministic: the clustering step names the group from inside its computation, then (to force a write of
+    every face it read) calls every face noise. The user's name must win; no automatic event may follow it."""
+    cluster_dual(library)
+    state = faces(library)
+    group = next(str(f["cluster"]) for f in state.values() if str(f["cluster"]).startswith(UNKNOWN_PREFIX))
+    members = sorted(i for i, f in state.items() if f["cluster"] == group)
+    original = clustering_service.cluster_unknown
+
+    def user_names_the_group_meanwhile(matrix: np.ndarray, **kwargs: object) -> np.ndarray:
+        original(matrix, **kwargs)
+        label_cluster(library, group, "Named Meanwhile")
+        return np.full(matrix.shape[0], NOISE, dtype=np.int64)
+
+    monkeypatch.setattr(clustering_service, "cluster_unknown", user_names_the_group_meanwhile)
+    with library.db.session() as session:
+        before = session.scalar(select(func.max(FaceAssignmentEvent.id)))
+    with library.vectors() as vectors:
+        cluster_unknown_faces(library, vectors)
+    state = faces(library)
+    person = state[members[0]]["person"]
+    assert person is not None
+    for face_id in members:
+        assert state[face_id]["person"] == person and state[face_id]["confirmed"], face_id
+        assert state[face_id]["cluster"] == person_cluster_id(person)
+    assert user_label_overrides(library.db).passed
+    with library.db.session() as session:
+        automatic = session.scalar(
+            select(func.count()).where(
+                FaceAssignmentEvent.id > before,
+                FaceAssignmentEvent.face_id.in_(members),
+                FaceAssignmentEvent.source != "user",
+            )
+        )
+    assert automatic == 0
+
+
+def test_a_rejection_made_while_assigning_is_kept(library: Library, monkeypatch: pytest.MonkeyPatch):
+    """The same race for the supervised step: the user rules a face out for a person while the step computes
+    that it is that person. The rejection wins."""
+    state = faces(library)
+    people = sorted({str(f["who"]) for f in state.values() if f["who"] and len(faces_of(state, str(f["who"]))) >= 6})
+    for face_id in faces_of(state, people[0])[:3]:
+        label_face(library, face_id, "Alice")
+    with library.vectors() as vectors:
+        compute_person_centroids(library, vectors)
+    alice = faces(library)[faces_of(state, people[0])[0]]["person"]
+    ruled_out: list[int] = []
+    original = clustering_service._assignment_changes
+
+    def user_rejects_a_match_meanwhile(table, candidates, matched, scores):  # type: ignore[no-untyped-def]
+        face_id = int(table.ids[candidates[matched == alice]][0])
+        reject_face(library, face_id, str(alice))
+        ruled_out.append(face_id)
+        return original(table, candidates, matched, scores)
+
+    monkeypatch.setattr(clustering_service, "_assignment_changes", user_rejects_a_match_meanwhile)
+    with library.vectors() as vectors:
+        assign_known_faces(library, vectors, person_threshold=0.3, person_margin=0.0)
+    state = faces(library)
+    assert ruled_out and state[ruled_out[0]]["person"] != alice
+    assert sum(1 for f in state.values() if f["person"] == alice) >= 4  # the other matches were written
 
 
 def test_cluster_numbers_stay_with_their_group_across_runs_and_new_photos(library: Library, lfw_mini: Path):

@@ -40,6 +40,7 @@ def run_cluster_dual(
     *,
     space_mode: str = "auto",
     person_threshold: float | None = None,
+    person_margin: float | None = None,
     unknown_method: str | None = None,
     min_cluster_size: int | None = None,
     eps: float | None = None,
@@ -48,7 +49,7 @@ def run_cluster_dual(
     the active space (switching only to a newly promoted checkpoint), "trained" / "raw" choose one."""
     regenerate = regenerate_embeddings(library, vectors, mode=space_mode)
     centroids = compute_person_centroids(library, vectors)
-    assignments = assign_known_faces(library, vectors, person_threshold=person_threshold)
+    assignments = assign_known_faces(library, vectors, person_threshold=person_threshold, person_margin=person_margin)
     clusters = cluster_unknown_faces(
         library, vectors, method=unknown_method, min_cluster_size=min_cluster_size, eps=eps
     )

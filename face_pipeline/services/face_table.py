@@ -2,7 +2,8 @@
 
 Automatic runs (supervised assignment, unknown clustering) describe their result as a `FaceChanges` set;
 `apply_changes` writes only the faces whose person or cluster really changed, one audit event each,
-and never touches a face a user confirmed.
+and never touches a face a user confirmed or moves one to a person the user ruled out, even when the user
+decided while the run was computing.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from sqlalchemy.orm import Session
 
 from face_pipeline.storage.models import FaceAssignmentEvent, FaceInstance, FaceRejection, utcnow
 from face_pipeline.storage.vectors import VectorStore
+
+_ID_CHUNK = 10_000  # ids per IN (...) list: under SQLite's 32,766 bound variables
 
 
 @dataclass
@@ -80,7 +83,10 @@ def apply_changes(
 ) -> np.ndarray:
     """Write the faces whose person, cluster or source changed; returns their table rows.
 
-    User-confirmed faces are never written, whatever `changes` says.
+    The table was read when the run began; a user may have named, rejected or moved some faces since. So the
+    candidates are read again under the write lock (`_lock_current`), and a face a user confirmed, or a person
+    the user ruled out for that face, is never written, whatever `changes` says: a user's decision made while
+    the run computed wins. The audit events record the state the write replaced.
     """
     rows = changes.rows
     differs = (
@@ -89,6 +95,18 @@ def apply_changes(
         | (table.sources[rows] != changes.sources)
     ) & ~table.confirmed[rows]
     picked = np.flatnonzero(differs)
+    if picked.size == 0:
+        return picked
+    _refresh(table, rows[picked], _lock_current(session, table.ids[rows[picked]]))
+    ruled_out = _rejected_pairs(session, table.ids[rows[picked]])
+    still = (
+        (table.person_ids[rows[picked]] != changes.person_ids[picked])
+        | (table.cluster_ids[rows[picked]] != changes.cluster_ids[picked])
+        | (table.sources[rows[picked]] != changes.sources[picked])
+    ) & ~table.confirmed[rows[picked]]
+    pairs = zip(table.ids[rows[picked]].tolist(), changes.person_ids[picked].tolist(), strict=True)
+    still &= np.array([person is None or (face_id, person) not in ruled_out for face_id, person in pairs])
+    picked = picked[still]
     if picked.size == 0:
         return picked
     now = utcnow()
@@ -130,6 +148,53 @@ def apply_changes(
     table.cluster_ids[rows[picked]] = changes.cluster_ids[picked]
     table.sources[rows[picked]] = changes.sources[picked]
     return rows[picked]
+
+
+def _lock_current(session: Session, face_ids: np.ndarray) -> list[Any]:
+    """The faces' person, cluster, source and confirmed flag as of now, with the write lock taken first: a
+    no-op write takes SQLite's database lock, FOR UPDATE PostgreSQL's row locks. A user's edit committed
+    since the run read the table shows here; one made later waits for this transaction to end."""
+    session.execute(update(FaceInstance).where(FaceInstance.id == -1).values(id=FaceInstance.id))
+    found: list[Any] = []
+    for start in range(0, face_ids.size, _ID_CHUNK):
+        chunk = face_ids[start : start + _ID_CHUNK].tolist()
+        found += session.execute(
+            select(
+                FaceInstance.id,
+                FaceInstance.person_id,
+                FaceInstance.cluster_id,
+                FaceInstance.assignment_source,
+                FaceInstance.user_confirmed,
+            )
+            .where(FaceInstance.id.in_(chunk))
+            .with_for_update()
+        ).all()
+    return found
+
+
+def _refresh(table: FaceTable, rows: np.ndarray, current: list[Any]) -> None:
+    """Bring these table rows up to `current` (faces deleted meanwhile count as confirmed: never written)."""
+    now = {r.id: r for r in current}
+    for row in rows.tolist():
+        face = now.get(int(table.ids[row]))
+        if face is None:
+            table.confirmed[row] = True
+            continue
+        table.person_ids[row], table.cluster_ids[row] = face.person_id, face.cluster_id
+        table.sources[row], table.confirmed[row] = face.assignment_source, bool(face.user_confirmed)
+
+
+def _rejected_pairs(session: Session, face_ids: np.ndarray) -> set[tuple[int, str]]:
+    pairs: set[tuple[int, str]] = set()
+    for start in range(0, face_ids.size, _ID_CHUNK):
+        chunk = face_ids[start : start + _ID_CHUNK].tolist()
+        pairs |= {
+            (r.face_id, r.person_id)
+            for r in session.execute(
+                select(FaceRejection.face_id, FaceRejection.person_id).where(FaceRejection.face_id.in_(chunk))
+            )
+        }
+    return pairs
 
 
 def sync_payloads(vectors: VectorStore, space: str, table: FaceTable, rows: np.ndarray) -> None:
