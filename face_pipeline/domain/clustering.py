@@ -36,6 +36,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse import csgraph
 
+from face_pipeline.domain.naming import NOISE
 from face_pipeline.domain.neighbors import NeighborGraph, knn_graph
 
 __all__ = [
@@ -47,7 +48,6 @@ __all__ = [
     "relabel_by_size",
 ]
 
-NOISE = -1  # label of a face that belongs to no cluster
 METHODS = ("hdbscan", "agglomerative", "dbscan")
 Method = Literal["hdbscan", "agglomerative", "dbscan"]
 

@@ -21,8 +21,6 @@ from enum import StrEnum
 
 import numpy as np
 
-from face_pipeline.domain.clustering import NOISE
-
 __all__ = [
     "CLUSTER_ID_FORMS",
     "CLUSTER_ID_PATTERN",
@@ -51,6 +49,7 @@ class ClusterKind(StrEnum):
     NOISE = "noise"  # unknown_noise_{face_id}: a face on its own
 
 
+NOISE = -1  # the cluster label of a face in no group (clustering's output, numbered here)
 PERSON_PREFIX = "person_"
 UNKNOWN_PREFIX = "unknown_cluster_"
 NOISE_PREFIX = "unknown_noise_"
