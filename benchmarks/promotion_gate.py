@@ -23,9 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import lfw_dev_embeddings  # noqa: E402
 from face_pipeline.domain.assignment import thresholds_for_space  # noqa: E402
+from face_pipeline.domain.metrics import PipelineFigures  # noqa: E402
 from face_pipeline.domain.projection import TrainingParams, train_projection  # noqa: E402
 from face_pipeline.domain.projection_head import project  # noqa: E402
-from face_pipeline.domain.promotion_gate import PipelineFigures, PipelineRoles, pipeline_figures  # noqa: E402
+from face_pipeline.domain.promotion_gate import PipelineRoles, pipeline_figures  # noqa: E402
 from face_pipeline.domain.verification import UNLABELLED, l2_normalise  # noqa: E402
 from face_pipeline.services.training import TrainingSet, gate_on_pipeline  # noqa: E402
 

@@ -27,7 +27,7 @@ from face_pipeline.defs.resources import VECTOR_STORE_POOL, SettingsResource, pi
 from face_pipeline.defs.runner import MARKER_PREFIX, dagster_home
 from face_pipeline.defs.schedules import build_schedules
 from face_pipeline.defs.sensors import label_growth_sensor
-from face_pipeline.domain.promotion_gate import PipelineFigures
+from face_pipeline.domain.metrics import PipelineFigures
 from face_pipeline.services.cluster_dual import CLUSTER_DUAL_ASSETS
 from face_pipeline.services.integrity import (
     cluster_id_problems,

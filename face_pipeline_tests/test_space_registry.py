@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from face_pipeline.domain.assignment import SpaceThresholds
-from face_pipeline.domain.promotion_gate import PipelineFigures
+from face_pipeline.domain.metrics import PipelineFigures
 from face_pipeline.services.integrity import promotion_evidence
 from face_pipeline.services.space_registry import (
     GateResult,

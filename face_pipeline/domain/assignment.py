@@ -23,7 +23,6 @@ from dataclasses import dataclass, replace
 from enum import IntEnum, StrEnum
 
 import numpy as np
-import torch
 from numpy.typing import ArrayLike
 
 __all__ = [
@@ -437,14 +436,14 @@ def _top_two_people(
     owners = prototypes.owner[by_owner]
     present = np.unique(owners)  # people with at least one prototype, ascending
     segment_starts = np.searchsorted(owners, present)
-    protos = torch.from_numpy(np.ascontiguousarray(prototypes.vectors[by_owner], dtype=np.float32))
+    # float32 throughout: numpy's float64 product of this size crashes OpenBLAS on some CPUs (STACK_NOTES).
+    protos = np.ascontiguousarray(prototypes.vectors[by_owner], dtype=np.float32)
     masked = masked[np.argsort(masked[:, 0], kind="stable")]
     rows = chunk_size or max(1, min(4096, _SCORE_BLOCK // max(1, len(protos))))
     for start in range(0, m, rows):
         stop = min(start + rows, m)
-        chunk = torch.from_numpy(np.ascontiguousarray(vectors[start:stop], dtype=np.float32))
-        with torch.inference_mode():
-            proto_scores = (chunk @ protos.T).numpy()
+        chunk = np.ascontiguousarray(vectors[start:stop], dtype=np.float32)
+        proto_scores = chunk @ protos.T
         scores = np.full((stop - start, p), -np.inf, dtype=np.float32)
         scores[:, present] = np.maximum.reduceat(proto_scores, segment_starts, axis=1)  # max per person
         lo, hi = np.searchsorted(masked[:, 0], [start, stop])

@@ -13,14 +13,22 @@ Conventions for every function here:
   `unassigned` (default `NO_PERSON`, -1) where the face was not given a name.
 
 Everything is O(n log n) (sorting and counting); no n x n matrix is built, so 200K faces are fine.
+
+Also here, because the registry and the integrity check read them without the gate's machinery: the promotion
+gate's figures of one space (`PipelineFigures`), the rule that says whether one space's figures beat another's
+(`pipeline_failures`), and `jsonable`, which writes figures as strict JSON.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
 import numpy as np
 
 from face_pipeline.domain.assignment import NO_PERSON
-from face_pipeline.domain.clustering import NOISE
+from face_pipeline.domain.naming import NOISE
 
 __all__ = [
     "as_codes",
@@ -113,3 +121,59 @@ def false_accepts_per_1000(
     if not of_unknown.any():
         return float("nan")
     return float(1000.0 * (assigned[of_unknown] != unassigned).mean())
+
+
+# --- the promotion gate's figures of one space, and the rule comparing two ---------------------------------
+
+
+@dataclass(frozen=True)
+class PipelineFigures:
+    """What the pipeline does with one space at its thresholds (NaN where a figure has nothing to count)."""
+
+    precision: float  # share of automatic names that are right (strangers named count as wrong)
+    recall: float  # share of the queries named rightly
+    false_accepts_per_1000: float  # strangers' faces given a name, per 1,000
+    purity: float  # size-weighted purity of the groups made of the faces left unnamed
+    grouped: float  # share of the faces left unnamed that were put in a group
+    n_queries: int
+    n_strangers: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _or_perfect(value: float) -> float:
+    """NaN (nothing named, nothing grouped) counts as making no mistake."""
+    return 1.0 if np.isnan(value) else value
+
+
+def pipeline_failures(
+    before: PipelineFigures, after: PipelineFigures, *, min_recall_gain: float = 0.005, tolerance: float = 0.005
+) -> list[str]:
+    """Why the projected space (`after`) does not beat the raw one (`before`); empty when it does: it must
+    find more of the named people's faces (by `min_recall_gain`, and at least two faces) while naming no more
+    strangers, keeping precision and keeping the groups of the unnamed as pure (each within `tolerance`)."""
+    required = max(min_recall_gain, 2.0 / max(before.n_queries, 1))
+    failures = []
+    if not after.recall >= before.recall + required:
+        failures.append(f"recall gain below {required:.3f}")
+    if _or_perfect(after.precision) < _or_perfect(before.precision) - tolerance:
+        failures.append("precision fell")
+    if after.false_accepts_per_1000 > before.false_accepts_per_1000 + 1000 * tolerance:
+        failures.append("more strangers named")
+    if _or_perfect(after.purity) < _or_perfect(before.purity) - tolerance:
+        failures.append("groups of the unnamed less pure")
+    return failures
+
+
+def jsonable(value: Any) -> Any:
+    """Dataclass dicts to strict JSON: numpy scalars to Python, nan/inf to None."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

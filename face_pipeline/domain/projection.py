@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from face_pipeline.domain.metrics import jsonable
 from face_pipeline.domain.projection_head import (
     Architecture,
     Device,
@@ -416,16 +417,3 @@ def _fit(
         elif epoch - best_epoch >= params.patience:
             break
     return history, best_epoch, best_state
-
-
-def jsonable(value: Any) -> Any:
-    """Dataclass dicts to strict JSON: numpy scalars to Python, nan/inf to None."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

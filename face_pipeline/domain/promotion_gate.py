@@ -24,7 +24,7 @@ person at the cluster eps.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -32,10 +32,12 @@ import numpy as np
 from face_pipeline.domain.assignment import NO_PERSON, SpaceThresholds, assign_to_known_people, build_prototypes
 from face_pipeline.domain.clustering import NOISE, cluster_unknown
 from face_pipeline.domain.metrics import (
+    PipelineFigures,
     assignment_precision,
     cluster_purity,
     false_accepts_per_1000,
     person_recall,
+    pipeline_failures,
 )
 from face_pipeline.domain.verification import IdentitySplit
 
@@ -65,22 +67,6 @@ class PipelineRoles:
         queries = np.concatenate([split.holdout, split.unseen_query[~stranger[split.unseen_query]]])
         strangers = np.sort(split.unseen[stranger[split.unseen]])
         return cls(np.sort(gallery), np.sort(queries), strangers)
-
-
-@dataclass(frozen=True)
-class PipelineFigures:
-    """What the pipeline does with one space at its thresholds (NaN where a figure has nothing to count)."""
-
-    precision: float  # share of automatic names that are right (strangers named count as wrong)
-    recall: float  # share of the queries named rightly
-    false_accepts_per_1000: float  # strangers' faces given a name, per 1,000
-    purity: float  # size-weighted purity of the groups made of the faces left unnamed
-    grouped: float  # share of the faces left unnamed that were put in a group
-    n_queries: int
-    n_strangers: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def pipeline_figures(
@@ -274,30 +260,6 @@ class PipelineVerdict:
     raw_figures: PipelineFigures
     projected_figures: PipelineFigures
     threshold_facts: dict[str, Any]
-
-
-def _or_perfect(value: float) -> float:
-    """NaN (nothing named, nothing grouped) counts as making no mistake."""
-    return 1.0 if np.isnan(value) else value
-
-
-def pipeline_failures(
-    before: PipelineFigures, after: PipelineFigures, *, min_recall_gain: float = 0.005, tolerance: float = 0.005
-) -> list[str]:
-    """Why the projected space (`after`) does not beat the raw one (`before`); empty when it does: it must
-    find more of the named people's faces (by `min_recall_gain`, and at least two faces) while naming no more
-    strangers, keeping precision and keeping the groups of the unnamed as pure (each within `tolerance`)."""
-    required = max(min_recall_gain, 2.0 / max(before.n_queries, 1))
-    failures = []
-    if not after.recall >= before.recall + required:
-        failures.append(f"recall gain below {required:.3f}")
-    if _or_perfect(after.precision) < _or_perfect(before.precision) - tolerance:
-        failures.append("precision fell")
-    if after.false_accepts_per_1000 > before.false_accepts_per_1000 + 1000 * tolerance:
-        failures.append("more strangers named")
-    if _or_perfect(after.purity) < _or_perfect(before.purity) - tolerance:
-        failures.append("groups of the unnamed less pure")
-    return failures
 
 
 def pipeline_gate(

@@ -12,8 +12,8 @@ import numpy as np
 from sqlalchemy import String, cast, func, literal, or_, select
 from sqlalchemy.orm import Session
 
+from face_pipeline.domain.metrics import pipeline_failures
 from face_pipeline.domain.naming import LIKE_ESCAPE, NOISE_PREFIX, PERSON_PREFIX, ClusterKind, like_pattern
-from face_pipeline.domain.promotion_gate import pipeline_failures
 from face_pipeline.services.space_registry import active_space
 from face_pipeline.storage.db import Database
 from face_pipeline.storage.models import FaceAssignmentEvent, FaceInstance

@@ -18,8 +18,7 @@ from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from face_pipeline.domain.assignment import SpaceThresholds, thresholds_for_space
-from face_pipeline.domain.projection import jsonable
-from face_pipeline.domain.promotion_gate import PipelineFigures
+from face_pipeline.domain.metrics import PipelineFigures, jsonable
 from face_pipeline.errors import InvalidInput, UserFacingError
 from face_pipeline.settings import Settings
 from face_pipeline.storage.db import Database

@@ -30,6 +30,7 @@ import numpy as np
 from sqlalchemy import select
 
 from face_pipeline.domain.assignment import SpaceThresholds
+from face_pipeline.domain.metrics import PipelineFigures
 from face_pipeline.domain.projection import (
     NotEnoughLabels,
     TrainingParams,
@@ -38,7 +39,6 @@ from face_pipeline.domain.projection import (
 )
 from face_pipeline.domain.projection_head import project, resolve_device
 from face_pipeline.domain.promotion_gate import (
-    PipelineFigures,
     PipelineVerdict,
     match_thresholds_on_library,
     pipeline_gate,

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from face_pipeline.domain.projection import jsonable
+from face_pipeline.domain.metrics import jsonable
 from face_pipeline.domain.projection_head import ProjectionHead
 
 CHECKPOINT_FORMAT = 1
