@@ -13,8 +13,8 @@ class UserFacingError(Exception):
 
 
 class NotFound(UserFacingError):
-    def __init__(self, kind: str, ref: object) -> None:
-        super().__init__(f"unknown {kind}: {ref}")
+    def __init__(self, kind: str, ref: object, message: str | None = None) -> None:
+        super().__init__(message or f"unknown {kind}: {ref}")
         self.kind = kind
         self.ref = ref
 

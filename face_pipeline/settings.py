@@ -126,6 +126,11 @@ class Settings(BaseSettings):
         return self.data_dir / "checkpoints"
 
     @property
+    def exports_dir(self) -> Path:
+        """Where `faces export` writes when no --output is given."""
+        return self.data_dir / "exports"
+
+    @property
     def worker_count(self) -> int:
         return self.workers or (os.cpu_count() or 1)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from face_pipeline.cli import app
@@ -71,3 +72,43 @@ def test_module_entry_point_prints_help():
         [sys.executable, "-m", "face_pipeline.cli", "faces", "--help"], capture_output=True, text=True, timeout=120
     )
     assert completed.returncode == 0 and "backfill" in completed.stdout
+
+
+def test_everyday_messages_say_what_a_user_needs(cli_env: Path, monkeypatch: pytest.MonkeyPatch):
+    """Frictions a new user met (issue 14): each message names what happened and what to do."""
+    empty = cli_env / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("FACE_PHOTOS_DIR", str(empty))
+    result = runner.invoke(app, ["faces", "backfill"])
+    assert result.exit_code == 0 and f"warning: no photos under {empty}" in result.output
+
+    monkeypatch.setenv("FACE_PHOTOS_DIR", str(cli_env / "photos"))
+    assert runner.invoke(app, ["faces", "backfill"]).exit_code == 0
+    assert runner.invoke(app, ["faces", "cluster", "--min-cluster-size", "2"]).exit_code == 0
+    from face_pipeline.domain.naming import UNKNOWN_PREFIX
+    from face_pipeline.services.library import Library
+    from face_pipeline.settings import load_settings
+    from face_pipeline.storage.models import FaceInstance
+
+    library = Library.from_settings(load_settings())
+    with library.db.session() as session:
+        face, cluster = session.execute(
+            select(FaceInstance.id, FaceInstance.cluster_id).where(
+                FaceInstance.cluster_id.startswith(UNKNOWN_PREFIX, autoescape=True)
+            )
+        ).first()
+    library.close()
+
+    assert runner.invoke(app, ["faces", "label", cluster, "Ann Example"]).exit_code == 0
+    again = runner.invoke(app, ["faces", "label", cluster, "Ann Example"])
+    assert again.exit_code == 2 and f"{cluster} is gone: its faces were named 'Ann Example' (person_" in again.output
+
+    rejected = runner.invoke(app, ["faces", "reject", str(face)])
+    assert rejected.exit_code == 0 and f"face {face} is not 'Ann Example' (person_" in rejected.output
+    second = runner.invoke(app, ["faces", "reject", str(face)])
+    assert second.exit_code == 2 and "--person" in second.output
+
+    exported = runner.invoke(app, ["faces", "export"])
+    target = cli_env / "data" / "exports" / "faces.csv"
+    assert exported.exit_code == 0 and f"written to {target}" in exported.output and target.is_file()
+    assert not (cli_env / "faces.csv").exists()  # nothing lands in the working directory

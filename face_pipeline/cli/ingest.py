@@ -41,6 +41,12 @@ def backfill(
         f"{detected.get('skipped', 0)} skipped, {detected.get('photos_per_second', 0)} photos/s "
         f"(space {detected.get('space') or '-'}; run {result.run_id})"
     )
+    if not catalog.get("files_seen"):
+        from face_pipeline.services.catalog import PHOTO_EXTENSIONS
+
+        kinds = ", ".join(sorted(PHOTO_EXTENSIONS))
+        where = f"no photos under {settings.photos_dir} (looked for {kinds})"
+        typer.echo(f"warning: {where}; is FACE_PHOTOS_DIR right?", err=True)
 
 
 @faces.command()

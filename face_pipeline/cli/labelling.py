@@ -55,11 +55,13 @@ def reject(
     person: Annotated[str | None, typer.Option(help="The person it is not (default: its current one).")] = None,
 ) -> None:
     """Not this person: the face leaves the person and is never assigned to them again."""
+    from face_pipeline.services.browse import get_person
     from face_pipeline.services.labels import reject_face
 
     with open_library() as library:
         person_id = reject_face(library, face_id, person)
-    typer.echo(f"face {face_id} is not {person_cluster_id(person_id)}")
+        name = get_person(library.db, person_id).name
+    typer.echo(f"face {face_id} is not {name!r} ({person_cluster_id(person_id)})")
 
 
 @faces.command("unassign")
@@ -120,12 +122,15 @@ class ExportFormat(StrEnum):
 @friendly
 def export(
     fmt: Annotated[ExportFormat, typer.Option("--format", help="csv or parquet.")] = ExportFormat.csv,
-    output: Annotated[Path | None, typer.Option(help="File to write (default: faces.<format>).")] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="File to write (default: $FACE_DATA_DIR/exports/faces.<format>).")
+    ] = None,
 ) -> None:
     """Every face with its person, cluster and source."""
     from face_pipeline.services.export import export_faces
 
-    target = output or Path(f"faces.{fmt.value}")
     with open_library() as library:
+        target = output or library.settings.exports_dir / f"faces.{fmt.value}"
+        target.parent.mkdir(parents=True, exist_ok=True)
         count = export_faces(library.db, cast(Literal["csv", "parquet"], fmt.value), target)
-    typer.echo(f"{count} faces written to {target}")
+    typer.echo(f"{count} {'face' if count == 1 else 'faces'} written to {target}")

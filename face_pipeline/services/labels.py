@@ -131,7 +131,7 @@ def label_cluster(
             .order_by(FaceInstance.id)
         ).all()
         if not faces:
-            raise NotFound("cluster", cluster_id)
+            raise _gone_cluster(session, cluster_id)
         if expected_face_ids is not None and set(expected_face_ids) != {f.id for f in faces}:
             raise Conflict(f"cluster {cluster_id} changed since it was loaded; reload it and try again")
         person, created = person_by_name(session, cleaned)
@@ -146,6 +146,21 @@ def label_cluster(
             skipped_confirmed=naming.skipped_confirmed,
             skipped_rejected=naming.skipped_rejected,
         )
+
+
+def _gone_cluster(session: Session, cluster_id: str) -> NotFound:
+    """NotFound for a cluster with no faces; when users named its faces, the message says who they became."""
+    named = session.execute(
+        select(Person.id, Person.name)
+        .join(FaceAssignmentEvent, FaceAssignmentEvent.new_person_id == Person.id)
+        .where(FaceAssignmentEvent.old_cluster_id == cluster_id, FaceAssignmentEvent.source == "user")
+        .order_by(FaceAssignmentEvent.id.desc())
+        .limit(1)
+    ).first()
+    if named is None:
+        return NotFound("cluster", cluster_id)
+    why = f"{cluster_id} is gone: its faces were named {named.name!r} ({person_cluster_id(named.id)})"
+    return NotFound("cluster", cluster_id, why)
 
 
 def label_face(library: Library, face_id: int, name: str) -> LabelResult:
@@ -219,7 +234,10 @@ def reject_face(library: Library, face_id: int, person_ref: str | None = None) -
         person = find_person(session, person_ref) if person_ref else None
         person_id = person.id if person else face.person_id
         if person_id is None:
-            raise InvalidInput(f"face {face_id} belongs to nobody; say which person it is not")
+            raise InvalidInput(
+                f"face {face_id} belongs to nobody; say which person it is not (`faces reject {face_id} --person NAME`,"
+                " or person_id in the API)"
+            )
         exists = session.get(FaceRejection, (face.id, person_id))
         if exists is None:
             session.add(FaceRejection(face_id=face.id, person_id=person_id))
