@@ -3,6 +3,11 @@
 Work goes in batches; each batch is one transaction, so an interrupted run loses at most the batch in
 flight and the next run picks up the photos still pending. Re-running with nothing pending is a no-op.
 
+A photo detected again (its pixels changed) loses its old faces, but not the user's decisions about them:
+a name the user confirmed, and each "not this person", move to the new face at the same place (boxes
+overlapping by IoU >= CARRY_MIN_IOU). Each photo's pixel hash is stored, so a later edit of only its
+metadata is recognised by the scan (services/catalog.py) and costs no detection at all.
+
 `processed_photos` (the worker pool, results in batches) is shared with `faces reembed` (services/reembed.py),
 which runs the library's photos through another model into a staging area.
 """
@@ -12,7 +17,9 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +28,7 @@ import numpy as np
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from face_pipeline.domain.naming import noise_cluster_id
+from face_pipeline.domain.naming import noise_cluster_id, person_cluster_id
 from face_pipeline.services.space_registry import (
     EmbeddingSpaceMismatch,
     embedder_for_library,
@@ -36,12 +43,14 @@ from face_pipeline.storage.models import (
     AssignmentSource,
     FaceAssignmentEvent,
     FaceInstance,
+    FaceRejection,
     Image,
     ImageStatus,
     utcnow,
 )
 from face_pipeline.storage.vectors import VectorStore
 from face_pipeline.vision.embedders import describe_embedder, model_choice_of
+from face_pipeline.vision.images import ImageRejected, load_rgb, pixel_hash
 from face_pipeline.vision.types import FaceEmbedder
 from face_pipeline.vision.worker import PhotoResult, PhotoWorker, init_pool_worker, process_in_pool
 
@@ -51,6 +60,8 @@ Progress = Callable[["DetectReport", int], None]  # (report so far, photos to do
 Task = tuple[int, str]  # (image id, photo path)
 _IN_PROCESS_BELOW = 16  # fewer photos than this are not worth starting worker processes for
 _IN_CHUNK = 5000  # ids per IN (...) list: SQLite allows 32766 bound parameters per statement
+CARRY_MIN_IOU = 0.5  # a new face inherits an old face's decisions when their boxes overlap this much
+_HASH_THREADS = 4
 
 
 @dataclass
@@ -60,6 +71,7 @@ class DetectReport:
     faces: int = 0
     skipped: int = 0
     replaced_faces: int = 0
+    carried_decisions: int = 0  # old faces whose user decisions moved to the new face at the same place
     seconds: float = 0.0
     space: str = ""
     skip_reasons: dict[str, str] = field(default_factory=dict)  # photo path -> reason (the first 20)
@@ -124,7 +136,7 @@ def detect_pending_faces(
     report.space = space.name
     with processed_photos(settings, tasks, embedder) as batches:
         for batch in batches:
-            _store_batch(settings, db, vectors, space.name, batch, report)
+            _store_batch(settings, db, vectors, space.name, batch, report, paths)
             report.count(batch, paths)
             report.seconds = time.perf_counter() - started
             if progress:
@@ -193,32 +205,58 @@ def _store_batch(
     space: str,
     batch: list[PhotoResult],
     report: DetectReport,
+    paths: Mapping[int, str],
 ) -> None:
     image_ids = [r.image_id for r in batch]
+    pixels = _pixel_hashes(settings, batch, paths)  # before the transaction: decoding holds no lock
     with db.session() as session:
         _hold_space(session, space)
+        decisions = _user_decisions(session, image_ids)
         report.replaced_faces += _drop_previous_faces(session, vectors, space, image_ids)
         rows, embeddings, owners = face_columns(batch)
         now = utcnow()
         for row in rows:
             row.update(embedding_space=space, user_confirmed=False, created_at=now, updated_at=now)
         face_ids = insert_faces(session, rows)
+        carried = _carry_decisions(session, decisions, rows, face_ids)
+        report.carried_decisions += len(carried)
         if face_ids.size:
             payloads = [
                 {
                     "face_id": int(f),
                     "image_id": int(i),
-                    "person_id": None,
-                    "cluster_id": noise_cluster_id(int(f)),
+                    "person_id": carried.get(int(f)),
+                    "cluster_id": _cluster_of(int(f), carried.get(int(f))),
                 }
                 for f, i in zip(face_ids, owners, strict=True)
             ]
             vectors.upsert(space, face_ids, np.stack(embeddings), payloads)
-        session.execute(update(Image), [_image_update(r, space) for r in batch])
+        session.execute(update(Image), [_image_update(r, space, pixels.get(r.image_id)) for r in batch])
     # Thumbnails after the commit: a crash before it leaves none for faces that do not exist.
     thumbs = (t for r in batch for t in r.thumbnails)
     for face_id, jpeg in zip(face_ids.tolist(), thumbs, strict=True):
         write_thumbnail(settings.thumbnails_dir, face_id, jpeg)
+
+
+def _pixel_hashes(settings: Settings, batch: list[PhotoResult], paths: Mapping[int, str]) -> dict[int, str]:
+    """image id -> hash of the decoded pixels, for the photos detected in this batch.
+
+    The worker decoded each photo already but hands back only its faces, so each is decoded once more here
+    (in threads: Pillow releases the GIL), a few percent of detection's cost."""
+    wanted = [r.image_id for r in batch if r.skip_reason is None and r.image_id in paths]
+    if not wanted:
+        return {}
+
+    def one(image_id: int) -> str | None:
+        try:
+            image = load_rgb(paths[image_id], max_pixels=settings.max_image_pixels, max_bytes=settings.max_file_bytes)
+        except ImageRejected:  # changed or gone since the worker read it: no hash, so its next change is detected
+            return None
+        return pixel_hash(image)
+
+    with ThreadPoolExecutor(max_workers=min(_HASH_THREADS, len(wanted))) as pool:
+        found = dict(zip(wanted, pool.map(one, wanted), strict=True))
+    return {image_id: digest for image_id, digest in found.items() if digest is not None}
 
 
 def _hold_space(session: Session, space: str) -> None:
@@ -249,6 +287,157 @@ def _drop_previous_faces(session: Session, vectors: VectorStore, space: str, ima
     if vectors.has_collection(space):
         vectors.delete(space, ids)
     return len(old)
+
+
+@dataclass(frozen=True)
+class _Decision:
+    """What the user decided about a face that is about to be replaced."""
+
+    face_id: int
+    image_id: int
+    box: tuple[int, int, int, int]  # x, y, w, h
+    person_id: str | None  # confirmed by the user as this person
+    rejected: tuple[str, ...]  # "not this person", for each of these
+
+
+def _user_decisions(session: Session, image_ids: list[int]) -> list[_Decision]:
+    """The user's decisions about the current faces of these photos (read before they are replaced)."""
+    face = FaceInstance
+    in_photos = face.image_id.in_(image_ids)
+    confirmed = session.execute(
+        select(face.id, face.person_id).where(in_photos, face.user_confirmed.is_(True), face.person_id.is_not(None))
+    ).all()
+    rejections = session.execute(
+        select(FaceRejection.face_id, FaceRejection.person_id)
+        .join(face, face.id == FaceRejection.face_id)
+        .where(in_photos)
+    ).all()
+    if not confirmed and not rejections:
+        return []
+    people = {row.id: row.person_id for row in confirmed}
+    ruled_out: dict[int, list[str]] = defaultdict(list)
+    for row in rejections:
+        ruled_out[row.face_id].append(row.person_id)
+    ids = sorted(people.keys() | ruled_out.keys())
+    boxes = session.execute(
+        select(face.id, face.image_id, face.bbox_x, face.bbox_y, face.bbox_w, face.bbox_h).where(face.id.in_(ids))
+    ).all()
+    return [
+        _Decision(r.id, r.image_id, (r.bbox_x, r.bbox_y, r.bbox_w, r.bbox_h), people.get(r.id), tuple(ruled_out[r.id]))
+        for r in boxes
+    ]
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of every box in a (n x 4) with every box in b (m x 4), boxes as x, y, w, h;
+    an n x m float array."""
+    a = a.astype(np.float64).reshape(-1, 4)
+    b = b.astype(np.float64).reshape(-1, 4)
+    left = np.maximum(a[:, None, 0], b[None, :, 0])
+    top = np.maximum(a[:, None, 1], b[None, :, 1])
+    right = np.minimum(a[:, None, 0] + a[:, None, 2], b[None, :, 0] + b[None, :, 2])
+    bottom = np.minimum(a[:, None, 1] + a[:, None, 3], b[None, :, 1] + b[None, :, 3])
+    inter = np.clip(right - left, 0, None) * np.clip(bottom - top, 0, None)
+    areas_a = a[:, 2] * a[:, 3]
+    areas_b = b[:, 2] * b[:, 3]
+    union = areas_a[:, None] + areas_b[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def match_boxes(old: np.ndarray, new: np.ndarray, min_iou: float = CARRY_MIN_IOU) -> list[tuple[int, int, float]]:
+    """One-to-one pairs (old index, new index, IoU) of boxes overlapping at least min_iou, best overlap first."""
+    iou = box_iou(old, new)
+    pairs: list[tuple[int, int, float]] = []
+    if iou.size == 0:
+        return pairs
+    order = np.argsort(-iou, axis=None, kind="stable")
+    used_old: set[int] = set()
+    used_new: set[int] = set()
+    for i, j in zip(*np.unravel_index(order, iou.shape), strict=True):
+        if iou[i, j] < min_iou:
+            break
+        if int(i) not in used_old and int(j) not in used_new:
+            used_old.add(int(i))
+            used_new.add(int(j))
+            pairs.append((int(i), int(j), float(iou[i, j])))
+    return pairs
+
+
+def _carry_decisions(
+    session: Session, decisions: list[_Decision], rows: list[dict[str, object]], face_ids: np.ndarray
+) -> dict[int, str | None]:
+    """Move each replaced face's decisions to the new face at the same place; returns new face id -> the
+    person it was confirmed as (None when only rejections moved). Faces with no match lose them, as before."""
+    if not decisions or not face_ids.size:
+        return {}
+    positions: dict[int, list[int]] = defaultdict(list)
+    for position, row in enumerate(rows):
+        positions[int(row["image_id"])].append(position)  # type: ignore[call-overload]
+    by_photo: dict[int, list[_Decision]] = defaultdict(list)
+    for decision in decisions:
+        by_photo[decision.image_id].append(decision)
+    moves: list[tuple[_Decision, int, float]] = []
+    for image_id, olds in by_photo.items():
+        found = positions.get(image_id, [])
+        boxes = np.array([[rows[p][k] for k in ("bbox_x", "bbox_y", "bbox_w", "bbox_h")] for p in found])
+        for i, j, iou in match_boxes(np.array([d.box for d in olds]), boxes):
+            moves.append((olds[i], int(face_ids[found[j]]), iou))
+    _apply_moves(session, moves)
+    return {new_id: old.person_id for old, new_id, _ in moves}
+
+
+def _apply_moves(session: Session, moves: list[tuple[_Decision, int, float]]) -> None:
+    confirmed = [(old, new_id) for old, new_id, _ in moves if old.person_id is not None]
+    if confirmed:
+        session.execute(
+            update(FaceInstance),
+            [
+                {
+                    "id": new_id,
+                    "person_id": old.person_id,
+                    "cluster_id": person_cluster_id(old.person_id),
+                    "assignment_source": AssignmentSource.USER,
+                    "confidence": 1.0,
+                    "user_confirmed": True,
+                }
+                for old, new_id in confirmed
+            ],
+        )
+    now = utcnow()
+    rejections = [
+        {"face_id": new_id, "person_id": person, "created_at": now}
+        for old, new_id, _ in moves
+        for person in old.rejected
+    ]
+    if rejections:
+        session.execute(insert(FaceRejection), rejections)
+    if moves:
+        session.execute(
+            insert(FaceAssignmentEvent),
+            [
+                {
+                    "face_id": new_id,
+                    "action": "decision_carried",
+                    "source": "system",
+                    "old_person_id": None,
+                    "new_person_id": old.person_id,
+                    "old_cluster_id": None,
+                    "new_cluster_id": _cluster_of(new_id, old.person_id),
+                    "details": {
+                        "reason": "photo content changed",
+                        "from_face_id": old.face_id,
+                        "box_iou": round(iou, 3),
+                        "rejected_person_ids": list(old.rejected),
+                    },
+                    "created_at": now,
+                }
+                for old, new_id, iou in moves
+            ],
+        )
+
+
+def _cluster_of(face_id: int, person_id: str | None) -> str:
+    return person_cluster_id(person_id) if person_id else noise_cluster_id(face_id)
 
 
 def remove_faces(session: Session, faces: Sequence[Any], reasons: Sequence[str]) -> np.ndarray:
@@ -320,10 +509,11 @@ def insert_faces(session: Session, rows: list[dict[str, object]]) -> np.ndarray:
     return face_ids
 
 
-def _image_update(result: PhotoResult, space: str) -> dict[str, object]:
+def _image_update(result: PhotoResult, space: str, pixels: str | None) -> dict[str, object]:
     skipped = result.skip_reason is not None
     return {
         "id": result.image_id,
+        "pixel_hash": None if skipped else pixels,
         "status": ImageStatus.SKIPPED if skipped else ImageStatus.DONE,
         "skip_reason": result.skip_reason,
         "width": result.width or None,

@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -73,6 +74,7 @@ class Image(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     path: Mapped[str] = mapped_column(Text, unique=True)
     content_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    pixel_hash: Mapped[str | None] = mapped_column(String(64))  # of the decoded pixels, set at detection
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     mtime: Mapped[float] = mapped_column(Float)
     width: Mapped[int | None] = mapped_column(Integer)
@@ -125,6 +127,8 @@ class FaceInstance(Base):
     assignment_source: Mapped[str | None] = mapped_column(String(16))
     confidence: Mapped[float | None] = mapped_column(Float)
     user_confirmed: Mapped[bool] = mapped_column(Boolean, default=False)
+    # "ignore" (a stranger, a poster): out of the review lists and of automatic assignment and clustering
+    ignored: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 

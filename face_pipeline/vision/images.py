@@ -8,6 +8,8 @@ H x W x 3 uint8 RGB array or an `ImageRejected` whose `reason` is one line a use
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import io
 import logging
 import os
@@ -31,12 +33,37 @@ _SWAPS_AXES = frozenset({5, 6, 7, 8})  # EXIF orientations that rotate by 90 deg
 _truncation_lock = threading.Lock()
 
 
+_UNREADABLE = "cannot read "  # how every reason about access (not content) begins: worth retrying later
+
+
 class ImageRejected(ValueError):
     """A file that cannot be used as a photo; `reason` is one human-readable line."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def unreadable_reason(name: str, exc: OSError) -> str:
+    """The reason for a file the system would not let us read (permission, I/O error): the photo itself may be
+    fine, so the scan tries it again next time (`is_unreadable_reason`)."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        what = "permission denied"
+    return f"{_UNREADABLE}{name}: {what[:1].lower()}{what[1:]}"
+
+
+def is_unreadable_reason(reason: str | None) -> bool:
+    """True for a skip that says the file could not be read (not that its content is bad)."""
+    return bool(reason) and str(reason).startswith(_UNREADABLE)
+
+
+def pixel_hash(image: np.ndarray) -> str:
+    """SHA-256 (hex) of decoded pixels and their shape: equal for two files exactly when a detector would see
+    the same image, whatever metadata (EXIF, comments, ratings) or file layout differs."""
+    digest = hashlib.sha256(f"{image.shape}|{image.dtype}|".encode())
+    digest.update(np.ascontiguousarray(image).data)
+    return digest.hexdigest()
 
 
 def check_rgb_array(image: np.ndarray) -> None:
@@ -67,12 +94,10 @@ def load_rgb(path: str | os.PathLike[str], *, max_pixels: int, max_bytes: int) -
         raise
     except Image.DecompressionBombError as exc:
         raise ImageRejected(f"{path.name} is a decompression bomb: {exc}") from exc
-    except PermissionError as exc:
-        raise ImageRejected(f"cannot read {path.name}: permission denied") from exc
     except MemoryError as exc:
         raise ImageRejected(f"{path.name} is too large to decode in memory") from exc
     except _DECODE_ERRORS as exc:
-        raise ImageRejected(_decode_reason(path, exc)) from exc
+        raise _rejection(path, exc) from exc
     return rgb
 
 
@@ -87,12 +112,10 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
             return width, height
     except ImageRejected:
         raise
-    except PermissionError as exc:
-        raise ImageRejected(f"cannot read {path.name}: permission denied") from exc
     except FileNotFoundError as exc:
         raise ImageRejected(f"{path} does not exist") from exc
     except _DECODE_ERRORS as exc:
-        raise ImageRejected(_decode_reason(path, exc)) from exc
+        raise _rejection(path, exc) from exc
 
 
 # --- checks -------------------------------------------------------------------------------------------
@@ -103,8 +126,8 @@ def _check_file(path: Path, max_bytes: int) -> None:
         info = path.stat()
     except FileNotFoundError as exc:
         raise ImageRejected(f"{path} does not exist") from exc
-    except PermissionError as exc:
-        raise ImageRejected(f"cannot read {path.name}: permission denied") from exc
+    except OSError as exc:
+        raise ImageRejected(unreadable_reason(path.name, exc)) from exc
     if not stat.S_ISREG(info.st_mode):
         raise ImageRejected(f"{path.name} is not a regular file")
     if info.st_size == 0:
@@ -158,6 +181,14 @@ def _strict_truncation() -> Iterator[None]:
             yield
         finally:
             ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def _rejection(path: Path, exc: BaseException) -> ImageRejected:
+    """An OSError with an errno is the system refusing the read (permission, I/O error): retried later.
+    Pillow's own decoding failures are OSErrors without one: the content is bad."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return ImageRejected(unreadable_reason(path.name, exc))
+    return ImageRejected(_decode_reason(path, exc))
 
 
 def _decode_reason(path: Path, exc: BaseException) -> str:
