@@ -298,9 +298,8 @@ def scan_photos(db: Database, photos_dir: Path) -> ScanReport:
         report.unusable,
         report.seconds,
     )
-    for kind in ("unreadable", "unusable"):
-        for example in report.examples.get(kind, []):
-            log.warning("skipped %s", example)
+    for example in report.examples.get("newly_skipped", []):
+        log.warning("skipped %s", example)
     return report
 
 
@@ -347,6 +346,7 @@ def _reconcile(session: Session, root: Path, walk: LibraryWalk, report: ScanRepo
             inserts.append(_new_row(stat, None, None, skip_reason=why))
             report.unreadable += 1
             report.note("unreadable", f"{stat.path}: {why}")
+            report.note("newly_skipped", f"{stat.path}: {why}")
         elif (moved := _moved_from(digest, vanished_by_hash, elsewhere_by_hash)) is not None:
             vanished.pop(moved.path, None)
             session.execute(
@@ -486,6 +486,7 @@ def _update_known(
     if digest is None:  # cannot be read now: skipped with the reason, faces kept, tried again next scan
         if row.status != ImageStatus.SKIPPED or row.skip_reason != why:
             session.execute(update(Image).where(Image.id == row.id).values(status=ImageStatus.SKIPPED, skip_reason=why))
+            report.note("newly_skipped", f"{stat.path}: {why}")
         report.unreadable += 1
         report.note("unreadable", f"{stat.path}: {why}")
         return
@@ -517,6 +518,8 @@ def _record_unusable(
         report.unusable += 1
         report.note("unusable", f"{path}: {problem.reason}")
         row = known.get(path)
+        if row is None or row.skip_reason != problem.reason:
+            report.note("newly_skipped", f"{path}: {problem.reason}")
         if row is None:
             inserts.append(
                 {
