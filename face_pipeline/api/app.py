@@ -20,9 +20,10 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from face_pipeline.api.errors import install_error_handlers
-from face_pipeline.api.routes import faces, health, persons
+from face_pipeline.api.routes import decisions, faces, health, persons, photos
 from face_pipeline.api.schemas import API_PREFIX
 from face_pipeline.services.library import Library
+from face_pipeline.services.singletons import GuessCache
 from face_pipeline.settings import Settings, load_settings
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -51,8 +52,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.library = library
+    app.state.guesses = GuessCache()  # singletons' vectors and best guesses, kept between requests
     install_error_handlers(app)
-    for router in (faces.router, persons.router):
+    for router in (faces.router, persons.router, photos.router, decisions.router):
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(health.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

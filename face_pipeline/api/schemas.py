@@ -26,7 +26,10 @@ from face_pipeline.services.browse import (
     Suggestions,
 )
 from face_pipeline.services.labels import MAX_NAME_LENGTH, LabelResult, clean_name
+from face_pipeline.services.singletons import SingletonPage
 from face_pipeline.services.stats import LibraryStats
+from face_pipeline.services.suggestions import AcceptResult
+from face_pipeline.services.undo import Decision
 
 API_PREFIX = "/api/v1"
 PERSON_ID_PATTERN = PERSON_REF_PATTERN  # `<uuid hex>` or `person_<uuid hex>` (domain/naming.py)
@@ -96,7 +99,11 @@ class FacePublic(BaseModel):
     assignment_source: str | None
     confidence: float | None
     user_confirmed: bool
+    ignored: bool = False
     thumbnail_url: str
+    photo_url: str = Field(description="The whole photo (at most 1280 px a side); draw `bbox` over it.")
+    photo_width: int | None = Field(None, description="The photo's full width, the scale of `bbox`.")
+    photo_height: int | None = None
 
     @classmethod
     def of(cls, face: FaceRecord) -> FacePublic:
@@ -112,7 +119,11 @@ class FacePublic(BaseModel):
             assignment_source=face.assignment_source,
             confidence=face.confidence,
             user_confirmed=face.user_confirmed,
+            ignored=face.ignored,
             thumbnail_url=thumbnail_url(face.face_id) or "",
+            photo_url=f"{API_PREFIX}/photos/{face.image_id}",
+            photo_width=face.photo_width,
+            photo_height=face.photo_height,
         )
 
 
@@ -290,16 +301,159 @@ class SuggestionsPublic(BaseModel):
     person_id: str
     person_name: str
     space: str | None
+    floor: float | None = Field(description="The space's threshold: nothing scoring under it is offered.")
+    min_score: float | None = Field(description="The cut applied: max(floor, the min_score asked for).")
+    total: int = Field(description="Faces at or above the cut (those searched, in a very large library).")
+    limit: int
+    offset: int
     items: list[SuggestionPublic]
 
     @classmethod
-    def of(cls, suggestions: Suggestions) -> SuggestionsPublic:
+    def of(cls, suggestions: Suggestions, floor: float | None, limit: int, offset: int) -> SuggestionsPublic:
         return cls(
             person_id=suggestions.person_id,
             person_name=suggestions.person_name,
             space=suggestions.space,
+            floor=floor,
+            min_score=suggestions.min_score,
+            total=suggestions.total,
+            limit=limit,
+            offset=offset,
             items=[SuggestionPublic(face=FacePublic.of(s.face), score=s.score) for s in suggestions.items],
         )
+
+
+FaceIds = Annotated[list[FaceId], Field(min_length=1, max_length=10_000)]
+
+
+class SuggestionsAccept(RequestBody):
+    """Yes to the faces shown that score at least `min_score` now."""
+
+    face_ids: Annotated[list[FaceId], Field(min_length=1, max_length=500)]
+    min_score: float = Field(ge=-1.0, le=1.0)
+
+
+class AcceptPublic(BaseModel):
+    person_id: str
+    person_name: str
+    accepted: list[int]
+    skipped: list[int] = Field(description="No longer a suggestion at that score: named, ruled out or ignored.")
+
+    @classmethod
+    def of(cls, result: AcceptResult) -> AcceptPublic:
+        return cls(
+            person_id=result.person_id, person_name=result.person_name, accepted=result.accepted, skipped=result.skipped
+        )
+
+
+class PersonSplit(RequestBody):
+    """Move these faces of the person to the person called `name` (created when new)."""
+
+    face_ids: FaceIds
+    name: Name
+
+
+class SomeoneElse(RequestBody):
+    """The person the face really is: by `person_id` or `name`; neither: just "not this person"."""
+
+    person_id: PersonId | None = None
+    name: Name | None = None
+
+    @model_validator(mode="after")
+    def _at_most_one(self) -> SomeoneElse:
+        if self.person_id is not None and self.name is not None:
+            raise ValueError("give person_id or name, not both")
+        return self
+
+
+class ClusterIgnore(RequestBody):
+    face_ids: Annotated[list[FaceId], Field(max_length=MAX_LABEL_FACES)] | None = Field(
+        None, description="The faces the client showed; if the cluster holds others now, 409 and nothing changes."
+    )
+
+
+class IgnoredPublic(BaseModel):
+    faces: list[int] = Field(description="The faces whose mark changed.")
+
+
+class GuessPublic(BaseModel):
+    person_id: str
+    person_name: str
+    score: float
+
+
+class SingletonPublic(BaseModel):
+    face: FacePublic
+    guess: GuessPublic | None = Field(description="The nearest named person at or above the floor; null: new person.")
+    best_score: float | None = Field(description="The nearest person's score, even under the floor.")
+
+
+class SingletonsPublic(BaseModel):
+    items: list[SingletonPublic]
+    total: int
+    limit: int
+    offset: int
+    floor: float | None
+    space: str | None
+
+    @classmethod
+    def of(cls, result: SingletonPage) -> SingletonsPublic:
+        page = result.page
+        return cls(
+            items=[
+                SingletonPublic(
+                    face=FacePublic.of(s.face),
+                    guess=None
+                    if s.guess is None
+                    else GuessPublic(person_id=s.guess.person_id, person_name=s.guess.person_name, score=s.guess.score),
+                    best_score=s.best_score,
+                )
+                for s in page.items
+            ],
+            total=page.total,
+            limit=page.limit,
+            offset=page.offset,
+            floor=result.floor,
+            space=result.space,
+        )
+
+
+# --- decisions -----------------------------------------------------------------------------------------
+
+
+class DecisionPublic(BaseModel):
+    decision_id: int
+    kind: str
+    summary: str
+    faces: int
+    created_at: datetime
+    undone: bool
+
+    @classmethod
+    def of(cls, decision: Decision) -> DecisionPublic:
+        return cls(
+            decision_id=decision.id,
+            kind=decision.kind,
+            summary=decision.summary,
+            faces=decision.faces,
+            created_at=_aware(decision.created_at),
+            undone=decision.undone,
+        )
+
+
+class DecisionsPublic(BaseModel):
+    items: list[DecisionPublic]
+
+
+class UndoRequest(RequestBody):
+    decision_id: int | None = Field(
+        None, ge=1, le=MAX_FACE_ID, description="The decision the page offers to undo; 409 if a newer one exists."
+    )
+
+
+class UndoPublic(BaseModel):
+    undone: DecisionPublic
+    faces_restored: int
 
 
 # --- library -------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ the length of one call (the embedded store is single-process: a pipeline run may
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -78,6 +79,9 @@ class FaceRecord:
     assignment_source: str | None
     confidence: float | None
     user_confirmed: bool
+    photo_width: int | None = None  # the oriented photo's size, for drawing the box over it
+    photo_height: int | None = None
+    ignored: bool = False
 
 
 @dataclass(frozen=True)
@@ -112,12 +116,14 @@ class Suggestion:
     score: float  # best cosine similarity to the person's prototypes (or confirmed faces)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Suggestions:
     person_id: str
     person_name: str
     space: str | None
     items: list[Suggestion] = field(default_factory=list)
+    total: int = 0  # candidates scoring at least min_score (all of them with exact scoring, else those searched)
+    min_score: float | None = None
 
 
 # --- clusters ------------------------------------------------------------------------------------------
@@ -132,10 +138,12 @@ def cluster_type_of(cluster_id: str) -> ClusterType:
 
 
 def _type_filter(kind: ClusterType | None) -> ColumnElement[bool]:
+    """Clusters of this kind (any, when None); ignored faces are in none of them."""
     column = FaceInstance.cluster_id
+    shown = FaceInstance.ignored.is_(False)
     if kind is None:
-        return column.is_not(None)
-    return column.like(like_pattern(kind), escape=LIKE_ESCAPE)
+        return and_(column.is_not(None), shown)
+    return and_(column.like(like_pattern(kind), escape=LIKE_ESCAPE), shown)
 
 
 def list_clusters(
@@ -186,6 +194,20 @@ def get_face(db: Database, face_id: int) -> FaceRecord:
     return records[0]
 
 
+def list_ignored(db: Database, *, limit: int = 50, offset: int = 0) -> Page[FaceRecord]:
+    """Faces a user marked "ignore", the most recently marked first."""
+    with db.session() as session:
+        total = session.scalar(select(func.count()).where(FaceInstance.ignored.is_(True))) or 0
+        query = (
+            _faces_query()
+            .where(FaceInstance.ignored.is_(True))
+            .order_by(FaceInstance.updated_at.desc(), FaceInstance.id)
+            .limit(limit)
+            .offset(offset)
+        )
+        return Page(_face_records(session, query), total, limit, offset)
+
+
 def ping(db: Database) -> None:
     """Raise (sqlalchemy.exc.SQLAlchemyError) unless the database answers."""
     with db.session() as session:
@@ -226,20 +248,27 @@ def _covers(session: Session, group: Any, keys: Sequence[str]) -> dict[str, int]
 
 
 def _faces_query() -> Select[Any]:
-    return select(
-        FaceInstance.id,
-        FaceInstance.image_id,
-        FaceInstance.bbox_x,
-        FaceInstance.bbox_y,
-        FaceInstance.bbox_w,
-        FaceInstance.bbox_h,
-        FaceInstance.quality,
-        FaceInstance.detection_score,
-        FaceInstance.person_id,
-        FaceInstance.cluster_id,
-        FaceInstance.assignment_source,
-        FaceInstance.confidence,
-        FaceInstance.user_confirmed,
+    return (
+        select(
+            FaceInstance.id,
+            FaceInstance.image_id,
+            FaceInstance.bbox_x,
+            FaceInstance.bbox_y,
+            FaceInstance.bbox_w,
+            FaceInstance.bbox_h,
+            FaceInstance.quality,
+            FaceInstance.detection_score,
+            FaceInstance.person_id,
+            FaceInstance.cluster_id,
+            FaceInstance.assignment_source,
+            FaceInstance.confidence,
+            FaceInstance.user_confirmed,
+            FaceInstance.ignored,
+            Image.width,
+            Image.height,
+        )
+        .select_from(FaceInstance)
+        .join(Image, Image.id == FaceInstance.image_id)
     )
 
 
@@ -256,6 +285,9 @@ def _face_records(session: Session, query: Select[Any]) -> list[FaceRecord]:
             assignment_source=r.assignment_source,
             confidence=r.confidence,
             user_confirmed=bool(r.user_confirmed),
+            photo_width=r.width,
+            photo_height=r.height,
+            ignored=bool(r.ignored),
         )
         for r in session.execute(query)
     ]
@@ -290,18 +322,19 @@ def _person_summaries(session: Session, query: Select[Any]) -> list[PersonSummar
     return [PersonSummary(r.id, r.name, int(r.faces), int(r.confirmed), covers.get(r.id), r.created_at) for r in rows]
 
 
-def list_persons(db: Database, *, limit: int = 100, offset: int = 0) -> Page[PersonSummary]:
-    """Active (not merged-away) people by name, with how many faces each has and how many a user confirmed."""
+def list_persons(db: Database, *, limit: int = 100, offset: int = 0, query: str | None = None) -> Page[PersonSummary]:
+    """Active (not merged-away) people by name, with how many faces each has and how many a user confirmed;
+    `query`: only names containing it (any case)."""
+    active = Person.status == PersonStatus.ACTIVE
+    if query and query.strip():
+        escaped = query.strip().lower().replace(LIKE_ESCAPE, LIKE_ESCAPE * 2).replace("%", r"\%").replace("_", r"\_")
+        active = and_(active, func.lower(Person.name).like(f"%{escaped}%", escape=LIKE_ESCAPE))
     with db.session() as session:
-        total = session.scalar(select(func.count()).where(Person.status == PersonStatus.ACTIVE)) or 0
-        query = (
-            _person_rows(session)
-            .where(Person.status == PersonStatus.ACTIVE)
-            .order_by(func.lower(Person.name), Person.id)
-            .limit(limit)
-            .offset(offset)
+        total = session.scalar(select(func.count()).select_from(Person).where(active)) or 0
+        ordered = (
+            _person_rows(session).where(active).order_by(func.lower(Person.name), Person.id).limit(limit).offset(offset)
         )
-        return Page(_person_summaries(session, query), total, limit, offset)
+        return Page(_person_summaries(session, ordered), total, limit, offset)
 
 
 def get_person(db: Database, person_ref: str) -> PersonSummary:
@@ -316,9 +349,18 @@ def get_person(db: Database, person_ref: str) -> PersonSummary:
 
 
 def suggest_faces(
-    library: Library, person_ref: str, *, limit: int = 20, exact_below: int = EXACT_SUGGESTION_POOL
+    library: Library,
+    person_ref: str,
+    *,
+    limit: int = 20,
+    offset: int = 0,
+    min_score: float | None = None,
+    exact_below: int = EXACT_SUGGESTION_POOL,
+    only: Sequence[int] | None = None,
 ) -> Suggestions:
-    """Faces nobody has named, most similar to this person first ("is this Alice too?").
+    """Faces nobody has named, most similar to this person first ("is this Alice too?"), from `offset`;
+    only those scoring at least `min_score` (services/suggestions.py passes the space's floor), and only
+    the faces in `only` when given (scored exactly: "accept these").
 
     The person is represented by their prototypes in the active space, or by their confirmed (else
     assigned) faces when prototypes were not built yet. A face the user rejected for them never shows.
@@ -327,7 +369,7 @@ def suggest_faces(
     with library.db.session() as session:
         person = find_person(session, person_ref)
         space = active_space(session)
-        result = Suggestions(person.id, person.name, space.name if space else None)
+        result = Suggestions(person.id, person.name, space.name if space else None, min_score=min_score)
         if space is None:
             return result
         prototypes = [
@@ -341,8 +383,11 @@ def suggest_faces(
         prototypes = [v for v in prototypes if v.shape == (space.dim,)]
         own_faces = _own_faces(session, person.id) if not prototypes else []
         pool = _unassigned(person.id)
+        if only is not None:
+            pool = and_(pool, FaceInstance.id.in_(list(only)))
         pool_size = session.scalar(select(func.count()).where(pool)) or 0
-        pool_ids = session.scalars(select(FaceInstance.id).where(pool)).all() if 0 < pool_size <= exact_below else []
+        exact = 0 < pool_size <= exact_below or only is not None
+        pool_ids = session.scalars(select(FaceInstance.id).where(pool)).all() if exact else []
     if pool_size == 0 or not (prototypes or own_faces):
         return result
     with library.vectors() as store:
@@ -351,13 +396,15 @@ def suggest_faces(
         queries = np.stack(prototypes) if prototypes else store.fetch(space.name, np.array(own_faces, dtype=np.int64))
         scored = _score_exactly(store, space.name, queries, pool_ids) if pool_ids else None
         if scored is None:
-            scored = _score_by_search(store, space.name, queries, limit)
-    return _keep_unassigned(library.db, person.id, result, scored, limit)
+            scored = _score_by_search(store, space.name, queries, offset + limit)
+    if min_score is not None:
+        scored = {face_id: score for face_id, score in scored.items() if score >= min_score}
+    return _keep_unassigned(library.db, person.id, result, scored, limit, offset)
 
 
 def _unassigned(person_id: str) -> ColumnElement[bool]:
     rejected = exists().where(FaceRejection.face_id == FaceInstance.id, FaceRejection.person_id == person_id)
-    return and_(FaceInstance.person_id.is_(None), ~rejected)
+    return and_(FaceInstance.person_id.is_(None), FaceInstance.ignored.is_(False), ~rejected)
 
 
 def _own_faces(session: Session, person_id: str) -> list[int]:
@@ -395,19 +442,21 @@ def _score_by_search(store: VectorStore, space: str, queries: np.ndarray, limit:
 
 
 def _keep_unassigned(
-    db: Database, person_id: str, result: Suggestions, scored: dict[int, float], limit: int
+    db: Database, person_id: str, result: Suggestions, scored: dict[int, float], limit: int, offset: int
 ) -> Suggestions:
     # Keep 4x the page: SQL drops faces named since the vectors' payloads were written (limit >= 1).
-    ranked = sorted(scored.items(), key=lambda item: (-item[1], item[0]))[: limit * 4]
+    ranked = sorted(scored.items(), key=lambda item: (-item[1], item[0]))
+    window = ranked[offset : offset + limit * 4]
     with db.session() as session:
         records = {
             r.face_id: r
             for r in _face_records(
-                session, _faces_query().where(FaceInstance.id.in_([f for f, _ in ranked]), _unassigned(person_id))
+                session, _faces_query().where(FaceInstance.id.in_([f for f, _ in window]), _unassigned(person_id))
             )
         }
-    result.items.extend(Suggestion(records[f], round(s, 6)) for f, s in ranked if f in records)
+    result.items.extend(Suggestion(records[f], round(s, 6)) for f, s in window if f in records)
     del result.items[limit:]
+    result.total = len(ranked) - (len(window) - sum(1 for f, _ in window if f in records))
     return result
 
 
@@ -439,3 +488,38 @@ def face_thumbnail_jpeg(settings: Settings, db: Database, face_id: int) -> bytes
     jpeg = face_thumbnail(image, (row.bbox_x, row.bbox_y, row.bbox_w, row.bbox_h), size=settings.thumbnail_size)
     write_thumbnail(settings.thumbnails_dir, face_id, jpeg)
     return jpeg
+
+
+# --- photos --------------------------------------------------------------------------------------------
+
+PHOTO_MAX_SIDE = 1280  # the page shows the photo around a face; a full-resolution original is not needed
+
+
+class PhotoUnavailable(NotFound):
+    """The photo is in the library but its file can no longer be read."""
+
+    def __init__(self, image_id: int, reason: str) -> None:
+        super().__init__("photo", image_id)
+        self.args = (f"photo {image_id} cannot be shown: {reason}",)
+
+
+def photo_jpeg(settings: Settings, db: Database, image_id: int, *, max_side: int = PHOTO_MAX_SIDE) -> bytes:
+    """The whole photo (EXIF orientation applied) as a JPEG at most `max_side` pixels wide and high, for the
+    page to draw face boxes over. Only photos SQL knows are read: the path comes from the row, never a client."""
+    if not 0 < image_id <= MAX_FACE_ID:
+        raise NotFound("photo", image_id)
+    with db.session() as session:
+        path = session.scalar(select(Image.path).where(Image.id == image_id))
+    if path is None:
+        raise NotFound("photo", image_id)
+    try:
+        pixels = load_rgb(path, max_pixels=settings.max_image_pixels, max_bytes=settings.max_file_bytes)
+    except ImageRejected as exc:
+        raise PhotoUnavailable(image_id, exc.reason) from exc
+    from PIL import Image as PILImage  # Pillow is loaded by load_rgb already
+
+    picture = PILImage.fromarray(pixels)
+    picture.thumbnail((max_side, max_side))
+    out = io.BytesIO()
+    picture.save(out, format="JPEG", quality=85)
+    return out.getvalue()

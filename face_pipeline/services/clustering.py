@@ -41,7 +41,7 @@ from face_pipeline.services.face_table import (
 )
 from face_pipeline.services.library import Library
 from face_pipeline.services.space_registry import active_space
-from face_pipeline.storage.models import AssignmentSource, PersonPrototype, PipelineState, utcnow
+from face_pipeline.storage.models import AssignmentSource, FaceInstance, PersonPrototype, PipelineState, utcnow
 from face_pipeline.storage.vectors import VectorStore
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,12 @@ def space_params(
 
 def _first(*values: float | None) -> float | None:
     return next((v for v in values if v is not None), None)
+
+
+def _ignored(session: Session, table: FaceTable) -> np.ndarray:
+    """(n,) bool: the faces a user marked "ignore"; automatic assignment and clustering pass them by."""
+    ids = session.scalars(select(FaceInstance.id).where(FaceInstance.ignored.is_(True))).all()
+    return np.isin(table.ids, np.array(ids, dtype=np.int64))
 
 
 def _vectors_for(vectors: VectorStore, space: str, table: FaceTable) -> np.ndarray:
@@ -232,7 +238,7 @@ def assign_known_faces(
         report = AssignReport(params.space, params.person_threshold, params.person_margin)
         table = read_faces(session)
         prototypes = load_prototypes(session, params.space)
-        candidates = np.flatnonzero(~table.confirmed)
+        candidates = np.flatnonzero(~table.confirmed & ~_ignored(session, table))
         report.candidates = int(candidates.size)
         if candidates.size == 0:
             return report
@@ -322,7 +328,7 @@ def cluster_unknown_faces(
         eps = eps if eps is not None else params.cluster_eps
         report = ClusterReport(params.space, method)
         table = read_faces(session)
-        pool = np.flatnonzero(table.person_ids == None)  # noqa: E711
+        pool = np.flatnonzero((table.person_ids == None) & ~_ignored(session, table))  # noqa: E711
         report.pool = int(pool.size)
         if pool.size:
             matrix = _vectors_for(vectors, params.space, table)[pool]

@@ -376,6 +376,12 @@ def user_edit(library: Library) -> Iterator[Session]:
         _write_payloads(library, edited)
 
 
+def note_moved(session: Session, face_ids: Sequence[int], person_id: str | None, cluster_id: str) -> None:
+    """For an edit made in a `user_edit` session outside this module (undo, ignore): after the commit, these
+    faces' payloads get this person and cluster too."""
+    _changed(session, face_ids, person_id, cluster_id)
+
+
 def _changed(session: Session, face_ids: Sequence[int], person_id: str | None, cluster_id: str) -> None:
     changed = session.info.setdefault(_EDITED, {})
     for face_id in face_ids:
