@@ -3,21 +3,25 @@ SQL rows, vectors; and a dlib library, which keeps dlib when FACE_EMBEDDER=auto 
 
 from __future__ import annotations
 
+import hashlib
 import shutil
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import func, select
+from PIL import Image as PILImage
+from sqlalchemy import func, select, update
 
 from face_pipeline.services.catalog import scan_photos
 from face_pipeline.services.detection import detect_pending_faces
+from face_pipeline.services.labels import label_face, reject_face
 from face_pipeline.services.library import Library
 from face_pipeline.services.space_registry import EmbeddingSpaceMismatch
 from face_pipeline.services.thumbnail_store import thumbnail_path
 from face_pipeline.settings import load_settings
-from face_pipeline.storage.models import FaceInstance, Image, ImageStatus
+from face_pipeline.storage.models import FaceAssignmentEvent, FaceInstance, FaceRejection, Image, ImageStatus
 from face_pipeline_eval.main_face import main_face_paths
 from face_pipeline_tests.photo_corpus import copy_people, write_bad_inputs, write_odd_but_valid
 
@@ -206,4 +210,114 @@ def test_a_dlib_library_stays_on_dlib_under_auto_and_another_model_is_refused_by
     with context.db.session() as session:
         assert session.scalar(select(Image.status).where(Image.path.like("%new.jpg"))) == ImageStatus.PENDING
         assert session.scalar(select(func.count()).where(FaceInstance.embedding_space != DLIB_SPACE)) == 0
+    context.close()
+
+
+def _main_face(context: Library, photo: Path) -> FaceInstance:
+    """The photo's largest face (LFW's labelled one)."""
+    with context.db.session() as session:
+        faces = session.scalars(
+            select(FaceInstance).join(Image, Image.id == FaceInstance.image_id).where(Image.path == str(photo))
+        ).all()
+    return max(faces, key=lambda f: f.bbox_w * f.bbox_h)
+
+
+def _add_jpeg_comment(photo: Path, text: bytes) -> None:
+    """Insert a COM segment after the JPEG's SOI marker: the file's bytes change, its coded pixels do not
+    (what a photo manager writing a caption or rating does; re-saving with Pillow would re-encode them)."""
+    data = photo.read_bytes()
+    assert data[:2] == b"\xff\xd8"
+    photo.write_bytes(data[:2] + b"\xff\xfe" + struct.pack(">H", len(text) + 2) + text + data[2:])
+
+
+def test_a_metadata_only_edit_keeps_faces_and_names_without_detecting_again(tmp_path: Path, lfw_mini: Path):
+    photos = tmp_path / "photos"
+    copied = copy_people(lfw_mini, photos, people=2, photos_each=2)
+    context = make_context(tmp_path, photos)
+    ingest(context)
+    named = _main_face(context, copied[0])
+    label_face(context, named.id, "Ann")
+    with context.db.session() as session:
+        faces_before = session.execute(select(FaceInstance.id, FaceInstance.person_id).order_by("id")).all()
+
+    _add_jpeg_comment(copied[0], b"rating=5; keywords=holiday")
+    with PILImage.open(copied[0]) as im:
+        assert im.info.get("comment") == b"rating=5; keywords=holiday"  # a real comment, read back by Pillow
+    scan, detected = ingest(context)
+
+    assert (scan.metadata_only, scan.changed, detected.photos, detected.replaced_faces) == (1, 0, 0, 0)
+    with context.db.session() as session:
+        assert session.execute(select(FaceInstance.id, FaceInstance.person_id).order_by("id")).all() == faces_before
+        face = session.get(FaceInstance, named.id)
+        row = session.scalar(select(Image).where(Image.path == str(copied[0])))
+    assert face is not None and face.user_confirmed and face.person_id is not None
+    assert row.status == ImageStatus.DONE and row.content_hash == hashlib.sha256(copied[0].read_bytes()).hexdigest()
+    context.close()
+
+
+def test_a_photo_from_before_pixel_hashes_is_detected_once_then_has_one(tmp_path: Path, lfw_mini: Path):
+    photos = tmp_path / "photos"
+    copied = copy_people(lfw_mini, photos, people=1, photos_each=2)
+    context = make_context(tmp_path, photos)
+    ingest(context)
+    named = _main_face(context, copied[0])
+    ann = label_face(context, named.id, "Ann").person_id
+    with context.db.session() as session:  # as a catalog written before migration 0003 left it
+        session.execute(update(Image).values(pixel_hash=None))
+
+    _add_jpeg_comment(copied[0], b"first edit")
+    scan, detected = ingest(context)
+    assert (scan.metadata_only, scan.changed, detected.photos, detected.carried_decisions) == (0, 1, 1, 1)
+    again = _main_face(context, copied[0])
+    assert again.id != named.id and (again.person_id, again.user_confirmed) == (ann, True)  # moved to the new face
+
+    _add_jpeg_comment(copied[0], b"second edit")
+    scan, detected = ingest(context)
+    assert (scan.metadata_only, scan.changed, detected.photos) == (1, 0, 0)
+    assert _main_face(context, copied[0]).id == again.id
+    context.close()
+
+
+def test_a_changed_photo_keeps_names_and_rejections_on_the_face_at_the_same_place(
+    tmp_path: Path, lfw_mini: Path, database_url: str
+):
+    photos = tmp_path / "photos"
+    copied = copy_people(lfw_mini, photos, people=2, photos_each=2)
+    context = make_context(tmp_path, photos, database_url)
+    ingest(context)
+    named, refused = _main_face(context, copied[0]), _main_face(context, copied[2])
+    ann = label_face(context, named.id, "Ann").person_id
+    reject_face(context, refused.id, "Ann")
+
+    with PILImage.open(copied[0]) as im:  # 3 pixels cropped off the left and top border
+        im.crop((3, 3, im.width, im.height)).save(copied[0], quality=95)
+    with PILImage.open(copied[2]) as im:  # a corner block painted over
+        pixels = np.asarray(im).copy()
+        pixels[:24, :24] = 255
+        PILImage.fromarray(pixels).save(copied[2], quality=95)
+    scan, detected = ingest(context)
+
+    assert (scan.changed, scan.metadata_only, detected.photos) == (2, 0, 2)
+    assert detected.carried_decisions >= 2
+    now_named, now_refused = _main_face(context, copied[0]), _main_face(context, copied[2])
+    assert now_named.id != named.id and now_refused.id != refused.id
+    assert (now_named.person_id, now_named.user_confirmed, now_named.assignment_source) == (ann, True, "user")
+    with context.db.session() as session:
+        assert session.get(FaceInstance, named.id) is None
+        assert session.scalars(
+            select(FaceRejection.person_id).where(FaceRejection.face_id == now_refused.id)
+        ).all() == [ann]
+        carried = session.execute(
+            select(FaceAssignmentEvent.face_id, FaceAssignmentEvent.details).where(
+                FaceAssignmentEvent.action == "decision_carried"
+            )
+        ).all()
+    assert {face_id: details["from_face_id"] for face_id, details in carried} == {
+        now_named.id: named.id,
+        now_refused.id: refused.id,
+    }
+    with context.vectors() as vectors:  # the payload says whose face it is, as SQL does
+        vector = vectors.fetch(SPACE, np.array([now_named.id]))[0]
+        hits = vectors.search(SPACE, vector, limit=5, filter_payload={"person_id": ann})
+    assert [hit.face_id for hit in hits] == [now_named.id]
     context.close()
