@@ -6,12 +6,15 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image as PILImage
 from sqlalchemy import select
 
 from face_pipeline.services.catalog import PhotosDirNotFound, scan_photos
 from face_pipeline.storage.db import Database
 from face_pipeline.storage.models import Image, ImageStatus, utcnow
+from face_pipeline.vision.images import load_rgb, pixel_hash
 
 
 def _photos(lfw_mini: Path, count: int) -> list[Path]:
@@ -113,3 +116,46 @@ def test_a_library_moved_to_a_new_root_keeps_its_rows(library: Path, tmp_path: P
         paths = session.scalars(select(Image.path)).all()
     assert after == before
     assert all(p.startswith(str(moved_root)) for p in paths)
+
+
+def _as_detected(db: Database) -> None:
+    """Mark every photo detected, with the pixel hash detection stores (from the real decoded pixels)."""
+    with db.session() as session:
+        for image_id, path in session.execute(select(Image.id, Image.path)).all():
+            pixels = pixel_hash(load_rgb(path, max_pixels=10**8, max_bytes=10**9))
+            session.execute(
+                Image.__table__.update()
+                .where(Image.id == image_id)
+                .values(status=ImageStatus.DONE, processed_at=utcnow(), embedding_space="s", pixel_hash=pixels)
+            )
+
+
+def test_new_bytes_with_the_same_pixels_are_a_metadata_edit_and_new_pixels_a_change(library: Path, tmp_path: Path):
+    db = Database(f"sqlite:///{tmp_path / 'f.db'}")
+    scan_photos(db, library)
+    _as_detected(db)
+    commented = library / "trip" / "photo0.jpg"
+    data = commented.read_bytes()  # a COM segment after SOI: new bytes, the same coded pixels
+    commented.write_bytes(data[:2] + b"\xff\xfe\x00\x07rated" + data[2:])
+    with PILImage.open(library / "trip" / "photo2.jpeg") as im:
+        PILImage.fromarray(np.asarray(im)[:, ::-1]).save(library / "trip" / "photo2.jpeg")  # mirrored
+
+    report = scan_photos(db, library)
+    assert (report.metadata_only, report.changed, report.unchanged) == (1, 1, 4)
+    statuses = _statuses(db)
+    assert (statuses["photo0.jpg"], statuses["photo2.jpeg"]) == (ImageStatus.DONE, ImageStatus.PENDING)
+
+
+def test_gif_is_catalogued_and_heic_is_recorded_as_unsupported(library: Path, tmp_path: Path):
+    with PILImage.open(library / "trip" / "photo0.jpg") as im:
+        im.save(library / "animated.gif")
+    (library / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + b"\x00" * 32)
+    db = Database(f"sqlite:///{tmp_path / 'f.db'}")
+    report = scan_photos(db, library)
+    assert (report.new, report.unusable) == (7, 1)
+    with db.session() as session:
+        rows = {Path(r.path).name: r for r in session.execute(select(Image.path, Image.status, Image.skip_reason))}
+    assert rows["animated.gif"].status == ImageStatus.PENDING
+    assert (
+        rows["phone.heic"].skip_reason == "unsupported format (HEIC): convert phone.heic to JPEG or PNG to include it"
+    )
