@@ -217,7 +217,7 @@ def test_a_persons_suggestions_and_faces_can_be_confirmed_and_rejected(page: Any
     first.wait_for()
     expect(first.locator("img")).to_have_attribute("src", f"{API}/faces/{held_back}/thumbnail")  # best match
     shot(page, "review-06-suggestions.png")
-    first.get_by_role("button").click()
+    first.get_by_role("button", name="Yes, Hedy Lamarr").click()
     hedy.locator(".count", has_text=f"{cluster['size']} faces").wait_for()
 
     page.get_by_role("button", name="Show the faces of Hedy Lamarr").click()

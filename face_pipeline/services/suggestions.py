@@ -63,7 +63,8 @@ def accept_suggestions(library: Library, person_ref: str, face_ids: Sequence[int
     if len(wanted) > MAX_ACCEPT:
         raise InvalidInput(f"{len(wanted)} faces at once; at most {MAX_ACCEPT} can be accepted in one request")
     floor = score_floor(library.settings, library.db)
-    cut = min_score if floor is None else max(min_score, floor)
+    shown = min_score - 1e-6  # the page shows scores rounded to 6 places: a face shown at the cut is at it
+    cut = shown if floor is None else max(shown, floor)
     now = browse.suggest_faces(library, person_ref, limit=len(wanted), min_score=cut, only=wanted)
     result = AcceptResult(now.person_id, now.person_name)
     still = sorted(s.face.face_id for s in now.items)
