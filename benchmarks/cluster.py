@@ -3,6 +3,7 @@ through the real services on a real SQLite database and the real embedded vector
 
     python benchmarks/cluster.py                          # 10K, 50K, 200K synthetic faces and lfw-dev
     python benchmarks/cluster.py --sizes 50000 --no-lfw
+    python benchmarks/cluster.py --sizes 50000 --compare 64546da   # old and new side by side, same library
 
 Libraries: `face_pipeline_eval.synthetic.synthetic_faces` (512-d, ArcFace-like: ~0.6-0.75 cosine within a person,
 ~0.05 between, most people once), or lfw-dev's real dlib vectors (.cache/lfw-dev-dlib.npz). ~5% of the
@@ -15,13 +16,23 @@ ru_maxrss is the peak RSS of cluster-dual alone, so sizes do not contaminate eac
 cluster-dual needs before timing (imports_s; rss_before_mb is that process before any face is read: torch,
 sklearn and qdrant_client alone hold ~450 MB), and also samples RssAnon (peak_anon_mb): ru_maxrss counts
 the vector store's memory-mapped files and shared libraries too.
-Goal on 2 cores: 50K faces <= 10 s and <= 500 MB.
+
+Quality: after both runs the driver reads every face's cluster id from the database and scores it against
+the true identities (BCubed F, purity; a person's faces form one group, unknown_noise_* faces are alone),
+so a faster neighbour search that groups worse shows here.
+
+With --compare REV, REV's own benchmarks/cluster.py (from a temporary git worktree) builds and measures its
+library first, then this checkout does the same, in the same invocation and on the same seeded faces (one
+JSON line per side and run, "code": REV or "HEAD").
+Goal on 2 cores (issue 14): 50K faces <= 6 s and <= 450 MB.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -148,6 +159,7 @@ def setup(kind: str, n: int, data_dir: Path) -> dict[str, Any]:
             ]
             store.upsert(space, face_ids[part], vectors[part], payloads)
     context.close()
+    np.save(data_dir / "bench_identities.npy", identities)  # the truth the driver scores the groups against
     done = time.perf_counter()
     return {
         "faces": n,
@@ -172,6 +184,7 @@ def measure(data_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     # What cluster-dual imports on first use (the vector-store back ends import qdrant_client, the clustering
     # sklearn): imported here so that the figures below are the work on the faces, not one-off imports.
+    import faiss  # noqa: F401
     import scipy.sparse.csgraph  # noqa: F401
     import sklearn.cluster  # noqa: F401
 
@@ -249,29 +262,62 @@ def _rss_anon_mb() -> float:
 # --- driver --------------------------------------------------------------------------------------------
 
 
-def _child(*args: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True)
+def _child(script: Path, *args: str) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"{script} {' '.join(args)} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_size(kind: str, n: int) -> None:
+def grouping_quality(data_dir: Path) -> dict[str, float]:
+    """BCubed F and purity of the cluster ids written to the database, against the true identities."""
+    from face_pipeline_eval.cluster_metrics import evaluate_clustering
+
+    truth = np.load(data_dir / "bench_identities.npy")
+    with sqlite3.connect(data_dir / "face_pipeline.db") as db:
+        rows = db.execute("SELECT cluster_id FROM face_instances ORDER BY id").fetchall()
+    names = np.array([r[0] for r in rows], dtype=object)
+    _, labels = np.unique(names, return_inverse=True)
+    labels[np.char.startswith(names.astype(str), "unknown_noise_")] = -1  # alone
+    report = evaluate_clustering(truth, labels.astype(np.int64))
+    return {
+        "bcubed_f": round(report.bcubed_f1, 4),
+        "bcubed_p": round(report.bcubed_precision, 4),
+        "bcubed_r": round(report.bcubed_recall, 4),
+        "purity": round(report.purity, 4),
+    }
+
+
+def run_size(kind: str, n: int, sides: dict[str, Path]) -> None:
+    """Each side (label -> checkout) builds the library with its own code (its schema may differ; the data
+    are seeded, so every side gets the same faces), then measures it in a fresh process."""
     label = "lfw-dev" if kind == "lfw" else n
     with tempfile.TemporaryDirectory(prefix="bench-cluster-", dir=REPO / ".cache") as tmp:
-        built = _child("--setup", kind, str(n), tmp)
-        measured = _child("--measure", tmp)
-    for run in measured["runs"]:
-        emit(
-            "cluster_dual",
-            library=str(label),
-            **{k: v for k, v in built.items() if k != "faces"},
-            faces=built["faces"],
-            **run,
-            peak_rss_mb=measured["peak_rss_mb"],
-            rss_before_mb=measured["rss_before_mb"],
-            peak_anon_mb=measured["peak_anon_mb"],
-            imports_s=measured["imports_s"],
-            anon_before_mb=measured["anon_before_mb"],
-        )
+        truth = Path(tmp) / "truth"
+        built = _child(Path(__file__), "--setup", kind, str(n), str(truth))
+        for code, checkout in sides.items():
+            library = Path(tmp) / f"library-{code}"
+            script = checkout / "benchmarks" / "cluster.py"
+            built = _child(script, "--setup", kind, str(n), str(library))
+            shutil.copy(truth / "bench_identities.npy", library)
+            measured = _child(script, "--measure", str(library))
+            quality = grouping_quality(library)
+            shutil.rmtree(library)
+            for run in measured["runs"]:
+                emit(
+                    "cluster_dual",
+                    code=code,
+                    library=str(label),
+                    **{k: v for k, v in built.items() if k != "faces"},
+                    faces=built["faces"],
+                    **run,
+                    peak_rss_mb=measured["peak_rss_mb"],
+                    rss_before_mb=measured["rss_before_mb"],
+                    peak_anon_mb=measured["peak_anon_mb"],
+                    imports_s=measured["imports_s"],
+                    anon_before_mb=measured["anon_before_mb"],
+                    **quality,
+                )
 
 
 def main() -> None:
@@ -284,12 +330,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 50_000, 200_000])
     parser.add_argument("--no-lfw", action="store_true", help="skip lfw-dev's real vectors")
+    parser.add_argument("--compare", metavar="REV", help="also measure this commit (a temporary git worktree)")
     args = parser.parse_args()
     (REPO / ".cache").mkdir(exist_ok=True)
-    for n in args.sizes:
-        run_size("synthetic", n)
-    if not args.no_lfw:
-        run_size("lfw", 0)
+    with tempfile.TemporaryDirectory(prefix="bench-compare-", dir=REPO / ".cache") as root:
+        sides = {"HEAD": REPO}
+        if args.compare:
+            worktree = Path(root) / "compare"
+            git = ["git", "-C", str(REPO), "worktree"]
+            subprocess.run([*git, "add", "--detach", str(worktree), args.compare], check=True, capture_output=True)
+            sides = {args.compare: worktree, **sides}
+        try:
+            for n in args.sizes:
+                run_size("synthetic", n, sides)
+            if not args.no_lfw:
+                run_size("lfw", 0, sides)
+        finally:
+            if args.compare:
+                subprocess.run([*git, "remove", "--force", str(worktree)], check=False)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -86,8 +89,50 @@ def test_ivf_knn_graph_finds_the_close_neighbours(library) -> None:
     assert not approx.exact
     found = (exact.indices[:, :, None] == approx.indices[:, None, :]).any(2)
     strong = exact.similarities >= 0.5  # the edges clustering needs
-    assert found[strong].mean() >= 0.95
+    assert found[strong].mean() >= 0.98
     assert not (approx.indices == np.arange(len(vectors))[:, None]).any()
+
+
+def test_ivf_similarities_are_exact_float32_cosines_best_first(library) -> None:
+    # the search scores with float16 codes; the graph must carry the true cosines, or thresholds would shift
+    vectors, _ = library
+    graph = knn_graph(vectors, 10, method="ivf")
+    cosines = np.einsum("nd,nkd->nk", vectors, vectors[graph.indices])
+    np.testing.assert_allclose(graph.similarities, cosines, atol=1e-6)
+    assert graph.similarities.dtype == np.float32 and graph.indices.dtype == np.int64
+    assert (np.diff(graph.similarities, axis=1) <= 0).all()
+
+
+def test_knn_graph_is_deterministic_for_a_seed(library) -> None:
+    vectors, _ = library
+    first, again = knn_graph(vectors, 8, method="ivf", seed=3), knn_graph(vectors, 8, method="ivf", seed=3)
+    np.testing.assert_array_equal(first.indices, again.indices)
+
+
+@pytest.mark.parametrize("method", ["exact", "ivf"])
+def test_duplicate_faces_are_each_others_neighbour_never_their_own(method) -> None:
+    vectors, _ = synthetic_faces(400, dim=64, seed=2)
+    vectors = np.concatenate([vectors, vectors[:50]])  # the same photo imported twice
+    graph = knn_graph(vectors, 5, method=method, n_lists=8)
+    rows = np.arange(len(vectors))
+    assert not (graph.indices == rows[:, None]).any()
+    twin = np.concatenate([rows[400:], rows[:50]])
+    assert (graph.indices[np.r_[0:50, 400:450]] == twin[:, None]).any(1).all()
+    np.testing.assert_allclose(graph.similarities[np.r_[0:50, 400:450], 0], 1.0, atol=1e-5)
+
+
+def test_grouping_loads_no_torch() -> None:
+    # torch belongs to training and projection only (issue 14: it cost every command 1.5 s at start-up)
+    probe = (
+        "import sys, numpy as np\n"
+        "from face_pipeline.domain.clustering import cluster_unknown\n"
+        "x = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)\n"
+        "x /= np.linalg.norm(x, axis=1, keepdims=True)\n"
+        "cluster_unknown(x, eps=0.5); cluster_unknown(x, eps=0.5, knn_method='ivf')\n"
+        "print(__import__('json').dumps(sorted(m for m in ('torch', 'faiss') if m in sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == ["faiss"], done.stderr
 
 
 def test_knn_graph_handles_tiny_inputs_and_bad_parameters() -> None:
@@ -98,6 +143,10 @@ def test_knn_graph_handles_tiny_inputs_and_bad_parameters() -> None:
         knn_graph(unit([[1, 0], [0, 1]]), 0)
     with pytest.raises(ValueError, match="method must be 'auto', 'exact' or 'ivf', got 'hnsw'"):
         knn_graph(unit([[1, 0], [0, 1]]), 1, method="hnsw")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="n_probe must be >= 1, got 0"):
+        knn_graph(unit([[1, 0], [0, 1]]), 1, n_probe=0)
+    with pytest.raises(ValueError, match="n_lists must be >= 1, got 0"):
+        knn_graph(unit([[1, 0], [0, 1]]), 1, n_lists=0)
 
 
 # --- clustering -------------------------------------------------------------------------------------------

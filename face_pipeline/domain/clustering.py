@@ -1,8 +1,8 @@
 """Unsupervised mode: group the faces nobody has named yet, without an n x n matrix.
 
-Every method starts from the same sparse k-nearest-neighbour graph (`neighbors.knn_graph`: exact for a few
-thousand faces, an inverted file above), so the cost is the neighbour search plus work linear in the
-number of edges:
+Every method starts from the same sparse k-nearest-neighbour graph (`neighbors.knn_graph`, searched by FAISS:
+exhaustive for a few thousand faces, FAISS's inverted file above), so the cost is the neighbour search plus
+work linear in the number of edges:
 
 - ``hdbscan`` (default): HDBSCAN on the k-NN graph, cosine distance. The core distances, the
   mutual-reachability minimum spanning tree and the cluster hierarchy are computed from the graph's edges
@@ -79,8 +79,8 @@ class UnknownFaceClusterer:
         For 'agglomerative' only.
     knn_method : {'auto', 'exact', 'ivf'}, default='auto'
         Neighbour search, see `neighbors.knn_graph`.
-    n_probe : int, default=8
-        Inverted-file search breadth, in average lists' worth of faces (see `neighbors.knn_graph`).
+    n_probe : int, default=6
+        Inverted-file lists searched per face (see `neighbors.knn_graph`).
     seed : int, default=0
         Seeds the approximate neighbour search; results are deterministic for a seed.
 
@@ -104,7 +104,7 @@ class UnknownFaceClusterer:
         n_neighbors: int = 15,
         linkage: Literal["average", "complete", "single"] = "average",
         knn_method: Literal["auto", "exact", "ivf"] = "auto",
-        n_probe: int = 8,
+        n_probe: int = 6,
         seed: int = 0,
     ) -> None:
         self.method = method
@@ -303,4 +303,3 @@ def _agglomerative_on_graph(vectors: np.ndarray, graph: NeighborGraph, eps: floa
         connectivity=connectivity,
     )
     return model.fit_predict(vectors).astype(np.int64)
-
