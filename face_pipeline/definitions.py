@@ -20,7 +20,7 @@ from face_pipeline.defs.labels_source import face_labels
 from face_pipeline.defs.reembed_assets import reembedded_faces, staged_faces
 from face_pipeline.defs.resources import pipeline_resources
 from face_pipeline.defs.schedules import build_schedules
-from face_pipeline.defs.sensors import label_growth_sensor
+from face_pipeline.defs.sensors import dead_run_sensor, label_growth_sensor
 from face_pipeline.defs.training_assets import regenerated_embeddings, trained_projection_checkpoint
 from face_pipeline.settings import load_settings
 
@@ -46,7 +46,7 @@ def defs() -> dg.Definitions:
         asset_checks=ALL_CHECKS,
         jobs=build_jobs(daily_limit=settings.daily_limit),
         schedules=build_schedules(settings),
-        sensors=[label_growth_sensor],
+        sensors=[label_growth_sensor, dead_run_sensor],
         resources=pipeline_resources(),
         # Steps run in their own processes; swap for celery_executor / k8s_job_executor to scale out (README).
         executor=dg.multiprocess_executor,

@@ -85,6 +85,9 @@ class Settings(BaseSettings):
 
     # --- ingest limits --------------------------------------------------------------------------------
     workers: int = Field(0, ge=0, le=256, description="Detection processes; 0 = one per CPU core.")
+    run_wait_seconds: float = Field(
+        600, ge=0, description="How long a pipeline command waits for another live run to release a pool it needs."
+    )
     detect_batch_size: int = Field(64, ge=1, le=10_000)
     max_image_pixels: int = Field(80_000_000, ge=10_000, description="Larger images are skipped.")
     max_file_bytes: int = Field(200 * 1024 * 1024, ge=1024)

@@ -29,6 +29,7 @@ faces = typer.Typer(help="Face pipeline commands (backfill, stats, ...).", no_ar
 app.add_typer(faces, name="faces")
 
 F = TypeVar("F", bound=Callable[..., Any])
+INTERRUPTED = "interrupted: work already committed is kept; run the command again to finish"
 
 
 # Commands raise the generic "bad input" error; the name stays for the commands that use it.
@@ -42,6 +43,12 @@ def friendly(command: F) -> F:
         except UserFacingError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(code=2) from None
+        except BaseException as exc:
+            # Ctrl-C, also as Dagster's own interrupt error (not imported: everyday commands load no Dagster).
+            if isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "DagsterExecutionInterruptedError":
+                typer.echo(INTERRUPTED, err=True)
+                raise typer.Exit(code=130) from None
+            raise
 
     return wrapper  # type: ignore[return-value]
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
+from face_pipeline.defs.run_recovery import process_tags, wait_for_pools
 from face_pipeline.errors import UserFacingError
 from face_pipeline.settings import Settings
 
@@ -70,23 +72,44 @@ def run_job(
     assets: Sequence[str] | None = None,
 ) -> dg.ExecuteInProcessResult:
     """Run the named job (its run tags and asset checks with it) in this process; `assets`: only these of
-    its assets (and their checks)."""
+    its assets (and their checks).
+
+    First frees runs whose process died (saying so) and waits, saying for which run, while live runs hold a
+    pool; the run is tagged with this process so a later command can tell if it dies."""
     job = _definitions().resolve_job_def(job_name)
     dagster_home(settings)
     with dg.DagsterInstance.get() as instance:
+        wait_for_pools(instance, settings.run_wait_seconds, say=_say)
         result = job.execute_in_process(
             run_config={**CLI_LOGGING, **(run_config or {})},
             instance=instance,
             asset_selection=[dg.AssetKey(name) for name in assets] if assets is not None else None,
             raise_on_error=False,
-            tags=CLI_TAGS,
+            tags={**CLI_TAGS, **process_tags()},
         )
     if not result.success:
         raise RunFailed(_failure_message(result))
     return result
 
 
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _failed_checks(result: dg.ExecuteInProcessResult) -> list[str]:
+    """'check_name: description' of every failed check of the run (the description names the ids)."""
+    lines = []
+    for event in result.all_events:
+        if event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
+            evaluation = event.event_specific_data
+            if evaluation is not None and not evaluation.passed:
+                lines.append(f"{evaluation.check_name} failed: {evaluation.description or 'no description'}")
+    return lines
+
+
 def _failure_message(result: dg.ExecuteInProcessResult) -> str:
+    if checks := _failed_checks(result):
+        return "; ".join(checks) + " (run `faces doctor` to see and repair drift)"
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             error = event.step_failure_data.error

@@ -12,9 +12,10 @@ import dagster as dg
 
 from face_pipeline.defs.jobs import RETRAIN, runs_in_flight
 from face_pipeline.defs.resources import DatabaseResource
+from face_pipeline.defs.run_recovery import free_dead_runs
 from face_pipeline.services.label_growth import TRAINING_DISABLED, retrain_decision
 
-__all__ = ["TRAINING_DISABLED", "label_growth_sensor", "read_cursor", "retrain_in_flight"]
+__all__ = ["TRAINING_DISABLED", "dead_run_sensor", "label_growth_sensor", "read_cursor", "retrain_in_flight"]
 LABEL_COUNT_TAG = "face_pipeline/label_count"
 
 
@@ -65,3 +66,17 @@ def label_growth_sensor(
         run_requests=[request],
         cursor=json.dumps({"label_count": decision.label_count}),
     )
+
+
+@dg.sensor(
+    name="dead_run_sensor",
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Marks failed the runs whose process is gone (kill -9, out of memory) and frees their pool "
+    "slots, so the next scheduled run does not wait for them forever (defs/run_recovery.py).",
+)
+def dead_run_sensor(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+    freed = free_dead_runs(context.instance)
+    for run in freed:
+        context.log.warning(run.line())
+    return dg.SkipReason(f"freed {len(freed)} dead run(s)" if freed else "no dead runs")

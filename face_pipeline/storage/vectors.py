@@ -64,6 +64,9 @@ class VectorStore(Protocol):
     def fetch_all(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """All points: ((n,) int64 ids sorted ascending, (n, dim) float32 vectors)."""
 
+    def fetch_payloads(self, name: str, keys: Sequence[str] = PAYLOAD_KEYS) -> dict[int, dict[str, Any]]:
+        """Every point's payload (these keys only), by face id: for checking payloads against SQL."""
+
     def fetch(self, name: str, face_ids: np.ndarray) -> np.ndarray:
         """Vectors of these ids in the given order; VectorStoreError naming any missing id."""
 

@@ -222,6 +222,11 @@ def records_to_arrays(records: Sequence[Any], dim: int) -> tuple[np.ndarray, np.
     return ids, np.fromiter(values, dtype=np.float32, count=n * dim).reshape(n, dim)
 
 
+def payloads_by_id(records: Sequence[Any], keys: Sequence[str]) -> dict[int, dict[str, Any]]:
+    """face id -> {key: value or None} of engine records (objects with .id and .payload)."""
+    return {int(r.id): {key: (r.payload or {}).get(key) for key in keys} for r in records}
+
+
 def concat_sorted(parts: list[tuple[np.ndarray, np.ndarray]], dim: int) -> tuple[np.ndarray, np.ndarray]:
     """Pages of (ids, vectors) -> one pair sorted by id (scrolls walk ids in order: usually no sort)."""
     ids = np.concatenate([np.empty(0, dtype=np.int64), *(p[0] for p in parts)])

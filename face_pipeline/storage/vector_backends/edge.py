@@ -51,7 +51,7 @@ from qdrant_edge import (
 )
 
 from face_pipeline.storage.vector_backends import _common as common
-from face_pipeline.storage.vectors import Hit, VectorStoreError, VectorStoreLocked
+from face_pipeline.storage.vectors import PAYLOAD_KEYS, Hit, VectorStoreError, VectorStoreLocked
 
 log = logging.getLogger(__name__)
 
@@ -317,6 +317,18 @@ class EdgeVectorStore:
                 if offset is None:
                     break
         return common.concat_sorted(pages, entry.dim)
+
+    def fetch_payloads(self, name: str, keys: Sequence[str] = PAYLOAD_KEYS) -> dict[int, dict[str, Any]]:
+        entry = self._entry(name)
+        found: dict[int, dict[str, Any]] = {}
+        offset: Any = None
+        with _engine_errors("scroll", self._path(name)):
+            while True:
+                request = ScrollRequest(offset=offset, limit=SCROLL_PAGE, with_payload=True, with_vector=False)
+                records, offset = entry.shard.scroll(request)
+                found.update(common.payloads_by_id(records, keys))
+                if offset is None:
+                    return found
 
     def fetch(self, name: str, face_ids: np.ndarray) -> np.ndarray:
         entry = self._entry(name)

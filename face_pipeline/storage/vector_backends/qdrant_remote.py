@@ -20,7 +20,7 @@ from qdrant_client import models as qm
 from qdrant_client.http.exceptions import ApiException
 
 from face_pipeline.storage.vector_backends import _common as common
-from face_pipeline.storage.vectors import Hit, VectorStoreError, VectorStoreLocked
+from face_pipeline.storage.vectors import PAYLOAD_KEYS, Hit, VectorStoreError, VectorStoreLocked
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,19 @@ class QdrantClientVectorStore:
                 if offset is None:
                     break
         return common.concat_sorted(pages, dim)
+
+    def fetch_payloads(self, name: str, keys: Sequence[str] = PAYLOAD_KEYS) -> dict[int, dict[str, Any]]:
+        self._dim(name)
+        found: dict[int, dict[str, Any]] = {}
+        offset: Any = None
+        with self._errors("scroll", name):
+            while True:
+                records, offset = self._client.scroll(
+                    name, limit=SCROLL_PAGE, offset=offset, with_payload=list(keys), with_vectors=False
+                )
+                found.update(common.payloads_by_id(records, keys))
+                if offset is None:
+                    return found
 
     def fetch(self, name: str, face_ids: np.ndarray) -> np.ndarray:
         dim = self._dim(name)
