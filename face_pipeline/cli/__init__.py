@@ -10,7 +10,7 @@ import logging
 import sys
 from importlib.metadata import entry_points
 
-from face_pipeline.cli import clustering, ingest, labelling, serve, training  # noqa: F401  (registers)
+from face_pipeline.cli import clustering, doctor, ingest, labelling, serve, training  # noqa: F401  (registers)
 from face_pipeline.cli.common import app, faces
 
 __all__ = ["app", "main"]

@@ -82,7 +82,7 @@ def _launched_pid(instance: dg.DagsterInstance, run: dg.DagsterRun) -> int | Non
         event = record.event_log_entry.dagster_event
         metadata = event.engine_event_data.metadata if event and event.engine_event_data else {}
         if "pid" in metadata:
-            return int(getattr(metadata["pid"], "value", metadata["pid"]))
+            return int(str(getattr(metadata["pid"], "value", metadata["pid"])))
     return None
 
 

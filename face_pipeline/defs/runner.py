@@ -100,10 +100,9 @@ def _failed_checks(result: dg.ExecuteInProcessResult) -> list[str]:
     """'check_name: description' of every failed check of the run (the description names the ids)."""
     lines = []
     for event in result.all_events:
-        if event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
-            evaluation = event.event_specific_data
-            if evaluation is not None and not evaluation.passed:
-                lines.append(f"{evaluation.check_name} failed: {evaluation.description or 'no description'}")
+        evaluation = event.event_specific_data
+        if isinstance(evaluation, dg.AssetCheckEvaluation) and not evaluation.passed:
+            lines.append(f"{evaluation.check_name} failed: {evaluation.description or 'no description'}")
     return lines
 
 

@@ -14,6 +14,7 @@ from face_pipeline.defs.ingest_assets import detected_faces
 from face_pipeline.defs.jobs import EMBEDDINGS_GROUP, TRAINING_GROUP
 from face_pipeline.defs.metadata import line_chart_md, markdown_table
 from face_pipeline.defs.resources import VECTOR_STORE_POOL, DatabaseResource, VectorStoreResource, library_of
+from face_pipeline.services.doctor import diagnose
 from face_pipeline.services.space_switch import regenerate_embeddings
 from face_pipeline.services.training import TrainingReport, read_training_set, train_checkpoint, training_params
 
@@ -132,7 +133,11 @@ def regenerated_embeddings(
     library = library_of(database, vector_store)
     with library.vectors() as vectors:
         report = regenerate_embeddings(library, vectors, mode=config.mode)
-    context.log.info(report.message)
+        # Drift a crash left (vectors without a face, payloads a killed run never updated) is healed here,
+        # before the vectors_match_sql check; faces without a vector need `faces doctor --repair`.
+        healed = diagnose(library, vectors, repair=True, requeue=False).repairs
+    for line in [report.message, *healed]:
+        context.log.info(line)
     return dg.MaterializeResult(
         metadata={
             "mode": str(report.mode),
@@ -145,6 +150,7 @@ def regenerated_embeddings(
             "payloads_refreshed": report.payloads_refreshed,
             "dropped_collection": report.dropped_collection or "",
             "message": report.message,
+            "healed": "; ".join(healed),
             "seconds": round(report.seconds, 3),
         }
     )

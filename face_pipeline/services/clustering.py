@@ -31,6 +31,7 @@ from face_pipeline.domain.naming import (
     stable_cluster_numbers,
 )
 from face_pipeline.errors import InvalidInput
+from face_pipeline.faults import crash_point
 from face_pipeline.services.face_table import (
     FaceChanges,
     FaceTable,
@@ -268,6 +269,7 @@ def assign_known_faces(
         )
         written = apply_changes(session, table, changes, action="assign", run_id=run_id)
         report.changed = int(written.size)
+    crash_point("assign_before_payloads")
     sync_payloads(vectors, params.space, table, written)
     report.seconds = time.perf_counter() - started
     return report
@@ -350,6 +352,7 @@ def cluster_unknown_faces(
             report.noise = int((labels == NOISE).sum())
         else:
             written = np.empty(0, dtype=np.int64)
+    crash_point("cluster_before_payloads")
     sync_payloads(vectors, params.space, table, written)
     report.seconds = time.perf_counter() - started
     return report

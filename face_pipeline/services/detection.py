@@ -29,6 +29,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from face_pipeline.domain.naming import noise_cluster_id, person_cluster_id
+from face_pipeline.faults import crash_point
 from face_pipeline.services.space_registry import (
     EmbeddingSpaceMismatch,
     embedder_for_library,
@@ -231,7 +232,9 @@ def _store_batch(
                 for f, i in zip(face_ids, owners, strict=True)
             ]
             vectors.upsert(space, face_ids, np.stack(embeddings), payloads)
+        crash_point("detect_before_commit")
         session.execute(update(Image), [_image_update(r, space, pixels.get(r.image_id)) for r in batch])
+    crash_point("detect_batch_committed")
     # Thumbnails after the commit: a crash before it leaves none for faces that do not exist.
     thumbs = (t for r in batch for t in r.thumbnails)
     for face_id, jpeg in zip(face_ids.tolist(), thumbs, strict=True):

@@ -33,12 +33,19 @@ class Finding:
     facts: dict[str, Any] = field(default_factory=dict)
 
 
+def counted(n: int, problem: str) -> str:
+    """'3 faces without a vector', '1 face without a vector' from the problem's name."""
+    first, _, rest = problem.partition("_")
+    first = first[:-1] if n == 1 and first.endswith("s") else first
+    return f"{n} {first} {rest.replace('_', ' ')}".rstrip()
+
+
 def _problems(found: dict[str, tuple[int, list[int]]], ok: str, what: str) -> Finding:
     counts = {name: n for name, (n, _) in found.items()}
     examples = {name: ids for name, (n, ids) in found.items() if n}
     if not examples:
         return Finding(True, ok, counts)
-    parts = [f"{counts[name]} {name.replace('_', ' ')} (e.g. face ids {ids})" for name, ids in examples.items()]
+    parts = [f"{counted(counts[name], name)} (e.g. face ids {ids})" for name, ids in examples.items()]
     return Finding(False, f"{what}: " + "; ".join(parts), counts, examples)
 
 
@@ -115,25 +122,82 @@ def user_label_overrides(db: Database) -> Finding:
     return finding
 
 
+@dataclass
+class CollectionDrift:
+    """How one collection differs from SQL (the source of truth), by face id (sorted arrays)."""
+
+    collection: str
+    faces: int
+    points: int
+    missing: np.ndarray  # face rows without a point
+    orphans: np.ndarray  # points without a face row
+    stale: np.ndarray  # points whose person/cluster/image payload disagrees with SQL
+    payloads_checked: bool
+
+    @property
+    def clean(self) -> bool:
+        return not (self.missing.size or self.orphans.size or self.stale.size)
+
+    def problems(self) -> dict[str, tuple[int, list[int]]]:
+        found = {
+            "faces_without_a_vector": self.missing,
+            "vectors_without_a_face": self.orphans,
+            "vectors_with_a_stale_payload": self.stale,
+        }
+        return {name: (int(ids.size), ids[:SHOWN].tolist()) for name, ids in found.items()}
+
+
+def sql_faces(session: Session) -> tuple[np.ndarray, dict[int, dict[str, Any]]]:
+    """Face ids (sorted) and the payload SQL says each point must carry."""
+    rows = session.execute(
+        select(FaceInstance.id, FaceInstance.image_id, FaceInstance.person_id, FaceInstance.cluster_id).order_by(
+            FaceInstance.id
+        )
+    ).all()
+    ids = np.fromiter((r.id for r in rows), dtype=np.int64, count=len(rows))
+    return ids, {r.id: {"image_id": r.image_id, "person_id": r.person_id, "cluster_id": r.cluster_id} for r in rows}
+
+
+def collection_drift(session: Session, vectors: VectorStore, collection: str, *, payloads: bool) -> CollectionDrift:
+    """Compare a collection with SQL; `payloads`: also compare each point's payload (only where the pipeline
+    keeps them current: the active space's collection)."""
+    face_ids, wanted = sql_faces(session)
+    empty = np.empty(0, np.int64)
+    if not vectors.has_collection(collection):
+        return CollectionDrift(collection, int(face_ids.size), 0, face_ids, empty, empty, payloads)
+    stored = vectors.fetch_payloads(collection)
+    points = np.fromiter(sorted(stored), dtype=np.int64, count=len(stored))
+    stale = empty
+    if payloads:
+        keys = ("image_id", "person_id", "cluster_id")
+        stale = np.array(
+            sorted(f for f, payload in stored.items() if f in wanted and any(payload[k] != wanted[f][k] for k in keys)),
+            dtype=np.int64,
+        )
+    return CollectionDrift(
+        collection,
+        int(face_ids.size),
+        int(points.size),
+        np.setdiff1d(face_ids, points),
+        np.setdiff1d(points, face_ids),
+        stale,
+        payloads,
+    )
+
+
 def vector_store_sync(db: Database, vectors: VectorStore) -> Finding:
-    """The active space's collection holds exactly one point per face row in SQL."""
+    """The active space's collection holds exactly one point per face row in SQL, with SQL's payload."""
     with db.session() as session:
         space = active_space(session)
-        face_ids = np.array(session.scalars(select(FaceInstance.id).order_by(FaceInstance.id)).all(), dtype=np.int64)
-    if space is None:
-        return Finding(True, "no active embedding space yet (no faces detected): nothing to compare")
-    points = vectors.fetch_all(space.name)[0] if vectors.has_collection(space.name) else np.empty(0, np.int64)
-    missing, extra = np.setdiff1d(face_ids, points), np.setdiff1d(points, face_ids)
-    found = {
-        "faces_without_a_vector": (int(missing.size), missing[:SHOWN].tolist()),
-        "vectors_without_a_face": (int(extra.size), extra[:SHOWN].tolist()),
-    }
+        if space is None:
+            return Finding(True, "no active embedding space yet (no faces detected): nothing to compare")
+        drift = collection_drift(session, vectors, space.name, payloads=True)
     finding = _problems(
-        found,
-        f"{face_ids.size} face rows and {points.size} points in {space.name}: the same ids",
-        f"collection {space.name} out of step with SQL ({face_ids.size} faces, {points.size} points)",
+        drift.problems(),
+        f"{drift.faces} face rows and {drift.points} points in {space.name}: the same ids and payloads",
+        f"collection {space.name} out of step with SQL ({drift.faces} faces, {drift.points} points)",
     )
-    finding.facts.update(space=space.name, faces=int(face_ids.size), points=int(points.size))
+    finding.facts.update(space=space.name, faces=drift.faces, points=drift.points)
     return finding
 
 

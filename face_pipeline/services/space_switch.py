@@ -43,6 +43,7 @@ from sqlalchemy.orm import Session
 from face_pipeline.domain.assignment import SpaceThresholds
 from face_pipeline.domain.projection_head import project
 from face_pipeline.errors import InvalidInput
+from face_pipeline.faults import crash_point
 from face_pipeline.services.face_table import FaceTable, read_faces
 from face_pipeline.services.library import Library
 from face_pipeline.services.space_registry import (
@@ -247,6 +248,7 @@ def sync_projection(
         if write.any():
             vectors.upsert(space.name, ids[write], projected[write], _payloads(table, rows[write]))
             written += int(write.sum())
+            crash_point("projection_page_written")
     gone = np.setdiff1d(stored_ids, table.ids)
     if gone.size:
         vectors.delete(space.name, gone)
@@ -292,6 +294,7 @@ def regenerate_embeddings(
         report.payloads_refreshed = refresh_raw_payloads(library, vectors, raw.name)
     if target.name != active.name:
         report.previous_space = activate(library.db, target.name)
+        crash_point("space_switched")
         report.switched = True
         if active.is_projection:
             vectors.drop_collection(active.name)

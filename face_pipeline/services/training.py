@@ -45,6 +45,7 @@ from face_pipeline.domain.promotion_gate import (
 )
 from face_pipeline.domain.verification import UNLABELLED, l2_normalise
 from face_pipeline.errors import InvalidInput
+from face_pipeline.faults import crash_point
 from face_pipeline.services.cluster_dual import ClusterDualReport, run_cluster_dual
 from face_pipeline.services.clustering import NoActiveSpace
 from face_pipeline.services.label_growth import MIN_FACES_PER_PERSON, MIN_TRAINING_PEOPLE, LabelCounts, count_labels
@@ -303,6 +304,7 @@ def train_checkpoint(
             "thresholds": thresholds,
         },
     )
+    crash_point("train_checkpoint_saved")
     with library.db.session() as session:
         space = register_checkpoint(
             session,
