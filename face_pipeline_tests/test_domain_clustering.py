@@ -16,6 +16,7 @@ from face_pipeline.domain.clustering import (
     UnknownFaceClusterer,
     cluster_unknown,
     drop_weak_members,
+    extend_clusters,
     relabel_by_size,
 )
 from face_pipeline.domain.naming import (
@@ -26,7 +27,7 @@ from face_pipeline.domain.naming import (
     stable_cluster_numbers,
     unknown_cluster_id,
 )
-from face_pipeline.domain.neighbors import MISSING, knn_graph
+from face_pipeline.domain.neighbors import MISSING, FaceIndex, knn_graph
 from face_pipeline_eval.baselines import immich_baseline, plain_hdbscan_baseline
 from face_pipeline_eval.cluster_metrics import evaluate_clustering
 from face_pipeline_eval.synthetic import synthetic_faces
@@ -233,6 +234,68 @@ def test_bad_vectors_are_refused() -> None:
         cluster_unknown(np.ones(4, np.float32))
     with pytest.raises(ValueError, match="NaN"):
         cluster_unknown(np.full((4, 2), np.nan, np.float32))
+
+
+# --- incremental -------------------------------------------------------------------------------------------
+
+
+def nearest_existing(existing: np.ndarray, new: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    sims = new @ existing.T
+    order = np.argsort(-sims, axis=1)[:, :k]
+    return order, np.take_along_axis(sims, order, 1)
+
+
+def test_new_faces_join_merge_and_found_groups() -> None:
+    # eps 0.02 links faces less than 11.5 degrees apart
+    existing = on_circle([0, 2, 4, 20, 22, 24, 26, 60, 200])
+    labels = np.array([5, 5, 5, 7, 7, 7, 7, NOISE, NOISE])
+    new = on_circle([12, 66, 120, 150, 152])  # bridges 5 and 7; befriends the loner at 60; alone; a new pair
+    result = extend_clusters(labels, new, *nearest_existing(existing, new, 4), eps=0.02)
+    assert result.new_labels.tolist() == [7, 8, NOISE, 9, 9]  # the larger group keeps its label; fresh from 8
+    assert result.changed_rows.tolist() == [0, 1, 2, 7]  # group 5 merged into 7, the loner joined 8
+    assert result.changed_labels.tolist() == [7, 7, 7, 8]
+
+
+def test_extending_groups_as_well_as_reclustering_and_touching_only_the_neighbourhood() -> None:
+    vectors, identities = synthetic_faces(4000, seed=5)
+    new = np.sort(np.random.default_rng(0).permutation(4000)[:400])
+    old = np.setdiff1d(np.arange(4000), new)
+    rule = {"method": "dbscan", "min_cluster_size": 2, "eps": 0.6, "min_links": 1, "min_samples": 2}
+    before = cluster_unknown(vectors[old], **rule)
+    index = FaceIndex.build(vectors[old])
+    found, sims = index.search(vectors[new], 15)
+    result = extend_clusters(before, vectors[new], found, sims, eps=0.6)
+
+    after = np.empty(4000, dtype=np.int64)
+    after[old] = before
+    after[old[result.changed_rows]] = result.changed_labels
+    after[new] = result.new_labels
+    extended = evaluate_clustering(identities, after)
+    reclustered = evaluate_clustering(identities, cluster_unknown(vectors, **rule))
+    assert extended.bcubed_f1 >= reclustered.bcubed_f1 - 0.01 and extended.purity >= 0.98
+    # only faces a new face links to, and members of groups merged through them, change
+    linked = np.unique(found[sims >= 0.4])
+    touched_groups = np.unique(before[linked][before[linked] != NOISE])
+    allowed = np.union1d(linked, np.flatnonzero(np.isin(before, touched_groups)))
+    assert np.isin(result.changed_rows, allowed).all() and len(result.changed_rows) < 0.05 * len(old)
+    assert (before[result.changed_rows] != result.changed_labels).all()
+
+
+def test_face_index_round_trips_and_grows() -> None:
+    vectors, _ = synthetic_faces(1500, dim=64, seed=4)
+    index = FaceIndex.build(vectors[:1000], n_lists=16)
+    index.add(vectors[1000:])
+    again = FaceIndex.from_bytes(index.to_bytes())
+    assert again.size == 1500 and again.dim == 64
+    found, sims = again.search(vectors[[3, 1200]], 1)
+    assert found[:, 0].tolist() == [3, 1200] and np.allclose(sims[:, 0], 1.0, atol=1e-3)
+    with pytest.raises(ValueError, match=r"queries must have 64 columns, got shape \(1, 8\)"):
+        again.search(np.ones((1, 8), np.float32), 1)
+
+
+def test_extend_clusters_refuses_mismatched_neighbours() -> None:
+    with pytest.raises(ValueError, match="neighbors and similarities must both be"):
+        extend_clusters(np.zeros(3), np.eye(2, dtype=np.float32), np.zeros((2, 2)), np.zeros((1, 2)), eps=0.5)
 
 
 # --- baselines ----------------------------------------------------------------------------------------

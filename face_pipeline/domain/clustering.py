@@ -30,6 +30,7 @@ The baselines the evaluation compares against (the seed's plain HDBSCAN, Immich'
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -37,14 +38,16 @@ import scipy.sparse as sp
 from scipy.sparse import csgraph
 
 from face_pipeline.domain.naming import NOISE
-from face_pipeline.domain.neighbors import NeighborGraph, knn_graph
+from face_pipeline.domain.neighbors import MISSING, NeighborGraph, knn_graph
 
 __all__ = [
     "METHODS",
     "NOISE",
+    "ClusterExtension",
     "UnknownFaceClusterer",
     "cluster_unknown",
     "drop_weak_members",
+    "extend_clusters",
     "relabel_by_size",
 ]
 
@@ -236,6 +239,103 @@ def drop_weak_members(
             break
         labels[weak | small] = NOISE
     return relabel_by_size(labels, min_cluster_size)
+
+
+# --- incremental: new faces joining an existing grouping ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClusterExtension:
+    """What adding new faces to a grouping changes.
+
+    new_labels : (q,) int64, the group of each new face: an existing label, a fresh one, or NOISE
+    changed_rows : (c,) int64, rows of the existing faces whose label changed (noise that found company,
+        members of a group merged into another), ascending
+    changed_labels : (c,) int64, their labels now
+    """
+
+    new_labels: np.ndarray
+    changed_rows: np.ndarray
+    changed_labels: np.ndarray
+
+
+def extend_clusters(
+    labels: np.ndarray,
+    new_vectors: np.ndarray,
+    neighbors: np.ndarray,
+    similarities: np.ndarray,
+    eps: float,
+    *,
+    min_cluster_size: int = 2,
+    n_neighbors: int = 15,
+) -> ClusterExtension:
+    """Add new faces to the grouping `labels` of the existing faces by the link rule, touching only the new
+    faces and what they link to.
+
+    The link rule: faces closer than cosine distance `eps` are linked, and a group is a connected set of
+    linked faces of at least `min_cluster_size`. That is `cluster_unknown(method='dbscan', min_samples=2)`
+    (the ArcFace spaces' default grouping), so extending yesterday's groups gives what re-clustering
+    everything would, up to the approximate neighbour search. A new face joins the group it links to; when
+    it links two groups they merge into the larger one (its label stays); new faces linked only to each
+    other or to faces left alone form a fresh group (labels.max() + 1 on). Other rules (HDBSCAN, core
+    points of 3+) are not incremental: re-cluster everything with `cluster_unknown`.
+
+    labels : (m,) int, the existing faces' groups, NOISE = -1
+    new_vectors : (q, d) float, L2-normalised
+    neighbors, similarities : (q, k) the new faces' nearest existing faces (rows of `labels`, MISSING where
+        none) and their cosine similarities, e.g. from `neighbors.FaceIndex.search`
+    n_neighbors : k of the new faces' graph among themselves
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    neighbors = np.asarray(neighbors, dtype=np.int64)
+    similarities = np.asarray(similarities, dtype=np.float32)
+    q = len(new_vectors)
+    if neighbors.shape != similarities.shape or len(neighbors) != q:
+        raise ValueError(
+            f"neighbors and similarities must both be (q, k) with q = {q} new faces, got "
+            f"{neighbors.shape!r} and {similarities.shape!r}"
+        )
+    if not 0.0 < float(eps) <= 2.0:
+        raise ValueError(f"eps must be a cosine distance in (0, 2], got {eps!r}")
+    if not isinstance(min_cluster_size, (int, np.integer)) or min_cluster_size < 2:
+        raise ValueError(f"min_cluster_size must be an integer >= 2, got {min_cluster_size!r}")
+    # Links among the new faces (a small exact graph), then from new faces to existing faces.
+    among_new = knn_graph(new_vectors, n_neighbors).to_sparse(1.0 - eps).tocoo() if q > 1 else sp.coo_matrix((q, q))
+    linked = (neighbors != MISSING) & (similarities >= 1.0 - eps)
+    new_rows, old_rows = np.nonzero(linked)[0], neighbors[linked]
+    old_labels = labels[old_rows]
+    # Nodes: the new faces, then each existing group they touch, then each lone existing face they touch.
+    groups, group_node = np.unique(old_labels[old_labels != NOISE], return_inverse=True)
+    loners, loner_node = np.unique(old_rows[old_labels == NOISE], return_inverse=True)
+    node = np.empty(len(old_rows), dtype=np.int64)
+    node[old_labels != NOISE] = q + group_node
+    node[old_labels == NOISE] = q + len(groups) + loner_node
+    n_nodes = q + len(groups) + len(loners)
+    edges = sp.coo_matrix(
+        (np.ones(len(node) + among_new.nnz), (np.r_[new_rows, among_new.row], np.r_[node, among_new.col])),
+        shape=(n_nodes, n_nodes),
+    )
+    n_parts, part = csgraph.connected_components(edges, directed=False)
+    # A part that holds existing groups takes the largest one's label; otherwise it is a fresh group if big enough.
+    sizes = np.bincount(labels[labels != NOISE], minlength=int(labels.max(initial=NOISE)) + 1)
+    group_part = part[q : q + len(groups)]
+    by_size = np.lexsort((-sizes[groups], group_part))
+    first = by_size[np.diff(group_part[by_size], prepend=-1) != 0]  # the largest group of each part
+    part_label = np.full(n_parts, NOISE, dtype=np.int64)
+    part_label[group_part[first]] = groups[first]
+    fresh = part_label == NOISE
+    faces = np.bincount(part[:q], minlength=n_parts) + np.bincount(part[q + len(groups) :], minlength=n_parts)
+    fresh &= faces >= min_cluster_size
+    part_label[fresh] = int(labels.max(initial=NOISE)) + 1 + np.arange(int(fresh.sum()))
+    # Existing faces that change: lone faces that found a group, every member of a group merged away.
+    loner_label = part_label[part[q + len(groups) :]]
+    merged_from = groups[part_label[group_part] != groups]
+    moved = np.flatnonzero(np.isin(labels, merged_from)) if merged_from.size else np.empty(0, np.int64)
+    rows = np.r_[loners[loner_label != NOISE], moved]
+    group_label = part_label[group_part]  # each touched group's label now
+    new_of_row = np.r_[loner_label[loner_label != NOISE], group_label[np.searchsorted(groups, labels[moved])]]
+    order = np.argsort(rows, kind="stable")
+    return ClusterExtension(part_label[part[:q]], rows[order].astype(np.int64), new_of_row[order].astype(np.int64))
 
 
 # --- methods on the graph ---------------------------------------------------------------------------

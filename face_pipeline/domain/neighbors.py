@@ -18,13 +18,15 @@ The result is a `NeighborGraph`: per face its k most similar other faces (cosine
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["MISSING", "NeighborGraph", "knn_graph"]
+__all__ = ["MISSING", "FaceIndex", "NeighborGraph", "knn_graph"]
 
 MISSING = -1  # neighbour index where fewer than k neighbours were found
 
@@ -127,27 +129,110 @@ def knn_graph(
         return NeighborGraph(np.empty((n, 0), np.int64), np.empty((n, 0), np.float32), exact=True)
     if method == "auto":
         method = "exact" if float(n) * n * d <= _EXACT_MAX_WORK else "ivf"
-    import faiss  # a compiled library of ~30 MB: loaded only when a graph is built
+    if method == "exact":
+        import faiss  # a compiled library of ~30 MB: loaded only when a graph is built
+
+        with _faiss_threads(n_threads):
+            index = faiss.IndexFlatIP(d)
+            index.add(x)
+            sims, idx = index.search(x, k + 1)  # the face itself is (nearly always) its own best match
+        idx, sims = _without_self(idx.astype(np.int64, copy=False), sims, k)
+        sims[idx == MISSING] = -np.inf
+        return NeighborGraph(idx, sims, exact=True)
+    ivf = FaceIndex.build(x, n_lists=n_lists, n_probe=n_probe, seed=seed, n_threads=n_threads)
+    idx, _ = ivf.search(x, k + 1)
+    del ivf
+    idx, _ = _without_self(idx, np.zeros(idx.shape, np.float32), k)
+    return NeighborGraph(*_rescored(x, idx), exact=False)
+
+
+class FaceIndex:
+    """A searchable, growable inverted file over faces 0..size-1 (FAISS IVF, float16 codes), for asking
+    who the nearest known faces of a few new faces are without reading or comparing all the others.
+
+    Build it with `FaceIndex.build(vectors)`; `add` appends faces (numbered on), `search` answers k-NN
+    queries. `to_bytes` / `from_bytes` turn it into a uint8 array and back, for storage to persist.
+    """
+
+    def __init__(self, index: Any, n_threads: int | None = 1) -> None:
+        self._index = index
+        self.n_threads = n_threads
+
+    @classmethod
+    def build(
+        cls,
+        vectors: np.ndarray,
+        *,
+        n_lists: int | None = None,
+        n_probe: int = 6,
+        seed: int = 0,
+        n_threads: int | None = 1,
+    ) -> FaceIndex:
+        """k-means lists (default 4 sqrt(n)) trained on a sample of `vectors` (n, d), which are then added."""
+        x = _as_float32(vectors)
+        n = len(x)
+        if n == 0:
+            raise ValueError("cannot build a face index from no vectors")
+        lists = min(n_lists if n_lists is not None else max(1, round(4 * math.sqrt(n))), n)
+        with _faiss_threads(n_threads):
+            index = _trained_ivf(x, lists, n_probe, seed)
+            index.add(x)
+        return cls(index, n_threads)
+
+    @property
+    def size(self) -> int:
+        return int(self._index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self._index.d)
+
+    def add(self, vectors: np.ndarray) -> None:
+        """Append faces (m, d); they are numbered size..size+m-1."""
+        x = _as_float32(vectors)
+        if x.shape[1] != self.dim:
+            raise ValueError(f"vectors must have {self.dim} columns, got shape {x.shape!r}")
+        with _faiss_threads(self.n_threads):
+            self._index.add(x)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k most similar indexed faces of each query (q, d): indices (q, k) int64, best first, MISSING
+        where fewer were found, and cosine similarities (q, k) float32 scored with the float16 codes
+        (within ~1e-3 of the float32 value), -inf where missing."""
+        q = _as_float32(queries)
+        if q.shape[1] != self.dim:
+            raise ValueError(f"queries must have {self.dim} columns, got shape {q.shape!r}")
+        with _faiss_threads(self.n_threads):
+            sims, idx = self._index.search(q, int(k))
+        idx = idx.astype(np.int64, copy=False)
+        sims = np.asarray(sims, dtype=np.float32)
+        sims[idx == MISSING] = -np.inf
+        return idx, sims
+
+    def to_bytes(self) -> np.ndarray:
+        import faiss
+
+        return np.asarray(faiss.serialize_index(self._index))
+
+    @classmethod
+    def from_bytes(cls, data: np.ndarray, n_threads: int | None = 1) -> FaceIndex:
+        import faiss
+
+        return cls(faiss.deserialize_index(np.asarray(data, dtype=np.uint8)), n_threads)
+
+
+@contextmanager
+def _faiss_threads(n_threads: int | None) -> Iterator[None]:
+    """FAISS's OpenMP thread count for a block, restored afterwards (None: leave it)."""
+    import faiss  # a compiled library of ~30 MB: loaded only when an index is built or searched
 
     before = faiss.omp_get_max_threads()
     if n_threads is not None:
         faiss.omp_set_num_threads(n_threads)
     try:
-        if method == "exact":
-            index = faiss.IndexFlatIP(d)
-        else:
-            lists = min(n_lists if n_lists is not None else max(1, round(4 * math.sqrt(n))), n)
-            index = _trained_ivf(x, lists, n_probe, seed)
-        index.add(x)
-        sims, idx = index.search(x, k + 1)  # the face itself is (nearly always) its own best match
-        del index
+        yield
     finally:
         faiss.omp_set_num_threads(before)
-    idx, sims = _without_self(idx.astype(np.int64, copy=False), sims, k)
-    if method == "exact":
-        sims[idx == MISSING] = -np.inf
-        return NeighborGraph(idx, sims, exact=True)
-    return NeighborGraph(*_rescored(x, idx), exact=False)
 
 
 def _as_float32(vectors: np.ndarray) -> np.ndarray:
