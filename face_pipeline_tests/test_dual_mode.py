@@ -19,13 +19,14 @@ from PIL import Image
 from sqlalchemy import func, select, update
 
 from face_pipeline.domain.clustering import NOISE
-from face_pipeline.domain.naming import UNKNOWN_PREFIX, parse_cluster_id, person_cluster_id
+from face_pipeline.domain.naming import UNKNOWN_PREFIX, noise_cluster_id, parse_cluster_id, person_cluster_id
 from face_pipeline.services import clustering as clustering_service
 from face_pipeline.services.cluster_dual import run_cluster_dual
 from face_pipeline.services.clustering import assign_known_faces, cluster_unknown_faces, compute_person_centroids
 from face_pipeline.services.integrity import user_label_overrides
 from face_pipeline.services.labels import label_cluster, label_face, reject_face
 from face_pipeline.services.library import Library
+from face_pipeline.services.person_edits import set_ignored
 from face_pipeline.storage.models import FaceAssignmentEvent, FaceInstance
 from face_pipeline.storage.models import Image as ImageRow
 from face_pipeline_eval.main_face import main_face_paths
@@ -247,6 +248,34 @@ def test_a_name_given_while_clustering_computes_is_kept(library: Library, monkey
             )
         )
     assert automatic == 0
+
+
+def test_a_face_ignored_while_clustering_computes_stays_alone(library: Library, monkeypatch: pytest.MonkeyPatch):
+    """A user marks a grouped face "ignore" between the run's read and its write; the run, which puts every
+    face it read into one group, must leave the ignored face alone (its own singleton, ignored)."""
+    cluster_dual(library)
+    state = faces(library)
+    groups = Counter(str(f["cluster"]) for f in state.values() if str(f["cluster"]).startswith(UNKNOWN_PREFIX))
+    # the merged group keeps the number of the first group: a face of the last one would change group
+    last = max(groups, key=lambda c: (-groups[c], int(parse_cluster_id(c)[1])))
+    ignored = next(i for i, f in state.items() if f["cluster"] == last)
+    original = clustering_service.cluster_unknown
+
+    def user_ignores_a_face_meanwhile(matrix: np.ndarray, **kwargs: object) -> np.ndarray:
+        original(matrix, **kwargs)
+        assert set_ignored(library, [ignored], True) == [ignored]
+        return np.zeros(matrix.shape[0], dtype=np.int64)  # one big group
+
+    monkeypatch.setattr(clustering_service, "cluster_unknown", user_ignores_a_face_meanwhile)
+    with library.vectors() as vectors:
+        cluster_unknown_faces(library, vectors)
+    with library.db.session() as session:
+        row = session.get(FaceInstance, ignored)
+        assert row is not None and row.ignored and row.cluster_id == noise_cluster_id(ignored)
+        grouped = session.scalar(
+            select(func.count()).where(FaceInstance.cluster_id.startswith(UNKNOWN_PREFIX, autoescape=True))
+        )
+    assert grouped and grouped > 1  # the rest were written
 
 
 def test_a_rejection_made_while_assigning_is_kept(library: Library, monkeypatch: pytest.MonkeyPatch):

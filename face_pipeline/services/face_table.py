@@ -85,7 +85,7 @@ def apply_changes(
 
     The table was read when the run began; a user may have named, rejected or moved some faces since. So the
     candidates are read again under the write lock (`_lock_current`), and a face a user confirmed, or a person
-    the user ruled out for that face, is never written, whatever `changes` says: a user's decision made while
+    the user ruled out for that face, or a face the user ignored, is never written, whatever `changes` says: a user's decision made while
     the run computed wins. The audit events record the state the write replaced.
     """
     rows = changes.rows
@@ -165,6 +165,7 @@ def _lock_current(session: Session, face_ids: np.ndarray) -> list[Any]:
                 FaceInstance.cluster_id,
                 FaceInstance.assignment_source,
                 FaceInstance.user_confirmed,
+                FaceInstance.ignored,
             )
             .where(FaceInstance.id.in_(chunk))
             .with_for_update()
@@ -173,7 +174,8 @@ def _lock_current(session: Session, face_ids: np.ndarray) -> list[Any]:
 
 
 def _refresh(table: FaceTable, rows: np.ndarray, current: list[Any]) -> None:
-    """Bring these table rows up to `current` (faces deleted meanwhile count as confirmed: never written)."""
+    """Bring these table rows up to `current` (faces deleted or ignored meanwhile count as confirmed: never
+    written)."""
     now = {r.id: r for r in current}
     for row in rows.tolist():
         face = now.get(int(table.ids[row]))
@@ -181,7 +183,8 @@ def _refresh(table: FaceTable, rows: np.ndarray, current: list[Any]) -> None:
             table.confirmed[row] = True
             continue
         table.person_ids[row], table.cluster_ids[row] = face.person_id, face.cluster_id
-        table.sources[row], table.confirmed[row] = face.assignment_source, bool(face.user_confirmed)
+        # A face a user ignored meanwhile is as settled as one a user confirmed: not written.
+        table.sources[row], table.confirmed[row] = face.assignment_source, bool(face.user_confirmed or face.ignored)
 
 
 def _rejected_pairs(session: Session, face_ids: np.ndarray) -> set[tuple[int, str]]:
