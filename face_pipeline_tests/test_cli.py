@@ -112,3 +112,108 @@ def test_everyday_messages_say_what_a_user_needs(cli_env: Path, monkeypatch: pyt
     target = cli_env / "data" / "exports" / "faces.csv"
     assert exported.exit_code == 0 and f"written to {target}" in exported.output and target.is_file()
     assert not (cli_env / "faces.csv").exists()  # nothing lands in the working directory
+
+
+def _library_state() -> tuple[dict[int, tuple[str | None, str | None, bool]], int, set[tuple[int, str]]]:
+    """Every face's (person_id, cluster_id, user_confirmed), the number of audit events, the rejections."""
+    from sqlalchemy import func
+
+    from face_pipeline.services.library import Library
+    from face_pipeline.settings import load_settings
+    from face_pipeline.storage.models import FaceAssignmentEvent, FaceInstance, FaceRejection
+
+    library = Library.from_settings(load_settings())
+    try:
+        with library.db.session() as session:
+            faces = {
+                f.id: (f.person_id, f.cluster_id, f.user_confirmed)
+                for f in session.execute(
+                    select(
+                        FaceInstance.id, FaceInstance.person_id, FaceInstance.cluster_id, FaceInstance.user_confirmed
+                    )
+                )
+            }
+            events = session.scalar(select(func.count()).select_from(FaceAssignmentEvent)) or 0
+            rejections = {(r.face_id, r.person_id) for r in session.scalars(select(FaceRejection))}
+    finally:
+        library.close()
+    return faces, int(events), rejections
+
+
+def _payloads() -> dict[int, dict[str, object]]:
+    from face_pipeline.services.library import Library
+    from face_pipeline.services.space_registry import active_space
+    from face_pipeline.settings import load_settings
+
+    library = Library.from_settings(load_settings())
+    try:
+        with library.db.session() as session:
+            space = active_space(session)
+            assert space is not None
+            name = space.name
+        with library.vectors() as store:
+            return store.fetch_payloads(name)
+    finally:
+        library.close()
+
+
+def test_batch_label_and_reject_are_one_transaction_each(cli_env: Path, monkeypatch: pytest.MonkeyPatch):
+    """`faces label --from-csv` (cluster ids and face ids) and `faces reject ID ID ...`: all or nothing, a bad row
+    is one line naming it, one audit event per face, vector payloads follow."""
+    monkeypatch.setenv("FACE_PHOTOS_DIR", str(cli_env / "photos"))
+    assert runner.invoke(app, ["faces", "backfill"]).exit_code == 0
+    assert runner.invoke(app, ["faces", "cluster", "--min-cluster-size", "2"]).exit_code == 0
+    faces, events, _ = _library_state()
+    clusters = sorted({c for _, c, _ in faces.values() if c and c.startswith("unknown_cluster_")})
+    assert len(clusters) >= 2, faces  # 2 people x 2 photos
+    in_first = sorted(i for i, (_, c, _) in faces.items() if c == clusters[0])
+    loose = sorted(i for i, (_, c, _) in faces.items() if c != clusters[0])
+
+    csv_file = cli_env / "names.csv"
+    bad_rows = [
+        "cluster_id,name",
+        f"{clusters[0]},Ann Example",
+        "",
+        "# a comment",
+        f"{loose[0]},Bo Example",
+        "99999,Nobody",
+    ]
+    for bad, line, words in [
+        ("99999,Nobody", 6, "unknown face: 99999"),
+        (f"{in_first[0]},Bo Example", 6, f"face {in_first[0]} was already named on line 2"),
+        ("just-one-cell", 6, "expected `cluster_id or face_id,name`"),
+        ("unknown_cluster_999,Cy", 6, "unknown cluster: unknown_cluster_999"),
+        (f"{loose[1]},\u0007", 6, "control characters"),
+    ]:
+        csv_file.write_text("\n".join([*bad_rows[:-1], bad]) + "\n")
+        result = runner.invoke(app, ["faces", "label", "--from-csv", str(csv_file)])
+        assert result.exit_code == 2, result.output
+        assert result.output.strip().count("\n") == 0, result.output  # one line
+        assert f"line {line}" in result.output and words in result.output, result.output
+        assert _library_state()[:2] == (faces, events)  # nothing changed, no event
+
+    csv_file.write_text("\n".join(bad_rows[:-1]) + "\n")
+    result = runner.invoke(app, ["faces", "label", "--from-csv", str(csv_file)])
+    assert result.exit_code == 0, result.output
+    assert f"2 rows, {len(in_first) + 1} faces named for 2 people (2 new)" in result.output
+    after, events_after, _ = _library_state()
+    named = [*in_first, loose[0]]
+    assert all(after[i][2] and after[i][0] is not None for i in named)
+    assert after[in_first[0]][0] != after[loose[0]][0]  # two people
+    assert events_after == events + len(named)  # one audit event per face
+    payloads = _payloads()
+    assert all(payloads[i]["person_id"] == after[i][0] for i in named)
+
+    # Many faces rejected at once; a bad id among them changes nothing.
+    result = runner.invoke(app, ["faces", "reject", str(named[0]), "99999"])
+    assert result.exit_code == 2 and "unknown face: 99999" in result.output
+    assert _library_state()[:2] == (after, events_after)
+    result = runner.invoke(app, ["faces", "reject", *map(str, named)])
+    assert result.exit_code == 0, result.output
+    assert all(f"face {i} is not " in result.output for i in named)
+    final, events_final, rejections = _library_state()
+    assert rejections == {(i, after[i][0]) for i in named}
+    assert all(final[i] == (None, f"unknown_noise_{i}", False) for i in named)
+    assert events_final == events_after + len(named)
+    payloads = _payloads()
+    assert all(payloads[i]["person_id"] is None and payloads[i]["cluster_id"] == f"unknown_noise_{i}" for i in named)

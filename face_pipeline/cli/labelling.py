@@ -1,10 +1,12 @@
-"""A user's decisions from the command line: label, reject, merge, rename, import, export."""
+"""A user's decisions from the command line: label (one cluster, or many rows from a CSV file), reject (one or
+many faces), merge, rename, import, export."""
 
 from __future__ import annotations
 
+import csv
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Literal, cast
 
 import typer
 
@@ -14,12 +16,35 @@ from face_pipeline.cli.common import (
     open_library,
 )
 from face_pipeline.domain.naming import person_cluster_id
+from face_pipeline.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from face_pipeline.services.labels import LabelRow
 
 
 @faces.command("label")
 @friendly
-def label(cluster_id: str, name: str) -> None:
-    """Name every face of a cluster (creates or reuses the person)."""
+def label(
+    cluster_id: Annotated[str | None, typer.Argument(help="The cluster to name (with NAME).")] = None,
+    name: Annotated[str | None, typer.Argument(help="The person's name.")] = None,
+    from_csv: Annotated[
+        Path | None,
+        typer.Option(
+            "--from-csv",
+            help="Name many at once: a CSV file of `target,name` rows, target a cluster id (unknown_cluster_3) or a "
+            "face id (42); an optional header `cluster_id,name` or `face_id,name`; blank lines and # comments are "
+            "skipped. One transaction: a bad row names its line and changes nothing.",
+        ),
+    ] = None,
+) -> None:
+    """Name every face of a cluster (creates or reuses the person); or many clusters and faces with --from-csv."""
+    if from_csv is not None:
+        if cluster_id is not None or name is not None:
+            raise InvalidInput("give either CLUSTER_ID NAME or --from-csv FILE, not both")
+        _label_from_csv(from_csv)
+        return
+    if cluster_id is None or name is None:
+        raise InvalidInput("give CLUSTER_ID and NAME (or --from-csv FILE)")
     from face_pipeline.services.labels import label_cluster
 
     with open_library() as library:
@@ -37,6 +62,60 @@ def label(cluster_id: str, name: str) -> None:
     )
 
 
+_HEADER_TARGETS = ("cluster_id", "face_id", "cluster", "face", "target", "id")
+
+
+def read_label_csv(path: Path) -> list[LabelRow]:
+    """The rows of a `target,name` CSV file; InvalidInput naming the file and line of the first bad row."""
+    from face_pipeline.services.labels import LabelRow
+
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    rows: list[LabelRow] = []
+    for number, cells in enumerate(csv.reader(text.splitlines()), start=1):
+        cells = [cell.strip() for cell in cells]
+        if not any(cells) or cells[0].startswith("#"):
+            continue
+        if not rows and cells[0].lower() in _HEADER_TARGETS and len(cells) == 2 and cells[1].lower() == "name":
+            continue  # the header
+        if len(cells) != 2 or not cells[0] or not cells[1]:
+            raise InvalidInput(f"{path} line {number}: expected `cluster_id or face_id,name`, got {','.join(cells)!r}")
+        target, person = cells
+        if target.isdigit():
+            rows.append(LabelRow(line=number, name=person, face_id=int(target)))
+        else:
+            rows.append(LabelRow(line=number, name=person, cluster_id=target))
+    if not rows:
+        raise InvalidInput(f"{path} holds no rows (expected `cluster_id or face_id,name` lines)")
+    return rows
+
+
+def _label_from_csv(path: Path) -> None:
+    from face_pipeline.errors import NotFound
+    from face_pipeline.services.labels import label_rows
+
+    rows = read_label_csv(path)
+    try:
+        with open_library() as library:
+            result = label_rows(library, rows)
+    except (InvalidInput, NotFound) as exc:
+        raise InvalidInput(f"{path} {exc}; nothing was changed") from None
+    skipped = ""
+    if result.skipped_confirmed or result.skipped_rejected:
+        skipped = (
+            f"; left {len(result.skipped_confirmed)} confirmed as someone else and "
+            f"{len(result.skipped_rejected)} you ruled out"
+        )
+    people = len(result.people)
+    typer.echo(
+        f"{path}: {result.rows} {'row' if result.rows == 1 else 'rows'}, {result.faces_labelled} "
+        f"{'face' if result.faces_labelled == 1 else 'faces'} named for {people} "
+        f"{'person' if people == 1 else 'people'} ({result.people_created} new){skipped}"
+    )
+
+
 @faces.command("label-face")
 @friendly
 def label_face_command(face_id: int, name: str) -> None:
@@ -51,17 +130,23 @@ def label_face_command(face_id: int, name: str) -> None:
 @faces.command("reject")
 @friendly
 def reject(
-    face_id: int,
-    person: Annotated[str | None, typer.Option(help="The person it is not (default: its current one).")] = None,
+    face_ids: Annotated[list[int], typer.Argument(help="One or more face ids.", metavar="FACE_ID...")],
+    person: Annotated[
+        str | None, typer.Option(help="The person they are not (default: each one's current one).")
+    ] = None,
 ) -> None:
-    """Not this person: the face leaves the person and is never assigned to them again."""
-    from face_pipeline.services.browse import get_person
-    from face_pipeline.services.labels import reject_face
+    """Not this person: the faces leave the person and are never assigned to them again (one transaction)."""
+    from face_pipeline.services.labels import reject_faces
 
     with open_library() as library:
-        person_id = reject_face(library, face_id, person)
-        name = get_person(library.db, person_id).name
-    typer.echo(f"face {face_id} is not {name!r} ({person_cluster_id(person_id)})")
+        rejections = reject_faces(library, face_ids, person)
+    for done in rejections[:_LIST_AT_MOST]:
+        typer.echo(f"face {done.face_id} is not {done.person_name!r} ({person_cluster_id(done.person_id)})")
+    if len(rejections) > _LIST_AT_MOST:
+        typer.echo(f"... and {len(rejections) - _LIST_AT_MOST} more faces ({len(rejections)} in all)")
+
+
+_LIST_AT_MOST = 20
 
 
 @faces.command("unassign")

@@ -101,9 +101,12 @@ def open_vector_store(
 
     lock_wait_s: how long the embedded engine retries a collection that another process holds before
     raising VectorStoreLocked (useful when jobs hand over to each other, e.g. Dagster step processes)."""
-    # Imported here: the back ends import this module for Hit and the exceptions.
-    from face_pipeline.storage.vector_backends import EdgeVectorStore, QdrantClientVectorStore
-
+    # Imported here: the back ends import this module for Hit and the exceptions. qdrant-client only when a
+    # URL asks for it (importing it costs ~3 s on 2 busy cores; the embedded store does not need it).
     if qdrant_url is None or not qdrant_url.strip():
+        from face_pipeline.storage.vector_backends import EdgeVectorStore
+
         return EdgeVectorStore(vectors_dir, lock_wait_s=lock_wait_s)
+    from face_pipeline.storage.vector_backends import QdrantClientVectorStore
+
     return QdrantClientVectorStore(qdrant_url.strip(), api_key=api_key)
