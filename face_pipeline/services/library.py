@@ -10,7 +10,10 @@ from dataclasses import dataclass
 
 from face_pipeline.settings import Settings, load_settings
 from face_pipeline.storage.db import Database
+from face_pipeline.storage.disk_space import MB, require_free_space
 from face_pipeline.storage.vectors import VectorStore, open_vector_store
+
+LIBRARY_HEADROOM_BYTES = 8 * MB
 
 
 @dataclass
@@ -26,6 +29,8 @@ class Library:
     def from_settings(cls, settings: Settings | None = None) -> Library:
         settings = settings or load_settings()
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        # SQLite needs room for its write-ahead log even to read: a full disk is one line, not "disk I/O error".
+        require_free_space(settings.data_dir, LIBRARY_HEADROOM_BYTES, "the library's database")
         return cls(settings, Database(settings.resolved_database_url))
 
     @contextmanager

@@ -25,6 +25,10 @@ class VectorStoreError(UserFacingError, RuntimeError):
     pass
 
 
+class VectorStoreFull(VectorStoreError):
+    """The disk under the embedded store is (nearly) full: refused before writing (storage/disk_space.py)."""
+
+
 class VectorStoreLocked(VectorStoreError):
     """Another process holds the embedded store (it is single-process)."""
 

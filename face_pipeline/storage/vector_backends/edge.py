@@ -50,8 +50,9 @@ from qdrant_edge import (
     UpdateOperation,
 )
 
+from face_pipeline.storage.disk_space import STORE_HEADROOM_BYTES, DiskFull, require_free_space
 from face_pipeline.storage.vector_backends import _common as common
-from face_pipeline.storage.vectors import PAYLOAD_KEYS, Hit, VectorStoreError, VectorStoreLocked
+from face_pipeline.storage.vectors import PAYLOAD_KEYS, Hit, VectorStoreError, VectorStoreFull, VectorStoreLocked
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +196,15 @@ class EdgeVectorStore:
     def _path(self, name: str) -> Path:
         return self.root / common.check_collection_name(name)
 
+    def _room(self, extra_bytes: int = 0) -> None:
+        try:
+            require_free_space(self.root, STORE_HEADROOM_BYTES + extra_bytes, "the embedded vector store")
+        except DiskFull as exc:
+            raise VectorStoreFull(str(exc)) from None
+
     def _load(self, path: Path) -> _OpenShard:
         dim = _read_dim(path)
+        self._room()  # opening replays and reopens the engine's write-ahead log: it writes
         deadline = time.monotonic() + self.lock_wait_s
         while True:
             try:
@@ -213,6 +221,7 @@ class EdgeVectorStore:
         return _OpenShard(shard, dim)
 
     def _create(self, path: Path, dim: int) -> _OpenShard:
+        self._room()
         path.parent.mkdir(parents=True, exist_ok=True)
         config = EdgeConfig(vectors=EdgeVectorParams(size=dim, distance=Distance.Cosine))
         with _engine_errors("create collection", path):
@@ -272,6 +281,7 @@ class EdgeVectorStore:
     ) -> None:
         entry = self._entry(name)
         chunks = common.prepare_upsert(face_ids, vectors, payloads, entry.dim)  # validates before any write
+        self._room(extra_bytes=2 * len(face_ids) * entry.dim * 4)  # the vectors, in the log and the segment
         with _engine_errors("upsert", self._path(name)):
             for ids, rows, clean in chunks:
                 points = [Point(i, v, p) for i, v, p in zip(ids, rows, clean, strict=True)]
@@ -285,6 +295,7 @@ class EdgeVectorStore:
         if not len(ids) or not values:
             return
         path = self._path(name)
+        self._room()
         with _engine_errors("set payload", path):
             # The engine stops at the first missing id after changing the earlier ones: check first.
             self._require_ids(entry, name, ids)
@@ -296,6 +307,7 @@ class EdgeVectorStore:
         """Delete points; ids that are not there are ignored."""
         entry = self._entry(name)
         id_list = common.as_ids(face_ids).tolist()
+        self._room()
         with _engine_errors("delete", self._path(name)):
             for part in common.batches(len(id_list), common.READ_BATCH):
                 entry.shard.update(UpdateOperation.delete_points(id_list[part]))
