@@ -139,8 +139,8 @@ def knn_graph(
         idx, sims = _without_self(idx.astype(np.int64, copy=False), sims, k)
         sims[idx == MISSING] = -np.inf
         return NeighborGraph(idx, sims, exact=True)
-    ivf = FaceIndex.build(x, n_lists=n_lists, n_probe=n_probe, seed=seed, n_threads=n_threads)
-    idx, _ = ivf.search(x, k + 1)
+    ivf = FaceIndex.build(x[:0], n_lists=n_lists, n_probe=n_probe, seed=seed, n_threads=n_threads, train_on=x)
+    idx, _ = ivf.add_and_search(x, k + 1)
     del ivf
     idx, _ = _without_self(idx, np.zeros(idx.shape, np.float32), k)
     return NeighborGraph(*_rescored(x, idx), exact=False)
@@ -167,15 +167,18 @@ class FaceIndex:
         n_probe: int = 6,
         seed: int = 0,
         n_threads: int | None = 1,
+        train_on: np.ndarray | None = None,
     ) -> FaceIndex:
-        """k-means lists (default 4 sqrt(n)) trained on a sample of `vectors` (n, d), which are then added."""
+        """k-means lists (default 4 sqrt(n)) trained on a sample of `train_on` (default: `vectors`, (n, d)),
+        then `vectors` added."""
         x = _as_float32(vectors)
-        n = len(x)
+        sample = x if train_on is None else _as_float32(train_on)
+        n = len(sample)
         if n == 0:
             raise ValueError("cannot build a face index from no vectors")
         lists = min(n_lists if n_lists is not None else max(1, round(4 * math.sqrt(n))), n)
         with _faiss_threads(n_threads):
-            index = _trained_ivf(x, lists, n_probe, seed)
+            index = _trained_ivf(sample, lists, n_probe, seed)
             index.add(x)
         return cls(index, n_threads)
 
@@ -204,6 +207,26 @@ class FaceIndex:
             raise ValueError(f"queries must have {self.dim} columns, got shape {q.shape!r}")
         with _faiss_threads(self.n_threads):
             sims, idx = self._index.search(q, int(k))
+        idx = idx.astype(np.int64, copy=False)
+        sims = np.asarray(sims, dtype=np.float32)
+        sims[idx == MISSING] = -np.inf
+        return idx, sims
+
+    def add_and_search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """`add(vectors)`, then `search(vectors, k)` (each face finds itself too), sharing the one costly
+        step of both: comparing every face with every list's centre."""
+        import faiss
+
+        x = _as_float32(vectors)
+        if x.shape[1] != self.dim:
+            raise ValueError(f"vectors must have {self.dim} columns, got shape {x.shape!r}")
+        first = self.size
+        with _faiss_threads(self.n_threads):
+            centre_sims, lists = self._index.quantizer.search(x, self._index.nprobe)  # best list first
+            home = np.ascontiguousarray(lists[:, 0])
+            ids = np.arange(first, first + len(x), dtype=np.int64)
+            self._index.add_core(len(x), faiss.swig_ptr(x), faiss.swig_ptr(ids), faiss.swig_ptr(home))
+            sims, idx = self._index.search_preassigned(x, int(k), lists, centre_sims)
         idx = idx.astype(np.int64, copy=False)
         sims = np.asarray(sims, dtype=np.float32)
         sims[idx == MISSING] = -np.inf
