@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,7 @@ def run_job(
     pool; the run is tagged with this process so a later command can tell if it dies."""
     job = _definitions().resolve_job_def(job_name)
     dagster_home(settings)
-    with dg.DagsterInstance.get() as instance:
+    with dg.DagsterInstance.get() as instance, _quiet_on_interrupt():
         wait_for_pools(instance, settings.run_wait_seconds, say=_say)
         result = job.execute_in_process(
             run_config={**CLI_LOGGING, **(run_config or {})},
@@ -88,8 +89,50 @@ def run_job(
             tags={**CLI_TAGS, **process_tags()},
         )
     if not result.success:
+        if _interrupted(result):
+            raise KeyboardInterrupt  # the CLI prints one line for it (cli/common.friendly)
         raise RunFailed(_failure_message(result))
     return result
+
+
+INTERRUPT_MARKERS = ("DagsterExecutionInterruptedError", "KeyboardInterrupt")
+
+
+class _NoInterruptTraces(logging.Filter):
+    """Ctrl-C during a step makes Dagster log the interrupt's stack trace; the CLI says it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not any(marker in text for marker in INTERRUPT_MARKERS)
+
+
+@contextmanager
+def _quiet_on_interrupt() -> Iterator[None]:
+    """Dagster builds its console logger with logging.getLoggerClass() per run: give that class the filter."""
+    base = logging.getLoggerClass()
+
+    class FilteredLogger(base):  # type: ignore[valid-type,misc]
+        def __init__(self, name: str, level: int | str = logging.NOTSET) -> None:
+            super().__init__(name, level)
+            self.addFilter(_NoInterruptTraces())
+
+    logging.setLoggerClass(FilteredLogger)
+    try:
+        yield
+    finally:
+        logging.setLoggerClass(base)
+
+
+def _interrupted(result: dg.ExecuteInProcessResult) -> bool:
+    for event in result.all_events:
+        data = event.step_failure_data if event.is_step_failure else None
+        if data is not None and data.error is not None:
+            error: Any = data.error
+            while error is not None:
+                if error.cls_name in INTERRUPT_MARKERS:
+                    return True
+                error = error.cause or error.context
+    return False
 
 
 def _say(line: str) -> None:
