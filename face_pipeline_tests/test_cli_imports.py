@@ -50,3 +50,43 @@ def test_labelling_and_stats_commands_import_nothing_heavy(tmp_path: Path):
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["outcomes"] == [None, 2, 2, 2, 2, 2, 2], done.stderr  # stats works; the rest: one-line errors
     assert result["loaded"] == [], f"everyday commands imported {result['loaded']}"
+
+
+BACKFILL_PROBE = """
+import json, sys
+from face_pipeline.cli import app
+code = app(["faces", "backfill"], standalone_mode=False)
+heavy = json.loads(sys.argv[1])
+print(json.dumps({"code": code, "loaded": sorted(m for m in heavy if m in sys.modules)}))
+"""
+
+
+def test_a_backfill_with_nothing_pending_loads_no_face_model_and_no_torch(tmp_path: Path, lfw_mini: Path):
+    """A no-op pipeline command pays for Dagster and its run record, not for torch or the face model."""
+    from face_pipeline_tests.photo_corpus import copy_people
+
+    photos = tmp_path / "photos"
+    copy_people(lfw_mini, photos, people=1, photos_each=2)
+    env = {
+        **os.environ,
+        "FACE_DATA_DIR": str(tmp_path / "data"),
+        "FACE_PHOTOS_DIR": str(photos),
+        "DAGSTER_HOME": str(tmp_path / "dagster"),
+        "FACE_EMBEDDER": "buffalo_s",
+    }
+    first = subprocess.run([sys.executable, "-m", "face_pipeline.cli", "faces", "backfill"], env=env, timeout=300)
+    assert first.returncode == 0
+    done = subprocess.run(
+        [sys.executable, "-c", BACKFILL_PROBE, json.dumps(HEAVY)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["code"] is None, done.stderr
+    assert "0 new" in done.stdout and "detected: 0 faces in 0 photos" in done.stdout
+    # Dagster runs it; scipy.sparse (~10 ms) comes with the clustering module the definitions load.
+    unexpected = [m for m in result["loaded"] if m not in ("dagster", "scipy")]
+    assert unexpected == [], f"a no-op backfill imported {result['loaded']}"

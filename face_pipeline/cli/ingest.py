@@ -15,6 +15,14 @@ from face_pipeline.cli.common import (
 )
 from face_pipeline.errors import InvalidInput
 
+# The scan's figures shown only when non-zero (services/catalog.py ScanReport), with what each means.
+_SCAN_EXTRAS = (
+    ("metadata_only", "with new bytes but the same pixels (faces and names kept)"),
+    ("unreadable", "unreadable (tried again next scan)"),
+    ("retried", "readable again"),
+    ("unusable", "other paths unusable (`faces stats` lists them)"),
+)
+
 
 @faces.command()
 @friendly
@@ -31,10 +39,11 @@ def backfill(
     result = run_job(settings, INGEST, {"ops": {"detected_faces": {"config": {"limit": limit}}}})
     catalog = asset_metadata(result, "photo_catalog")
     detected = asset_metadata(result, "detected_faces")
+    extras = "".join(f", {catalog[key]} {words}" for key, words in _SCAN_EXTRAS if catalog.get(key))
     typer.echo(
         f"catalog: {catalog.get('files_seen', 0)} files, {catalog.get('new', 0)} new, {catalog.get('changed', 0)} "
         f"changed, {catalog.get('moved', 0)} moved, {catalog.get('duplicates', 0)} duplicates, "
-        f"{catalog.get('missing', 0)} missing"
+        f"{catalog.get('missing', 0)} missing{extras}"
     )
     typer.echo(
         f"detected: {detected.get('faces', 0)} faces in {detected.get('photos', 0)} photos, "

@@ -13,7 +13,7 @@ from face_pipeline.defs.resources import (
     library_of,
 )
 from face_pipeline.services.catalog import scan_photos
-from face_pipeline.services.detection import DetectReport, detect_pending_faces
+from face_pipeline.services.detection import DetectReport, detect_pending_faces, pending_photos
 from face_pipeline.vision.embedders import describe_embedder
 
 GROUP = INGEST_GROUP
@@ -41,6 +41,9 @@ def detected_faces(
 ) -> dg.MaterializeResult:
     """Faces of pending photos: boxes and landmarks in SQL, embeddings in the raw space's collection."""
     library = library_of(database, vector_store)
+    if not pending_photos(library.db, 1):  # nothing to do: load no face model, open no vector store
+        context.log.info("no pending photos")
+        return dg.MaterializeResult(metadata={**DetectReport().as_metadata(), "message": "no pending photos"})
     face_model = embedder.for_library(library.db)
     model = describe_embedder(face_model)
     context.log.info(f"face model: {model}")

@@ -11,11 +11,12 @@ import dagster as dg
 
 from face_pipeline.defs.jobs import LABELS_GROUP
 from face_pipeline.defs.resources import DatabaseResource
-from face_pipeline.services.label_growth import MIN_FACES_PER_PERSON, MIN_TRAINING_PEOPLE, count_labels
+from face_pipeline.services.label_growth import count_labels, training_minimum
 
 
 def observe_face_labels(context: dg.AssetExecutionContext, database: DatabaseResource) -> dg.ObserveResult:
     counts = count_labels(database.database())
+    min_people, min_faces = training_minimum()
     context.log.info(f"labels: {counts.labelled_faces} faces of {counts.people} people, {counts.rejections} rejections")
     return dg.ObserveResult(
         data_version=dg.DataVersion(counts.fingerprint),
@@ -23,9 +24,9 @@ def observe_face_labels(context: dg.AssetExecutionContext, database: DatabaseRes
             "labelled_faces": counts.labelled_faces,
             "rejections": counts.rejections,
             "people": counts.people,
-            f"people_with_{MIN_FACES_PER_PERSON}_faces": counts.trainable_people,
+            f"people_with_{min_faces}_faces": counts.trainable_people,
             "enough_to_train": counts.enough_to_train,
-            "training_minimum": f"{MIN_TRAINING_PEOPLE} people x {MIN_FACES_PER_PERSON} faces",
+            "training_minimum": f"{min_people} people x {min_faces} faces",
         },
     )
 

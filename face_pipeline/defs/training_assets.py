@@ -6,7 +6,7 @@ with SQL (services/space_switch.py says which space, when).
 """
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
@@ -16,7 +16,9 @@ from face_pipeline.defs.metadata import line_chart_md, markdown_table
 from face_pipeline.defs.resources import VECTOR_STORE_POOL, DatabaseResource, VectorStoreResource, library_of
 from face_pipeline.services.doctor import diagnose
 from face_pipeline.services.space_switch import regenerate_embeddings
-from face_pipeline.services.training import TrainingReport, read_training_set, train_checkpoint, training_params
+
+if TYPE_CHECKING:
+    from face_pipeline.services.training import TrainingReport
 
 FACE_LABELS = dg.AssetKey("face_labels")  # the observed source asset (defs/labels_source.py)
 GPU_POOL = "gpu"  # one training op at a time (dagster.yaml); it runs on the CPU when there is no GPU
@@ -49,6 +51,9 @@ def trained_projection_checkpoint(
     """A projection head trained with triplet loss on the users' labels, judged against the raw space on
     held-out people: promoted (a candidate space) only when it beats it, kept as rejected with its figures
     otherwise. Fails with a clear message below 5 people x 5 labelled faces."""
+    # Imported here: training loads torch, which the other assets (and the CLI's no-op runs) need not pay for.
+    from face_pipeline.services.training import read_training_set, train_checkpoint, training_params
+
     library = library_of(database, vector_store)
     train = training_params(
         library.settings,
@@ -65,7 +70,7 @@ def trained_projection_checkpoint(
     return dg.MaterializeResult(metadata=training_metadata(report))
 
 
-def training_metadata(report: TrainingReport) -> dict[str, Any]:
+def training_metadata(report: "TrainingReport") -> dict[str, Any]:
     figures = [[name, f"{raw:.4f}", f"{projected:.4f}"] for name, (raw, projected) in report.figures.items()]
     thresholds = [
         [name, getattr(report.raw_thresholds, key), getattr(report.thresholds, key)]

@@ -11,18 +11,34 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
+from typing import Any
 
 from sqlalchemy import select
 
-from face_pipeline.domain.projection import TrainingParams
 from face_pipeline.services.space_registry import PromotedCheckpoint, last_promoted_checkpoint
 from face_pipeline.settings import Settings
 from face_pipeline.storage.db import Database
 from face_pipeline.storage.models import FaceInstance, FaceRejection
 
-# The training minimum (5 people x 5 labelled faces), as training itself enforces it.
-MIN_TRAINING_PEOPLE = TrainingParams().min_people
-MIN_FACES_PER_PERSON = TrainingParams().min_faces_per_person
+
+@cache
+def training_minimum() -> tuple[int, int]:
+    """(people, labelled faces per person) training needs (5 x 5), as training itself enforces it. Read from
+    TrainingParams on first use: its module imports torch, which the daemon's sensors and the CLI's
+    pipeline commands need not load to count labels."""
+    from face_pipeline.domain.projection import TrainingParams
+
+    params = TrainingParams()
+    return params.min_people, params.min_faces_per_person
+
+
+def __getattr__(name: str) -> Any:  # MIN_TRAINING_PEOPLE / MIN_FACES_PER_PERSON, read lazily (see above)
+    if name == "MIN_TRAINING_PEOPLE":
+        return training_minimum()[0]
+    if name == "MIN_FACES_PER_PERSON":
+        return training_minimum()[1]
+    raise AttributeError(name)
 
 
 @dataclass(frozen=True)
@@ -35,12 +51,13 @@ class LabelCounts:
 
     @property
     def enough_to_train(self) -> bool:
-        return self.trainable_people >= MIN_TRAINING_PEOPLE
+        return self.trainable_people >= training_minimum()[0]
 
     def shortfall(self) -> str:
+        people, faces = training_minimum()
         return (
-            f"{self.trainable_people} people have >= {MIN_FACES_PER_PERSON} labelled faces; training needs "
-            f"{MIN_TRAINING_PEOPLE} ({self.labelled_faces} labelled faces of {self.people} people so far)"
+            f"{self.trainable_people} people have >= {faces} labelled faces; training needs "
+            f"{people} ({self.labelled_faces} labelled faces of {self.people} people so far)"
         )
 
 
@@ -67,7 +84,7 @@ def count_labels(db: Database) -> LabelCounts:
         labelled_faces=sum(per_person.values()),
         rejections=rejections,
         people=len(per_person),
-        trainable_people=sum(1 for n in per_person.values() if n >= MIN_FACES_PER_PERSON),
+        trainable_people=sum(1 for n in per_person.values() if n >= training_minimum()[1]),
         fingerprint=digest.hexdigest()[:16],
     )
 

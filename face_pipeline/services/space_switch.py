@@ -41,7 +41,6 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from face_pipeline.domain.assignment import SpaceThresholds
-from face_pipeline.domain.projection_head import project
 from face_pipeline.errors import InvalidInput
 from face_pipeline.faults import crash_point
 from face_pipeline.services.face_table import FaceTable, read_faces
@@ -60,7 +59,6 @@ from face_pipeline.services.space_registry import (
     stored_checkpoint_path,
 )
 from face_pipeline.settings import Settings
-from face_pipeline.storage.checkpoints import load_checkpoint
 from face_pipeline.storage.vectors import VectorStore, VectorStoreError
 
 log = logging.getLogger(__name__)
@@ -226,6 +224,9 @@ def sync_projection(
     if space.checkpoint_path is None:
         raise InvalidInput(f"embedding space {space.name} has no checkpoint file")
     try:
+        from face_pipeline.domain.projection_head import project  # torch: only when a projection is applied
+        from face_pipeline.storage.checkpoints import load_checkpoint
+
         head, _ = load_checkpoint(checkpoint_file(library.settings, space.checkpoint_path))
     except FileNotFoundError as exc:
         raise InvalidInput(f"checkpoint of {space.name} is missing: {exc}") from None
