@@ -106,3 +106,24 @@ def test_a_failed_blocking_check_names_the_faces_and_the_command_that_repairs_th
     _ok(_cli(env, "backfill"))
     _ok(_cli(env, "cluster-dual"))
     assert "in step" in _ok(_cli(env, "doctor"))
+
+
+def test_the_daemon_sensor_frees_a_run_whose_process_died(env: dict[str, str]):
+    from face_pipeline.defs.sensors import dead_run_sensor
+
+    _ok(_cli(env, "backfill"))  # installs the instance
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = str(uuid.uuid4())
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        tags = {**process_tags(), "face_pipeline/pid": str(gone.pid)}
+        tags.pop("face_pipeline/process_start", None)
+        instance.add_run(dg.DagsterRun(job_name="ingest", run_id=dead, status=dg.DagsterRunStatus.STARTED, tags=tags))
+        instance.event_log_storage.claim_concurrency_slot(VECTOR_STORE_POOL, dead, "detected_faces")
+        result = dead_run_sensor(dg.build_sensor_context(instance=instance))
+        run = instance.get_run_by_id(dead)
+        assert run is not None and run.status == dg.DagsterRunStatus.FAILURE
+        assert dead not in instance.event_log_storage.get_concurrency_run_ids()
+        again = dead_run_sensor(dg.build_sensor_context(instance=instance))
+    assert isinstance(result, dg.SkipReason) and result.skip_message == "freed 1 dead run(s)"
+    assert isinstance(again, dg.SkipReason) and again.skip_message == "no dead runs"
