@@ -16,7 +16,7 @@ from face_pipeline.defs.checks import ALL_CHECKS
 from face_pipeline.defs.cluster_assets import person_centroids, supervised_assignments, unknown_clusters
 from face_pipeline.defs.ingest_assets import detected_faces, photo_catalog
 from face_pipeline.defs.jobs import build_jobs
-from face_pipeline.defs.labels_source import face_labels
+from face_pipeline.defs.labels_source import face_labels, face_labels_observer
 from face_pipeline.defs.reembed_assets import reembedded_faces, staged_faces
 from face_pipeline.defs.resources import pipeline_resources
 from face_pipeline.defs.schedules import build_schedules
@@ -38,16 +38,20 @@ ASSETS: list[dg.AssetsDefinition | dg.SourceAsset] = [
 ]
 
 
+EXECUTORS = {"in_process": dg.in_process_executor, "multiprocess": dg.multiprocess_executor}
+
+
 @dg.definitions
 def defs() -> dg.Definitions:
-    settings = load_settings()  # schedule hour and zone, daily limit: read when the code location loads
+    settings = load_settings()  # schedule hour and zone, daily limit, executor: read when the code location loads
     return dg.Definitions(
         assets=ASSETS,
         asset_checks=ALL_CHECKS,
         jobs=build_jobs(daily_limit=settings.daily_limit),
         schedules=build_schedules(settings),
-        sensors=[label_growth_sensor, dead_run_sensor],
+        sensors=[label_growth_sensor, dead_run_sensor, face_labels_observer],
         resources=pipeline_resources(),
-        # Steps run in their own processes; swap for celery_executor / k8s_job_executor to scale out (README).
-        executor=dg.multiprocess_executor,
+        # FACE_EXECUTOR: in_process (default: one Python per run) or multiprocess (one per step); swap for
+        # celery_executor / k8s_job_executor to scale out (README "Orchestration").
+        executor=EXECUTORS[settings.executor],
     )

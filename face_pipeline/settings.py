@@ -83,6 +83,14 @@ class Settings(BaseSettings):
         None, gt=0, le=2, description="Cosine distance linking two faces; unset = the space's own (dlib 0.06)."
     )
 
+    # --- orchestration --------------------------------------------------------------------------------
+    executor: Literal["in_process", "multiprocess"] = Field(
+        "in_process",
+        description="How Dagster runs a job's steps (read when the code location loads): in_process, one Python "
+        "for the whole run (models and imports loaded once; pools still honoured), or multiprocess, a fresh "
+        "Python per step (steps of a run in parallel, each paying its start-up).",
+    )
+
     # --- ingest limits --------------------------------------------------------------------------------
     workers: int = Field(0, ge=0, le=256, description="Detection processes; 0 = one per CPU core.")
     run_wait_seconds: float = Field(

@@ -23,6 +23,7 @@ from sqlalchemy import delete, select, update
 from face_pipeline.definitions import defs as definitions
 from face_pipeline.defs import checks
 from face_pipeline.defs.jobs import CLUSTER_DUAL, DAILY, RETRAIN, VECTOR_STORE_TAG, WORKER_TAG
+from face_pipeline.defs.labels_source import face_labels_observer
 from face_pipeline.defs.resources import VECTOR_STORE_POOL, SettingsResource, pipeline_resources
 from face_pipeline.defs.runner import MARKER_PREFIX, dagster_home
 from face_pipeline.defs.schedules import build_schedules
@@ -104,7 +105,7 @@ def test_definitions_hold_the_issue_lineage_jobs_schedules_sensor_and_checks():
     assert defs.resolve_job_def(RETRAIN).run_tags[WORKER_TAG] == "gpu"
 
     assert {s.name for s in defs.schedules or []} == {"daily_backfill_and_cluster_schedule", "monthly_retrain_schedule"}
-    assert [s.name for s in defs.sensors or []] == ["label_growth_sensor"]
+    assert [s.name for s in defs.sensors or []] == ["label_growth_sensor", "dead_run_sensor", "face_labels_observer"]
     check_keys = {(k.asset_key.to_user_string(), k.name): graph.get_check_spec(k) for k in graph.asset_check_keys}
     assert {key: spec.blocking for key, spec in check_keys.items()} == {
         ("regenerated_embeddings", checks.VECTORS_MATCH_SQL): True,
@@ -405,6 +406,59 @@ def test_face_labels_observation_changes_version_when_a_label_changes(library: L
     assert before["labelled_faces"] == 0 and after["labelled_faces"] == 2 and after["people"] == 1
     assert before["version"] != after["version"]
     assert after["version"] == count_labels(library.db).fingerprint
+
+
+def test_face_labels_observer_records_an_observation_whenever_labels_change(library: Library):
+    """The daemon's sensor observes face_labels when the labels' fingerprint changed (CLI or API edits need no
+    Dagster), and skips when nothing changed, also for a fresh cursor after an observation was recorded."""
+
+    def observe(instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult | dg.SkipReason:
+        with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources(library)) as context:
+            result = face_labels_observer(context)
+        if isinstance(result, dg.SensorResult):
+            for event in result.asset_events:  # stored as the daemon stores a sensor's asset events
+                assert isinstance(event, dg.AssetObservation)
+                instance.report_runless_asset_event(event)
+        assert isinstance(result, dg.SensorResult | dg.SkipReason)
+        return result
+
+    def observations(instance: dg.DagsterInstance) -> list[dg.AssetObservation]:
+        records = instance.fetch_observations(dg.AssetKey("face_labels"), limit=10).records
+        return [r.asset_observation for r in records if r.asset_observation is not None]
+
+    with dg.instance_for_test() as instance:
+        assert observations(instance) == []  # "Never observed"
+        first = observe(instance, None)
+        assert isinstance(first, dg.SensorResult) and first.cursor == count_labels(library.db).fingerprint
+        assert len(observations(instance)) == 1
+        assert isinstance(observe(instance, first.cursor), dg.SkipReason)
+        assert isinstance(observe(instance, None), dg.SkipReason)  # the recorded version counts too
+
+        label_people(library, 0, 1, per_person=2)
+        second = observe(instance, first.cursor)
+        assert isinstance(second, dg.SensorResult)
+        newest = observations(instance)[0]
+        assert newest.tags["dagster/data_version"] == count_labels(library.db).fingerprint != first.cursor
+        assert newest.metadata["labelled_faces"].value == 2 and newest.metadata["people"].value == 1
+        assert isinstance(observe(instance, second.cursor), dg.SkipReason)
+
+        # The UI's staleness reads the same record: the observed version is face_labels' current one.
+        record = instance.get_latest_data_version_record(dg.AssetKey("face_labels"))
+        assert record is not None and record.asset_observation is not None
+        assert record.asset_observation.tags["dagster/data_version"] == second.cursor
+
+
+def test_definitions_pick_the_executor_from_face_executor(monkeypatch: pytest.MonkeyPatch):
+    """One Python per run by default (the in-process executor; pools are still honoured, as for CLI runs);
+    FACE_EXECUTOR=multiprocess brings back a process per step."""
+    monkeypatch.delenv("FACE_EXECUTOR", raising=False)
+    job = definitions().resolve_job_def(DAILY)
+    assert job.executor_def.name == dg.in_process_executor.name
+    monkeypatch.setenv("FACE_EXECUTOR", "multiprocess")
+    assert definitions().resolve_job_def(DAILY).executor_def.name == dg.multiprocess_executor.name
+    monkeypatch.setenv("FACE_EXECUTOR", "threads")
+    with pytest.raises(SettingsError, match="FACE_EXECUTOR"):
+        definitions()
 
 
 # --- jobs in process: checks pass, and fail naming the faces -------------------------------------------
