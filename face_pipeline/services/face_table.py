@@ -84,9 +84,9 @@ def apply_changes(
     """Write the faces whose person, cluster or source changed; returns their table rows.
 
     The table was read when the run began; a user may have named, rejected or moved some faces since. So the
-    candidates are read again under the write lock (`_lock_current`), and a face a user confirmed, or a person
-    the user ruled out for that face, or a face the user ignored, is never written, whatever `changes` says: a user's decision made while
-    the run computed wins. The audit events record the state the write replaced.
+    candidates are read again under the write lock (`_lock_current`), and a face a user confirmed or ignored,
+    or a person the user ruled out for that face, is never written, whatever `changes` says: a user's decision
+    made while the run computed wins. The audit events record the state the write replaced.
     """
     rows = changes.rows
     differs = (
