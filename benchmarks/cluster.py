@@ -3,7 +3,7 @@ through the real services on a real SQLite database and the real embedded vector
 
     python benchmarks/cluster.py                          # 10K, 50K, 200K synthetic faces and lfw-dev
     python benchmarks/cluster.py --sizes 50000 --no-lfw
-    python benchmarks/cluster.py --sizes 50000 --compare 64546da   # old and new side by side, same library
+    python benchmarks/cluster.py --sizes 50000 --compare e4e16a2 --rounds 3   # old and new side by side
 
 Libraries: `face_pipeline_eval.synthetic.synthetic_faces` (512-d, ArcFace-like: ~0.6-0.75 cosine within a person,
 ~0.05 between, most people once), or lfw-dev's real dlib vectors (.cache/lfw-dev-dlib.npz). ~5% of the
@@ -288,36 +288,41 @@ def grouping_quality(data_dir: Path) -> dict[str, float]:
     }
 
 
-def run_size(kind: str, n: int, sides: dict[str, Path]) -> None:
+def run_size(kind: str, n: int, sides: dict[str, Path], rounds: int = 1) -> None:
     """Each side (label -> checkout) builds the library with its own code (its schema may differ; the data
-    are seeded, so every side gets the same faces), then measures it in a fresh process."""
+    are seeded, so every side gets the same faces); then, round after round, each side measures a fresh copy
+    of its library in a fresh process, the sides taking turns (a busy machine then slows both alike)."""
     label = "lfw-dev" if kind == "lfw" else n
     with tempfile.TemporaryDirectory(prefix="bench-cluster-", dir=REPO / ".cache") as tmp:
         truth = Path(tmp) / "truth"
-        built = _child(Path(__file__), "--setup", kind, str(n), str(truth))
+        _child(Path(__file__), "--setup", kind, str(n), str(truth))
+        built = {}
         for code, checkout in sides.items():
-            library = Path(tmp) / f"library-{code}"
-            script = checkout / "benchmarks" / "cluster.py"
-            built = _child(script, "--setup", kind, str(n), str(library))
-            shutil.copy(truth / "bench_identities.npy", library)
-            measured = _child(script, "--measure", str(library))
-            quality = grouping_quality(library)
-            shutil.rmtree(library)
-            for run in measured["runs"]:
-                emit(
-                    "cluster_dual",
-                    code=code,
-                    library=str(label),
-                    **{k: v for k, v in built.items() if k != "faces"},
-                    faces=built["faces"],
-                    **run,
-                    peak_rss_mb=measured["peak_rss_mb"],
-                    rss_before_mb=measured["rss_before_mb"],
-                    peak_anon_mb=measured["peak_anon_mb"],
-                    imports_s=measured["imports_s"],
-                    anon_before_mb=measured["anon_before_mb"],
-                    **quality,
-                )
+            built[code] = _child(checkout / "benchmarks" / "cluster.py", "--setup", kind, str(n), f"{tmp}/built-{code}")
+            shutil.copy(truth / "bench_identities.npy", f"{tmp}/built-{code}")
+        for round_ in range(1, rounds + 1):
+            for code, checkout in sides.items():
+                library = Path(tmp) / f"library-{code}"
+                shutil.copytree(f"{tmp}/built-{code}", library)
+                measured = _child(checkout / "benchmarks" / "cluster.py", "--measure", str(library))
+                quality = grouping_quality(library)
+                shutil.rmtree(library)
+                for run in measured["runs"]:
+                    emit(
+                        "cluster_dual",
+                        code=code,
+                        round=round_,
+                        library=str(label),
+                        **{k: v for k, v in built[code].items() if k != "faces"},
+                        faces=built[code]["faces"],
+                        **run,
+                        peak_rss_mb=measured["peak_rss_mb"],
+                        rss_before_mb=measured["rss_before_mb"],
+                        peak_anon_mb=measured["peak_anon_mb"],
+                        imports_s=measured["imports_s"],
+                        anon_before_mb=measured["anon_before_mb"],
+                        **quality,
+                    )
 
 
 def main() -> None:
@@ -331,6 +336,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 50_000, 200_000])
     parser.add_argument("--no-lfw", action="store_true", help="skip lfw-dev's real vectors")
     parser.add_argument("--compare", metavar="REV", help="also measure this commit (a temporary git worktree)")
+    parser.add_argument("--rounds", type=int, default=1, help="measure each side this many times, taking turns")
     args = parser.parse_args()
     (REPO / ".cache").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-compare-", dir=REPO / ".cache") as root:
@@ -339,12 +345,16 @@ def main() -> None:
             worktree = Path(root) / "compare"
             git = ["git", "-C", str(REPO), "worktree"]
             subprocess.run([*git, "add", "--detach", str(worktree), args.compare], check=True, capture_output=True)
+            # REV finds the datasets beside its checkout and the lfw-dev embeddings in its .cache: lend it ours
+            (Path(root) / "shared").symlink_to(REPO.parent / "shared")
+            if not (worktree / ".cache").exists():
+                (worktree / ".cache").symlink_to(REPO / ".cache")
             sides = {args.compare: worktree, **sides}
         try:
             for n in args.sizes:
-                run_size("synthetic", n, sides)
+                run_size("synthetic", n, sides, args.rounds)
             if not args.no_lfw:
-                run_size("lfw", 0, sides)
+                run_size("lfw", 0, sides, args.rounds)
         finally:
             if args.compare:
                 subprocess.run([*git, "remove", "--force", str(worktree)], check=False)
