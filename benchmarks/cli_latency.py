@@ -62,10 +62,10 @@ def build_library(root: Path) -> tuple[dict[str, str], list[int]]:
 
 
 def cycle(faces: list[int], round_number: int, scratch: Path) -> list[tuple[str, list[str], bool]]:
-    """One round: (name, argv, must succeed). Every edit changes something; names are new each round so no
-    two active people share one."""
+    """One round: (name, argv, must succeed). Every edit changes something; names are new each round (and per
+    checkout: `scratch` is the checkout's own folder) so no two active people share one."""
     f, g, h, k = (str(i) for i in faces[:4])
-    r = round_number
+    r = f"{scratch.name} {round_number}"
     csv_file = scratch / f"names-{r}.csv"
     csv_file.write_text(f"face_id,name\n{f},Dan {r}\n{k},Eve {r}\n")
     return [
