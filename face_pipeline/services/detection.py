@@ -19,7 +19,6 @@ import multiprocessing
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,7 +50,6 @@ from face_pipeline.storage.models import (
 )
 from face_pipeline.storage.vectors import VectorStore
 from face_pipeline.vision.embedders import describe_embedder, model_choice_of
-from face_pipeline.vision.images import ImageRejected, load_rgb, pixel_hash
 from face_pipeline.vision.types import FaceEmbedder
 from face_pipeline.vision.worker import PhotoResult, PhotoWorker, init_pool_worker, process_in_pool
 
@@ -62,7 +60,6 @@ Task = tuple[int, str]  # (image id, photo path)
 _IN_PROCESS_BELOW = 16  # fewer photos than this are not worth starting worker processes for
 _IN_CHUNK = 5000  # ids per IN (...) list: SQLite allows 32766 bound parameters per statement
 CARRY_MIN_IOU = 0.5  # a new face inherits an old face's decisions when their boxes overlap this much
-_HASH_THREADS = 4
 
 
 @dataclass
@@ -105,8 +102,11 @@ class DetectReport:
         )
 
 
-def pending_photos(db: Database, limit: int | None) -> list[tuple[int, str]]:
+def pending_photos(db: Database, limit: int | None, image_ids: Sequence[int] | None = None) -> list[tuple[int, str]]:
+    """(id, path) of pending photos, oldest first; `image_ids`: only these (a detection partition)."""
     query = select(Image.id, Image.path).where(Image.status == ImageStatus.PENDING).order_by(Image.id)
+    if image_ids is not None:
+        query = query.where(Image.id.in_(list(image_ids)))
     if limit is not None:
         query = query.limit(limit)
     with db.session() as session:
@@ -121,10 +121,11 @@ def detect_pending_faces(
     limit: int | None = None,
     embedder: FaceEmbedder | None = None,
     progress: Progress | None = None,
+    image_ids: Sequence[int] | None = None,
 ) -> DetectReport:
-    """Detect, embed and store the faces of up to `limit` pending photos."""
+    """Detect, embed and store the faces of up to `limit` pending photos (`image_ids`: of these only)."""
     started = time.perf_counter()
-    tasks = pending_photos(db, limit)
+    tasks = pending_photos(db, limit, image_ids)
     paths = dict(tasks)
     report = DetectReport()
     if not tasks:
@@ -137,7 +138,7 @@ def detect_pending_faces(
     report.space = space.name
     with processed_photos(settings, tasks, embedder) as batches:
         for batch in batches:
-            _store_batch(settings, db, vectors, space.name, batch, report, paths)
+            _store_batch(settings, db, vectors, space.name, batch, report)
             report.count(batch, paths)
             report.seconds = time.perf_counter() - started
             if progress:
@@ -206,10 +207,9 @@ def _store_batch(
     space: str,
     batch: list[PhotoResult],
     report: DetectReport,
-    paths: Mapping[int, str],
 ) -> None:
     image_ids = [r.image_id for r in batch]
-    pixels = _pixel_hashes(settings, batch, paths)  # before the transaction: decoding holds no lock
+    pixels = {r.image_id: r.pixel_hash for r in batch if r.pixel_hash is not None}
     with db.session() as session:
         _hold_space(session, space)
         decisions = _user_decisions(session, image_ids)
@@ -239,27 +239,6 @@ def _store_batch(
     thumbs = (t for r in batch for t in r.thumbnails)
     for face_id, jpeg in zip(face_ids.tolist(), thumbs, strict=True):
         write_thumbnail(settings.thumbnails_dir, face_id, jpeg)
-
-
-def _pixel_hashes(settings: Settings, batch: list[PhotoResult], paths: Mapping[int, str]) -> dict[int, str]:
-    """image id -> hash of the decoded pixels, for the photos detected in this batch.
-
-    The worker decoded each photo already but hands back only its faces, so each is decoded once more here
-    (in threads: Pillow releases the GIL), a few percent of detection's cost."""
-    wanted = [r.image_id for r in batch if r.skip_reason is None and r.image_id in paths]
-    if not wanted:
-        return {}
-
-    def one(image_id: int) -> str | None:
-        try:
-            image = load_rgb(paths[image_id], max_pixels=settings.max_image_pixels, max_bytes=settings.max_file_bytes)
-        except ImageRejected:  # changed or gone since the worker read it: no hash, so its next change is detected
-            return None
-        return pixel_hash(image)
-
-    with ThreadPoolExecutor(max_workers=min(_HASH_THREADS, len(wanted))) as pool:
-        found = dict(zip(wanted, pool.map(one, wanted), strict=True))
-    return {image_id: digest for image_id, digest in found.items() if digest is not None}
 
 
 def _hold_space(session: Session, space: str) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from face_pipeline.settings import Settings
 from face_pipeline.vision.embedders import create_embedder
-from face_pipeline.vision.images import ImageRejected, load_rgb
+from face_pipeline.vision.images import ImageRejected, load_rgb, pixel_hash
 from face_pipeline.vision.thumbnails import face_thumbnail
 from face_pipeline.vision.types import DetectedFace, FaceEmbedder
 
@@ -25,6 +25,7 @@ class PhotoResult:
     faces: list[DetectedFace] = field(default_factory=list)
     thumbnails: list[bytes] = field(default_factory=list)
     skip_reason: str | None = None
+    pixel_hash: str | None = None  # of the decoded photo: a later file change with the same pixels keeps its faces
 
 
 class PhotoWorker:
@@ -40,6 +41,7 @@ class PhotoWorker:
             result.skip_reason = str(exc)
             return result
         result.height, result.width = image.shape[:2]
+        result.pixel_hash = pixel_hash(image)
         try:
             result.faces = self.embedder.detect_and_embed(image)
         except Exception as exc:  # a model failure on one photo must not stop the run
