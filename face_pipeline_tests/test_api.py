@@ -76,9 +76,9 @@ def face_folders(context: Library) -> dict[int, str]:
     return {face_id: path.parent.name for face_id, path in main_face_paths(context.db).items()}
 
 
-def make_client(context: Library, **overrides: Any) -> TestClient:
+def make_client(context: Library, *, warm_up: bool = True, **overrides: Any) -> TestClient:
     settings = load_settings(**{**context.settings.model_dump(), **overrides}) if overrides else context.settings
-    return TestClient(create_app(settings), base_url=BASE_URL)
+    return TestClient(create_app(settings, warm_up=warm_up), base_url=BASE_URL)
 
 
 @pytest.fixture(scope="module")
@@ -418,6 +418,8 @@ def test_suggestions_answer_503_while_a_pipeline_run_holds_the_vector_store(libr
         pytest.skip("only the embedded vector store is single-process")
     person = library.client.post(f"{API}/persons", json={"name": "Frank Busy"}).json()["person_id"]
     library.client.post(f"{API}/faces/{sorted(library.folders)[0]}/assign", json={"person_id": person})
+    suggestions = f"{API}/persons/{person}/suggestions"
+    before = library.client.get(suggestions).json()  # this server now holds every vector it needs in memory
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -433,14 +435,19 @@ def test_suggestions_answer_503_while_a_pipeline_run_holds_the_vector_store(libr
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
-        busy = library.client.get(f"{API}/persons/{person}/suggestions")
-        assert busy.status_code == 503 and "pipeline run holds the vector store" in busy.json()["detail"]
-        # Browsing and labelling need SQL only: they go on while the run works.
-        assert library.client.get(f"{API}/faces/clusters").status_code == 200
-        assert library.client.patch(f"{API}/persons/{person}", json={"name": "Frank Still"}).status_code == 200
+        # A server started now (its warm-up off) has no vectors in memory and must read them: 503.
+        with make_client(library.context, warm_up=False) as cold:
+            busy = cold.get(suggestions)
+            assert busy.status_code == 503 and "pipeline run holds the vector store" in busy.json()["detail"]
+            # Browsing and labelling need SQL only: they go on while the run works.
+            assert cold.get(f"{API}/faces/clusters").status_code == 200
+            assert cold.patch(f"{API}/persons/{person}", json={"name": "Frank Still"}).status_code == 200
+        # The running server answers from the vectors it holds, the same as before the run took the store.
+        during = library.client.get(suggestions)
+        assert during.status_code == 200 and during.json()["items"] == before["items"]
     finally:
         holder.communicate("", timeout=30)
-    assert library.client.get(f"{API}/persons/{person}/suggestions").status_code == 200
+    assert library.client.get(suggestions).status_code == 200
 
 
 # --- security and client mistakes ----------------------------------------------------------------------

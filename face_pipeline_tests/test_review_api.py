@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image as PILImage
@@ -17,7 +18,8 @@ from sqlalchemy import select
 from face_pipeline.services.browse import suggest_faces
 from face_pipeline.services.export import faces_frame
 from face_pipeline.services.library import Library
-from face_pipeline.storage.models import FaceInstance, FaceRejection, Person
+from face_pipeline.services.vector_cache import FaceVectors
+from face_pipeline.storage.models import FaceInstance, FaceRejection, Person, utcnow
 from face_pipeline_tests.test_api import API, face_folders, group_faces, make_client, sqlite_library
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -228,3 +230,42 @@ def test_an_ignored_face_stays_out_of_every_list_and_of_the_next_cluster_dual(re
     group_faces(review.context)
     with review.context.db.session() as session:
         assert not session.get(FaceInstance, in_group).ignored  # type: ignore[union-attr]
+
+
+def test_suggestions_from_the_servers_memory_are_the_stores_exact_ranking(review: Review):
+    person, _ = review.named_with_held_back("Mem Ory")
+    memory = FaceVectors()
+    from_store = suggest_faces(review.context, person, limit=50, min_score=0.0, exact_below=10**9)
+    from_memory = suggest_faces(review.context, person, limit=50, min_score=0.0, cache=memory)
+    assert [(s.face.face_id, s.score) for s in from_memory.items] == [
+        (s.face.face_id, s.score) for s in from_store.items
+    ]
+    assert from_memory.total == from_store.total > 0
+
+
+def test_the_servers_memory_reads_a_face_again_when_its_id_is_reused(review: Review):
+    """SQLite may give a deleted face's id to the next face: a face created since the last look is read anew."""
+    memory = FaceVectors()
+    face = review.take_cluster()["faces"]["items"][0]["face_id"]
+    space = suggest_faces(review.context, review.named_with_held_back("Reu Sed")[0], limit=1).space
+    assert space is not None
+    with memory.lock, review.context.db.session() as session:
+        memory.use_space(space)
+        memory.refresh(session)
+        rows = memory.ensure(review.context, [face])
+        old = memory.vectors[rows[0]].copy()
+    with review.context.vectors() as store, review.context.db.session() as session:
+        store.upsert(space, np.array([face]), -old[None, :], [{"image_id": 0}])  # "the new face's" vector
+        row = session.get(FaceInstance, face)
+        assert row is not None
+        row.created_at = utcnow()
+    try:
+        with memory.lock, review.context.db.session() as session:
+            memory.refresh(session)
+            rows = memory.ensure(review.context, [face])
+            again = memory.vectors[rows[0]]
+        assert np.allclose(again, -old, atol=1e-6)
+    finally:
+        with review.context.vectors() as store:
+            payload = store.fetch_payloads(space)[face]
+            store.upsert(space, np.array([face]), old[None, :], [payload])

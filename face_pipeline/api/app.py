@@ -1,13 +1,18 @@
 """The labelling API and its review page: `create_app(settings)` builds one FastAPI application.
 
-Labelling and browsing use SQL only; the vector store is opened per request for suggestions, so a
-pipeline run is never blocked by a running server (and a run that holds the store makes that one
-endpoint answer 503, nothing else).
+Labelling and browsing use SQL only. Suggestions and the faces on their own are scored from face vectors the
+server keeps in memory (services/vector_cache.py), read from the vector store once, in the background at
+start (`warm_up`), and then only for faces new since; the store is held only for such a read, so a pipeline
+run is never blocked by a running server (and a run that holds the store delays only those reads: a
+suggestions request that needs one answers 503, nothing else).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,9 +28,11 @@ from face_pipeline.api.errors import install_error_handlers
 from face_pipeline.api.routes import decisions, faces, health, persons, photos
 from face_pipeline.api.schemas import API_PREFIX
 from face_pipeline.services.library import Library
-from face_pipeline.services.singletons import GuessCache
+from face_pipeline.services.singletons import GuessCache, warm
 from face_pipeline.settings import Settings, load_settings
+from face_pipeline.storage.vectors import VectorStoreLocked
 
+log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a label request for a 100,000-face cluster fits; a runaway upload does not
 LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
@@ -36,13 +43,21 @@ PAGE_POLICY = (
 )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, warm_up: bool = True) -> FastAPI:
+    """warm_up: read the vectors of the unnamed faces and score the faces on their own in a background thread
+    at start (a second or two for 30,000 faces), so the first suggestions and singletons pages need not."""
     settings = settings or load_settings()
     library = Library.from_settings(settings)  # upgrades the schema once, before the first request
+    guesses = GuessCache()  # the server's face vectors and the singletons' best guesses, kept between requests
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        warming = threading.Thread(target=_warm, args=(library, guesses, app), name="face-vectors", daemon=True)
+        if warm_up:
+            warming.start()
         yield
+        if warming.is_alive():
+            warming.join()
         library.close()
 
     app = FastAPI(
@@ -52,7 +67,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.library = library
-    app.state.guesses = GuessCache()  # singletons' vectors and best guesses, kept between requests
+    app.state.guesses = guesses
+    app.state.warmed = threading.Event()  # set when the warm-up is over (done, failed or not asked for)
+    if not warm_up:
+        app.state.warmed.set()
     install_error_handlers(app)
     for router in (faces.router, persons.router, photos.router, decisions.router):
         app.include_router(router, prefix=API_PREFIX)
@@ -61,6 +79,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_api_route("/", review_page, include_in_schema=False)
     _add_middleware(app, settings)
     return app
+
+
+def _warm(library: Library, guesses: GuessCache, app: FastAPI) -> None:
+    started = time.perf_counter()
+    try:
+        warm(library, guesses)
+    except VectorStoreLocked:
+        log.info("face vectors not read at start: a pipeline run holds the vector store (read on first use)")
+    except Exception:  # the server works without it: requests read what they need themselves
+        log.exception("reading the face vectors at start failed (read on first use)")
+    else:
+        log.info("face vectors read and singletons scored in %.1f s", time.perf_counter() - started)
+    finally:
+        app.state.warmed.set()
 
 
 def review_page() -> FileResponse:

@@ -12,6 +12,8 @@ from face_pipeline.api.schemas import PERSON_ID_PATTERN
 from face_pipeline.domain.naming import CLUSTER_ID_FORMS, CLUSTER_ID_PATTERN, PERSON_PREFIX, unknown_cluster_id
 from face_pipeline.services.browse import MAX_FACE_ID, ClusterType
 from face_pipeline.services.library import Library
+from face_pipeline.services.singletons import GuessCache
+from face_pipeline.services.vector_cache import FaceVectors
 from face_pipeline.settings import Settings
 from face_pipeline.storage.db import Database
 
@@ -21,6 +23,17 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 def get_library(request: Request) -> Library:
     library: Library = request.app.state.library
     return library
+
+
+def get_vectors(request: Request) -> FaceVectors:
+    """The server's in-memory face vectors (services/vector_cache.py), shared by suggestions and singletons."""
+    guesses: GuessCache = request.app.state.guesses
+    return guesses.vectors
+
+
+def get_guesses(request: Request) -> GuessCache:
+    guesses: GuessCache = request.app.state.guesses
+    return guesses
 
 
 def get_db(library: Annotated[Library, Depends(get_library)]) -> Database:
@@ -34,6 +47,8 @@ def get_settings(library: Annotated[Library, Depends(get_library)]) -> Settings:
 LibraryDep = Annotated[Library, Depends(get_library)]
 DatabaseDep = Annotated[Database, Depends(get_db)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+VectorsDep = Annotated[FaceVectors, Depends(get_vectors)]
+GuessesDep = Annotated[GuessCache, Depends(get_guesses)]
 
 # Bounded ids: a face id past the 32-bit column (or an int64) is a 422 here, never an overflow in SQL.
 FaceIdPath = Annotated[int, Path(ge=1, le=MAX_FACE_ID, description="A face id.")]

@@ -29,6 +29,7 @@ from face_pipeline.services.labels import find_person
 from face_pipeline.services.library import Library
 from face_pipeline.services.space_registry import active_space
 from face_pipeline.services.thumbnail_store import thumbnail_path, write_thumbnail
+from face_pipeline.services.vector_cache import MAX_CACHED_POOL, FaceVectors
 from face_pipeline.settings import Settings
 from face_pipeline.storage.db import Database
 from face_pipeline.storage.models import FaceInstance, FaceRejection, Image, Person, PersonPrototype, PersonStatus
@@ -122,7 +123,7 @@ class Suggestions:
     person_name: str
     space: str | None
     items: list[Suggestion] = field(default_factory=list)
-    total: int = 0  # candidates scoring at least min_score (all of them with exact scoring, else those searched)
+    total: int = 0  # candidates scoring at least min_score (all of them when scored exactly, else those searched)
     min_score: float | None = None
 
 
@@ -357,6 +358,7 @@ def suggest_faces(
     min_score: float | None = None,
     exact_below: int = EXACT_SUGGESTION_POOL,
     only: Sequence[int] | None = None,
+    cache: FaceVectors | None = None,
 ) -> Suggestions:
     """Faces nobody has named, most similar to this person first ("is this Alice too?"), from `offset`;
     only those scoring at least `min_score` (services/suggestions.py passes the space's floor), and only
@@ -364,7 +366,10 @@ def suggest_faces(
 
     The person is represented by their prototypes in the active space, or by their confirmed (else
     assigned) faces when prototypes were not built yet. A face the user rejected for them never shows.
-    Raises VectorStoreLocked when a pipeline run holds the embedded store.
+
+    With a `cache` (the API server's in-memory vectors) every candidate is scored exactly from memory, up to
+    MAX_CACHED_POOL of them; the store is opened only for vectors not cached yet. Raises VectorStoreLocked
+    when a pipeline run holds the embedded store and a vector is needed from it.
     """
     with library.db.session() as session:
         person = find_person(session, person_ref)
@@ -382,6 +387,14 @@ def suggest_faces(
         ]
         prototypes = [v for v in prototypes if v.shape == (space.dim,)]
         own_faces = _own_faces(session, person.id) if not prototypes else []
+        cached_pool = _cached_pool(session, person.id, only) if cache is not None else None
+    if cache is not None and cached_pool is not None and cached_pool.size <= MAX_CACHED_POOL:
+        if cached_pool.size == 0 or not (prototypes or own_faces):
+            return result
+        queries = np.stack(prototypes) if prototypes else np.empty((0, space.dim), dtype=np.float32)
+        scored_now = _score_cached(library, cache, space.name, queries, own_faces, cached_pool)
+        return _keep_unassigned(library.db, person.id, result, _rank_arrays(scored_now, min_score), limit, offset)
+    with library.db.session() as session:
         pool = _unassigned(person.id)
         if only is not None:
             pool = and_(pool, FaceInstance.id.in_(list(only)))
@@ -399,7 +412,57 @@ def suggest_faces(
             scored = _score_by_search(store, space.name, queries, offset + limit)
     if min_score is not None:
         scored = {face_id: score for face_id, score in scored.items() if score >= min_score}
-    return _keep_unassigned(library.db, person.id, result, scored, limit, offset)
+    ranked = sorted(scored.items(), key=lambda item: (-item[1], item[0]))
+    return _keep_unassigned(library.db, person.id, result, ranked, limit, offset)
+
+
+def _cached_pool(session: Session, person_id: str, only: Sequence[int] | None) -> np.ndarray:
+    """The ids `_unassigned(person_id)` selects (and in `only`), read the cheap way: the unnamed faces
+    through the Core connection (the ORM's row handling costs ~4x), minus the person's few rejections."""
+    query = select(FaceInstance.id).where(FaceInstance.person_id.is_(None), FaceInstance.ignored.is_(False))
+    if only is not None:
+        query = query.where(FaceInstance.id.in_(list(only)))
+    ids = np.array(session.connection().execute(query).scalars().all(), dtype=np.int64)
+    rejected = session.scalars(select(FaceRejection.face_id).where(FaceRejection.person_id == person_id)).all()
+    return ids[~np.isin(ids, np.array(rejected, dtype=np.int64))] if rejected else ids
+
+
+def _score_cached(
+    library: Library, cache: FaceVectors, space: str, queries: np.ndarray, own_faces: list[int], pool: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(face ids, best cosine against the queries, or the person's own faces when there are none) of the
+    pool faces with a vector, from the cache."""
+    none = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+    with cache.lock:
+        cache.use_space(space)
+        with library.db.session() as session:
+            cache.refresh(session)
+        if not queries.size:
+            own = cache.ensure(library, np.array(own_faces, dtype=np.int64))
+            if not (own >= 0).any():
+                return none
+            queries = cache.vectors[own[own >= 0]]
+        rows = cache.ensure(library, pool)
+        known = rows >= 0
+        if not known.any():
+            return none
+        rows = rows[known]
+        matrix = queries.T.astype(np.float32)
+        if cache.size <= 2 * rows.size:  # scoring every cached face beats copying the pool's rows out
+            best = (cache.vectors @ matrix).max(axis=1)[rows]
+        else:
+            best = (cache.vectors[rows] @ matrix).max(axis=1)
+    return pool[known], best
+
+
+def _rank_arrays(scored: tuple[np.ndarray, np.ndarray], min_score: float | None) -> list[tuple[int, float]]:
+    """(face id, score) best first, ties by id: what `sorted` of the pairs gives, the cheap way."""
+    ids, scores = scored
+    if min_score is not None:
+        keep = scores.astype(np.float64) >= min_score
+        ids, scores = ids[keep], scores[keep]
+    order = np.lexsort((ids, -scores.astype(np.float64)))
+    return list(zip(ids[order].tolist(), scores[order].tolist(), strict=True))
 
 
 def _unassigned(person_id: str) -> ColumnElement[bool]:
@@ -442,10 +505,9 @@ def _score_by_search(store: VectorStore, space: str, queries: np.ndarray, limit:
 
 
 def _keep_unassigned(
-    db: Database, person_id: str, result: Suggestions, scored: dict[int, float], limit: int, offset: int
+    db: Database, person_id: str, result: Suggestions, ranked: list[tuple[int, float]], limit: int, offset: int
 ) -> Suggestions:
     # Keep 4x the page: SQL drops faces named since the vectors' payloads were written (limit >= 1).
-    ranked = sorted(scored.items(), key=lambda item: (-item[1], item[0]))
     window = ranked[offset : offset + limit * 4]
     with db.session() as session:
         records = {

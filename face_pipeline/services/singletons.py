@@ -3,19 +3,19 @@ and the score, or "new person" when nobody scores at the floor (services/suggest
 
 A person stands for themself by their prototypes in the active space (built by each clustering run) or, for
 someone named since the last run, by the centroid of up to _OWN_FACES of their confirmed faces. Scoring
-20,000 faces needs their vectors; a `GuessCache` (one per server) keeps them and the scores, and recomputes
-only what changed: vectors of faces that newly stand alone, scores when the people's prototypes change.
+20,000 faces needs their vectors; a `GuessCache` (one per server) keeps the scores over the server's
+in-memory face vectors (services/vector_cache.py) and computes only what changed: the faces that newly
+stand alone, everyone again when the people's prototypes change. The API fills it at start (`warm`).
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.orm import Session
 
 from face_pipeline.domain.naming import LIKE_ESCAPE, ClusterKind, like_pattern
@@ -23,8 +23,9 @@ from face_pipeline.services.browse import FaceRecord, Page, _best_first, _face_r
 from face_pipeline.services.library import Library
 from face_pipeline.services.space_registry import active_space
 from face_pipeline.services.suggestions import score_floor
+from face_pipeline.services.vector_cache import FaceVectors
 from face_pipeline.storage.models import FaceInstance, Person, PersonPrototype, PersonStatus
-from face_pipeline.storage.vectors import VectorStore, VectorStoreError
+from face_pipeline.storage.vectors import VectorStoreError
 
 _OWN_FACES = 16
 
@@ -52,29 +53,38 @@ class SingletonPage:
 
 @dataclass
 class _Layer:
-    """Best person and score of each cached face against one set of people, and the key of that set."""
+    """Best person and score of each cached face (by row of the FaceVectors) against one set of people, the
+    key of that set, and which rows are scored yet."""
 
     key: tuple[object, ...] = ()
+    epoch: int = -1
     person: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))
     score: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float32))
+    done: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=bool))
+
+    def fit(self, key: tuple[object, ...], epoch: int, rows: int) -> None:
+        """Start over when the people or the rows' numbering changed; grow with the cache."""
+        if key != self.key or epoch != self.epoch:
+            self.key, self.epoch = key, epoch
+            self.person = np.empty(0, dtype=object)
+            self.score = np.empty(0, dtype=np.float32)
+            self.done = np.empty(0, dtype=bool)
+        grow = rows - self.done.size
+        if grow > 0:
+            self.person = np.concatenate([self.person, np.full(grow, None, dtype=object)])
+            self.score = np.concatenate([self.score, np.full(grow, np.nan, dtype=np.float32)])
+            self.done = np.concatenate([self.done, np.zeros(grow, dtype=bool)])
 
 
 @dataclass
 class GuessCache:
-    """Vectors and best scores of the faces standing alone, for one server; thread-safe. Two layers of scores:
-    against the prototypes (change once per clustering run) and against the people named since (small)."""
+    """Best guesses of the faces standing alone, for one server: two layers of scores over the server's
+    face vectors (services/vector_cache.py), against the prototypes (they change once per clustering run)
+    and against the people named since (few). Each face is scored once per layer; guarded by the vectors'
+    lock."""
 
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    space: str | None = None
-    ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # sorted
-    vectors: np.ndarray = field(default_factory=lambda: np.empty((0, 0), dtype=np.float32))
+    vectors: FaceVectors = field(default_factory=FaceVectors)
     layers: dict[str, _Layer] = field(default_factory=dict)
-
-    def reset(self, space: str | None) -> None:
-        self.space = space
-        self.ids = np.empty(0, dtype=np.int64)
-        self.vectors = np.empty((0, 0), dtype=np.float32)
-        self.layers = {}
 
 
 def _pool_condition() -> tuple[ColumnElement[bool], ...]:
@@ -90,10 +100,7 @@ def list_singletons(library: Library, cache: GuessCache, *, limit: int = 24, off
     floor = score_floor(library.settings, library.db)
     with library.db.session() as session:
         space = active_space(session)
-        pool = np.array(
-            session.scalars(select(FaceInstance.id).where(*_pool_condition()).order_by(*_best_first())).all(),
-            dtype=np.int64,
-        )
+        pool = _ids(session, select(FaceInstance.id).where(*_pool_condition()).order_by(*_best_first()))
         people = _people(session, space.name if space else None, space.dim if space else 0)
     persons, scores = _scores(library, cache, space.name if space else None, pool, people)
     # Stable sort: equal scores (and faces without any score) keep the best-quality-first order.
@@ -177,58 +184,80 @@ def _scores(
     scores = np.full(pool.size, np.nan, dtype=np.float32)
     if space is None or pool.size == 0:
         return persons, scores
-    with cache.lock:
-        if cache.space != space:
-            cache.reset(space)
-        missing = np.setdiff1d(pool, cache.ids, assume_unique=True)
-        stale = [name for name, (key, _) in people.items() if name not in cache.layers or cache.layers[name].key != key]
+    vectors = cache.vectors
+    with vectors.lock, library.db.session() as session:
+        vectors.use_space(space)
+        vectors.refresh(session)
         try:
-            if missing.size or stale:
-                with library.vectors() as store, library.db.session() as session:
-                    if missing.size:
-                        _add_vectors(cache, missing, store.fetch(space, missing))
-                    for name, (key, load) in people.items():
-                        query = _query_matrix(store, space, load(session)) if name in stale or missing.size else None
-                        if name in stale and query is not None:
-                            person, score = _best(cache.vectors, query)
-                            cache.layers[name] = _Layer(key, person, score)
-                        elif missing.size and query is not None:
-                            _score_new(cache.layers[name], cache.ids, cache.vectors, missing, query)
+            rows = vectors.ensure(library, pool)
         except VectorStoreError:
-            pass  # a run holds the store: what is cached still ranks; faces new since show as unscored
-        if cache.ids.size:
-            rows = np.minimum(np.searchsorted(cache.ids, pool), cache.ids.size - 1)
-            known = cache.ids[rows] == pool
-            for layer in cache.layers.values():
-                better = known & (np.nan_to_num(layer.score[rows], nan=-2.0) > np.nan_to_num(scores, nan=-2.0))
-                persons[better] = layer.person[rows[better]]
-                scores[better] = layer.score[rows[better]]
+            rows = vectors.rows_of(pool)  # a run holds the store: what is cached still ranks, the rest unscored
+        cached = rows >= 0
+        for name, (key, load) in people.items():
+            layer = cache.layers.setdefault(name, _Layer())
+            layer.fit(key, vectors.epoch, vectors.size)
+            todo = np.unique(rows[cached])
+            todo = todo[~layer.done[todo]]
+            if todo.size:
+                try:
+                    query = _query_matrix(library, vectors, load(session))
+                except VectorStoreError:
+                    continue  # a newcomer's faces are not cached and a run holds the store: unscored for now
+                layer.person[todo], layer.score[todo] = _best(vectors.vectors[todo], query)
+                layer.done[todo] = True
+        for name in people:
+            layer = cache.layers[name]
+            at = np.where(cached, rows, 0)
+            scored = cached & layer.done[at]
+            better = scored & (np.nan_to_num(layer.score[at], nan=-2.0) > np.nan_to_num(scores, nan=-2.0))
+            persons[better] = layer.person[at[better]]
+            scores[better] = layer.score[at[better]]
     return persons, scores
 
 
-def _add_vectors(cache: GuessCache, ids: np.ndarray, vectors: np.ndarray) -> None:
-    all_ids = np.concatenate([cache.ids, ids])
-    order = np.argsort(all_ids, kind="stable")
-    stacked = vectors if cache.vectors.size == 0 else np.concatenate([cache.vectors, vectors])
-    cache.ids, cache.vectors = all_ids[order], stacked[order]
-    for layer in cache.layers.values():
-        layer.person = np.concatenate([layer.person, np.full(ids.size, None, dtype=object)])[order]
-        layer.score = np.concatenate([layer.score, np.full(ids.size, np.nan, dtype=np.float32)])[order]
+def warm(library: Library, cache: GuessCache) -> None:
+    """Read the vectors of every face nobody has named (the singletons' and the suggestions' pool) into the
+    cache and score the singletons, so that the first page does not wait for it (the API does this once
+    in the background at start). Raises VectorStoreLocked when a run holds the store."""
+    with library.db.session() as session:
+        space = active_space(session)
+        if space is None:
+            return
+        pool = _ids(
+            session, select(FaceInstance.id).where(FaceInstance.person_id.is_(None), FaceInstance.ignored.is_(False))
+        )
+    vectors = cache.vectors
+    with vectors.lock:
+        vectors.use_space(space.name)
+        with library.db.session() as session:
+            vectors.refresh(session)
+        vectors.ensure(library, pool)
+    list_singletons(library, cache, limit=1)
 
 
-def _query_matrix(store: VectorStore, space: str, queries: list[tuple[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+def _ids(session: Session, query: Select[Any]) -> np.ndarray:
+    # Through the Core connection: the ORM's row handling costs ~4x as much for tens of thousands of ids.
+    return np.array(session.connection().execute(query).scalars().all(), dtype=np.int64)
+
+
+def _query_matrix(
+    library: Library, vectors: FaceVectors, queries: list[tuple[str, Any]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(owners, matrix) of the people's query vectors; a person given by face ids stands for the normalised
+    mean of those faces' vectors (the ones the store has)."""
     owners: list[str] = []
-    vectors: list[np.ndarray] = []
+    matrix: list[np.ndarray] = []
     for person_id, query in queries:
         if isinstance(query, list):
-            if not query:
+            rows = vectors.ensure(library, np.array(query, dtype=np.int64)) if query else np.empty(0, dtype=np.int64)
+            rows = rows[rows >= 0]
+            if not rows.size:
                 continue
-            own = store.fetch(space, np.array(query, dtype=np.int64))
-            centre = own.mean(axis=0)
+            centre = vectors.vectors[rows].mean(axis=0)
             query = centre / max(float(np.linalg.norm(centre)), 1e-12)
         owners.append(person_id)
-        vectors.append(np.asarray(query, dtype=np.float32))
-    return np.array(owners, dtype=object), np.stack(vectors) if vectors else np.empty((0, 0), dtype=np.float32)
+        matrix.append(np.asarray(query, dtype=np.float32))
+    return np.array(owners, dtype=object), np.stack(matrix) if matrix else np.empty((0, 0), dtype=np.float32)
 
 
 def _best(vectors: np.ndarray, query: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -242,10 +271,3 @@ def _best(vectors: np.ndarray, query: tuple[np.ndarray, np.ndarray]) -> tuple[np
         who[start : start + 4096] = block.argmax(axis=1)
         best[start : start + 4096] = block.max(axis=1)
     return owners[who], best
-
-
-def _score_new(
-    layer: _Layer, ids: np.ndarray, vectors: np.ndarray, new: np.ndarray, query: tuple[np.ndarray, np.ndarray]
-) -> None:
-    rows = np.searchsorted(ids, new)
-    layer.person[rows], layer.score[rows] = _best(vectors[rows], query)

@@ -18,6 +18,7 @@ from face_pipeline.errors import InvalidInput
 from face_pipeline.services import browse, labels
 from face_pipeline.services.library import Library
 from face_pipeline.services.space_registry import active_space
+from face_pipeline.services.vector_cache import FaceVectors
 from face_pipeline.settings import Settings
 from face_pipeline.storage.db import Database
 from face_pipeline.storage.models import FaceInstance
@@ -36,13 +37,20 @@ def score_floor(settings: Settings, db: Database) -> float | None:
 
 
 def suggestions_for(
-    library: Library, person_ref: str, *, limit: int = 24, offset: int = 0, min_score: float | None = None
+    library: Library,
+    person_ref: str,
+    *,
+    limit: int = 24,
+    offset: int = 0,
+    min_score: float | None = None,
+    cache: FaceVectors | None = None,
 ) -> tuple[browse.Suggestions, float | None]:
     """A page of the faces that may be this person, best first, all at or above max(floor, min_score);
-    returns them and the floor."""
+    returns them and the floor. `cache`: a server's in-memory vectors (browse.suggest_faces)."""
     floor = score_floor(library.settings, library.db)
     cut = floor if min_score is None else max(min_score, floor if floor is not None else -1.0)
-    return browse.suggest_faces(library, person_ref, limit=limit, offset=offset, min_score=cut), floor
+    found = browse.suggest_faces(library, person_ref, limit=limit, offset=offset, min_score=cut, cache=cache)
+    return found, floor
 
 
 @dataclass
@@ -53,7 +61,14 @@ class AcceptResult:
     skipped: list[int] = field(default_factory=list)  # no longer a suggestion at that score (named, ruled out)
 
 
-def accept_suggestions(library: Library, person_ref: str, face_ids: Sequence[int], min_score: float) -> AcceptResult:
+def accept_suggestions(
+    library: Library,
+    person_ref: str,
+    face_ids: Sequence[int],
+    min_score: float,
+    *,
+    cache: FaceVectors | None = None,
+) -> AcceptResult:
     """ "Yes to all of these above `min_score`": each face the reviewer was shown is scored again now and
     confirmed as the person only if it is still unnamed, not ruled out and scores at least
     max(min_score, floor)."""
@@ -65,7 +80,7 @@ def accept_suggestions(library: Library, person_ref: str, face_ids: Sequence[int
     floor = score_floor(library.settings, library.db)
     shown = min_score - 1e-6  # the page shows scores rounded to 6 places: a face shown at the cut is at it
     cut = shown if floor is None else max(shown, floor)
-    now = browse.suggest_faces(library, person_ref, limit=len(wanted), min_score=cut, only=wanted)
+    now = browse.suggest_faces(library, person_ref, limit=len(wanted), min_score=cut, only=wanted, cache=cache)
     result = AcceptResult(now.person_id, now.person_name)
     still = sorted(s.face.face_id for s in now.items)
     result.skipped = sorted(set(wanted) - set(still))

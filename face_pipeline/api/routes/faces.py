@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Request, Response
+from fastapi import APIRouter, Body, Response
 
 from face_pipeline.api.deps import (
     ClusterIdPath,
     ClusterTypeQuery,
     DatabaseDep,
     FaceIdPath,
+    GuessesDep,
     LibraryDep,
     Limit,
     Offset,
@@ -96,10 +97,9 @@ def ignore_cluster(library: LibraryDep, cluster_id: ClusterIdPath, body: Cluster
 
 
 @router.get("/singletons")
-def list_singletons(library: LibraryDep, request: Request, limit: Limit = 24, offset: Offset = 0) -> SingletonsPublic:
+def list_singletons(library: LibraryDep, cache: GuessesDep, limit: Limit = 24, offset: Offset = 0) -> SingletonsPublic:
     """Faces in no group, the best guesses first: the nearest named person and the score (at or above the
     floor), else "new person" (`guess` null). Ignored faces are not listed."""
-    cache = request.app.state.guesses
     return SingletonsPublic.of(singletons.list_singletons(library, cache, limit=limit, offset=offset))
 
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from face_pipeline.api.deps import DatabaseDep, LibraryDep, Limit, Offset, PersonIdPath, WriteAccess
+from face_pipeline.api.deps import DatabaseDep, LibraryDep, Limit, Offset, PersonIdPath, VectorsDep, WriteAccess
 from face_pipeline.api.errors import BUSY, CONFLICT, NOT_FOUND, WRITE, Responses
 from face_pipeline.api.schemas import (
     AcceptPublic,
@@ -83,24 +83,30 @@ def merge_person(library: LibraryDep, person_id: PersonIdPath, body: PersonMerge
 @router.get("/{person_id}/suggestions", responses=NOT_FOUND | BUSY)
 def suggest_faces(
     library: LibraryDep,
+    vectors: VectorsDep,
     person_id: PersonIdPath,
     limit: Annotated[int, Query(ge=1, le=200)] = 24,
     offset: Annotated[int, Query(ge=0, le=10_000)] = 0,
     min_score: Annotated[float | None, Query(ge=-1.0, le=1.0, description="A cut above the floor.")] = None,
 ) -> SuggestionsPublic:
     """Unnamed faces most similar to this person, best first, none under the space's floor (its threshold);
-    `total` counts those at or above the cut, for "accept all above X" (opens the vector store per call)."""
-    found, floor = suggestions.suggestions_for(library, person_id, limit=limit, offset=offset, min_score=min_score)
+    `total` counts those at or above the cut, for "accept all above X". Scored from the server's in-memory
+    vectors; the vector store is opened only for faces new since (503 while a run holds it then)."""
+    found, floor = suggestions.suggestions_for(
+        library, person_id, limit=limit, offset=offset, min_score=min_score, cache=vectors
+    )
     return SuggestionsPublic.of(found, floor, limit, offset)
 
 
 @router.post("/{person_id}/suggestions/accept", responses=NOT_FOUND | BUSY | WRITE)
-def accept_suggestions(library: LibraryDep, person_id: PersonIdPath, body: SuggestionsAccept) -> AcceptPublic:
+def accept_suggestions(
+    library: LibraryDep, vectors: VectorsDep, person_id: PersonIdPath, body: SuggestionsAccept
+) -> AcceptPublic:
     """Yes to each face shown that still scores at least `min_score` (and the floor) for this person now."""
     person = browse.get_person(library.db, person_id)
     summary = f"accepted suggestions for {person.name} above {body.min_score:.2f}"
     with undo.recorded(library, Kind.ACCEPT, summary, faces=body.face_ids):
-        result = suggestions.accept_suggestions(library, person.person_id, body.face_ids, body.min_score)
+        result = suggestions.accept_suggestions(library, person.person_id, body.face_ids, body.min_score, cache=vectors)
     return AcceptPublic.of(result)
 
 
