@@ -22,7 +22,7 @@ from face_pipeline.defs.resources import pipeline_resources
 from face_pipeline.defs.schedules import build_schedules
 from face_pipeline.defs.sensors import dead_run_sensor, label_growth_sensor
 from face_pipeline.defs.training_assets import regenerated_embeddings, trained_projection_checkpoint
-from face_pipeline.settings import load_settings
+from face_pipeline.settings import Settings, load_settings
 
 ASSETS: list[dg.AssetsDefinition | dg.SourceAsset] = [
     face_labels,
@@ -41,17 +41,30 @@ ASSETS: list[dg.AssetsDefinition | dg.SourceAsset] = [
 EXECUTORS = {"in_process": dg.in_process_executor, "multiprocess": dg.multiprocess_executor}
 
 
+def _scale_out(settings: Settings) -> tuple[list[dg.AssetsDefinition | dg.SourceAsset], dg.ExecutorDefinition]:
+    """FACE_EXECUTOR=celery: steps on Celery workers, detection one step per photo partition
+    (defs/partitions.py, the same asset key); other executors: the assets as they are."""
+    if settings.executor != "celery":
+        return ASSETS, EXECUTORS[settings.executor]
+    from face_pipeline.defs.celery_executor import build_celery_executor
+    from face_pipeline.defs.partitions import partitioned_detected_faces
+
+    assets = [partitioned_detected_faces if a is detected_faces else a for a in ASSETS]
+    return assets, build_celery_executor(settings)
+
+
 @dg.definitions
 def defs() -> dg.Definitions:
     settings = load_settings()  # schedule hour and zone, daily limit, executor: read when the code location loads
+    assets, executor = _scale_out(settings)
     return dg.Definitions(
-        assets=ASSETS,
+        assets=assets,
         asset_checks=ALL_CHECKS,
         jobs=build_jobs(daily_limit=settings.daily_limit),
         schedules=build_schedules(settings),
         sensors=[label_growth_sensor, dead_run_sensor, face_labels_observer],
         resources=pipeline_resources(),
-        # FACE_EXECUTOR: in_process (default: one Python per run) or multiprocess (one per step); swap for
-        # celery_executor / k8s_job_executor to scale out (README "Orchestration").
-        executor=EXECUTORS[settings.executor],
+        # FACE_EXECUTOR: in_process (default: one Python per run), multiprocess (one per step) or celery
+        # (steps on Celery workers; README "Scaling out").
+        executor=executor,
     )

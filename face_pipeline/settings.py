@@ -84,11 +84,33 @@ class Settings(BaseSettings):
     )
 
     # --- orchestration --------------------------------------------------------------------------------
-    executor: Literal["in_process", "multiprocess"] = Field(
+    executor: Literal["in_process", "multiprocess", "celery"] = Field(
         "in_process",
         description="How Dagster runs a job's steps (read when the code location loads): in_process, one Python "
-        "for the whole run (models and imports loaded once; pools still honoured), or multiprocess, a fresh "
-        "Python per step (steps of a run in parallel, each paying its start-up).",
+        "for the whole run (models and imports loaded once; pools still honoured), multiprocess, a fresh "
+        "Python per step (steps of a run in parallel, each paying its start-up), or celery, each step a task "
+        "on Celery workers over FACE_CELERY_BROKER (detection split into photo partitions; run storage must "
+        "be PostgreSQL: DAGSTER_PG_URL).",
+    )
+    celery_broker: str = Field(
+        "amqp://guest:guest@127.0.0.1:5672//", description="Celery broker URL (FACE_EXECUTOR=celery)."
+    )
+    celery_backend: str = Field("rpc://", description="Celery result backend (FACE_EXECUTOR=celery).")
+    celery_queue: str = Field(
+        "dagster", pattern=r"^[A-Za-z0-9_.-]+$", description="Celery queue of the steps (workers: -Q this)."
+    )
+    celery_gpu_queue: str | None = Field(
+        None,
+        description="Celery queue the training step goes to (e.g. gpu, served by the GPU machine's worker); "
+        "unset: the default queue, like every other step.",
+    )
+    partition_size: int = Field(
+        200, ge=1, le=10_000, description="Photos per detection partition (FACE_EXECUTOR=celery)."
+    )
+    partition_by: Literal["folder", "batch"] = Field(
+        "folder",
+        description="How new photos are grouped into detection partitions: by folder (then cut to "
+        "FACE_PARTITION_SIZE), or by import batch (the order they were catalogued in).",
     )
 
     # --- ingest limits --------------------------------------------------------------------------------
