@@ -62,6 +62,7 @@ class DagsterDev:
     log: Path
     location: str = ""
     repository: str = ""
+    env: dict[str, str] | None = None  # the library's settings, for CLI commands beside the UI
 
     def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
         response = httpx.post(f"{self.url}/graphql", json={"query": query, "variables": variables}, timeout=60)
@@ -118,7 +119,7 @@ def dagster_dev(lfw_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     }
     env.pop("DAGSTER_PG_URL", None)
     port = free_port()
-    dev = DagsterDev(f"http://127.0.0.1:{port}", home, root / "dagster-dev.log")
+    dev = DagsterDev(f"http://127.0.0.1:{port}", home, root / "dagster-dev.log", env=env)
     with dev.log.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
@@ -138,6 +139,16 @@ def dagster_dev(lfw_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)  # whatever of this group is left
         process.wait(timeout=30)
+
+
+def skip_community_dialog(page: Any) -> None:
+    """Dismiss the first-visit "Join the Dagster community" dialog of a fresh browser, if it shows."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    skip = page.get_by_role("button", name="Skip")
+    with contextlib.suppress(PlaywrightTimeout):  # no dialog this time
+        skip.wait_for(timeout=8_000)
+        skip.click()
 
 
 def wait_for_run(dev: DagsterDev, run_id: str, timeout: float = 600) -> dict[str, Any]:
@@ -208,16 +219,11 @@ def test_daily_job_launched_over_graphql_runs_every_step_through_the_daemon(
 def test_the_asset_lineage_in_a_browser_shows_every_asset_and_materialises_one(
     dagster_dev: DagsterDev, daily_run: tuple[str, dict[str, Any]]
 ):
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
     with launched_chromium() as browser:
         page = browser.new_page(viewport={"width": 2400, "height": 1300})  # wide: nodes drawn with full names
         page.set_default_timeout(60_000)
         page.goto(f"{dagster_dev.url}/asset-groups")
-        skip = page.get_by_role("button", name="Skip")  # the first-visit community dialog
-        with contextlib.suppress(PlaywrightTimeout):  # no dialog this time
-            skip.wait_for(timeout=8_000)
-            skip.click()
+        skip_community_dialog(page)
         page.get_by_text("labels", exact=True).first.wait_for()
         page.keyboard.press("Alt+e")  # the graph's "Expand all groups"
         for name in ASSETS:
@@ -246,3 +252,49 @@ def test_the_asset_lineage_in_a_browser_shows_every_asset_and_materialises_one(
 
     run = dagster_dev.graphql(RUN, runId=run_id)["runOrError"]
     assert run["status"] == "SUCCESS" and [s["stepKey"] for s in run["stepStats"]] == ["photo_catalog"]
+
+
+def _labels_version(home: Path) -> str | None:
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        records = instance.fetch_observations(dg.AssetKey("face_labels"), limit=1).records
+    if not records or records[0].asset_observation is None:
+        return None
+    return records[0].asset_observation.tags.get("dagster/data_version")
+
+
+def test_cli_runs_are_named_and_face_labels_is_observed_after_a_label(
+    dagster_dev: DagsterDev, daily_run: tuple[str, dict[str, Any]]
+):
+    """Issue 14: runs the CLI starts show as their job, with what started them; a label given on the command
+    line is observed by face_labels_observer (the daemon), so face_labels is not "never observed"."""
+    assert dagster_dev.env is not None
+    cli = [sys.executable, "-m", "face_pipeline.cli", "faces"]
+    before = _labels_version(dagster_dev.home)
+    exported = dagster_dev.home / "faces.csv"
+    export = [*cli, "export", "--output", str(exported)]
+    assert subprocess.run(export, env=dagster_dev.env, capture_output=True, timeout=120).returncode == 0
+    face_id = exported.read_text().splitlines()[1].split(",")[0]
+    for args in (["label-face", face_id, "Ada Observed"], ["cluster-dual"]):
+        done = subprocess.run([*cli, *args], env=dagster_dev.env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+
+    with dg.DagsterInstance.from_config(str(dagster_dev.home)) as instance:
+        cli_runs = [r for r in instance.get_runs() if r.tags.get("launched_by") == "face-pipeline CLI"]
+    assert [r.job_name for r in cli_runs] == ["cluster_dual"], [(r.job_name, r.tags) for r in cli_runs]
+    deadline = time.monotonic() + 180  # the observer ticks every 30 s
+    while (version := _labels_version(dagster_dev.home)) in (None, before) and time.monotonic() < deadline:
+        time.sleep(3)
+    assert version not in (None, before), "face_labels was not observed after the label"
+
+    with launched_chromium() as browser:
+        page = browser.new_page(viewport={"width": 1800, "height": 1000})
+        page.set_default_timeout(60_000)
+        page.goto(f"{dagster_dev.url}/runs")
+        skip_community_dialog(page)
+        page.get_by_text("cluster_dual", exact=True).first.wait_for()
+        page.get_by_text(DAILY, exact=True).first.wait_for()
+        page.wait_for_timeout(2_000)
+        screenshot(page, "dagster-06-named-runs.png")
+        page.goto(f"{dagster_dev.url}/assets/face_labels")
+        page.get_by_text("labelled_faces", exact=True).first.wait_for()
+        screenshot(page, "dagster-07-face-labels-observed.png", full_page=True)
