@@ -122,17 +122,18 @@ def test_duplicate_faces_are_each_others_neighbour_never_their_own(method) -> No
     np.testing.assert_allclose(graph.similarities[np.r_[0:50, 400:450], 0], 1.0, atol=1e-5)
 
 
-def test_grouping_loads_no_torch() -> None:
+def test_grouping_loads_no_torch_and_arcface_grouping_no_sklearn() -> None:
     # torch belongs to training and projection only (issue 14: it cost every command 1.5 s at start-up)
     probe = (
         "import sys, numpy as np\n"
         "from face_pipeline.domain.clustering import cluster_unknown\n"
         "x = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)\n"
         "x /= np.linalg.norm(x, axis=1, keepdims=True)\n"
-        "cluster_unknown(x, eps=0.5); cluster_unknown(x, eps=0.5, knn_method='ivf')\n"
-        "print(__import__('json').dumps(sorted(m for m in ('torch', 'faiss') if m in sys.modules)))\n"
+        "cluster_unknown(x, 'dbscan', 2, eps=0.5); cluster_unknown(x, 'dbscan', 2, eps=0.5, knn_method='ivf')\n"
+        "print(__import__('json').dumps(sorted(m for m in ('torch', 'sklearn', 'faiss') if m in sys.modules)))\n"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    # the ArcFace spaces' grouping (DBSCAN with pairs) needs neither torch nor scikit-learn
     assert json.loads(done.stdout.strip().splitlines()[-1]) == ["faiss"], done.stderr
 
 
@@ -170,6 +171,26 @@ def test_methods_reach_the_quality_floor(library, method, params) -> None:
     assert report.purity >= 0.95
     assert report.bcubed_f1 >= 0.9
     assert report.strangers_in_clusters <= 0.02
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """The same groups and the same lone faces, whatever the numbers."""
+    pairs = np.unique(np.stack([a, b]), axis=1)
+    return (a == NOISE).tolist() == (b == NOISE).tolist() and len(np.unique(pairs[0])) == len(
+        np.unique(pairs[1])
+    ) == pairs.shape[1]
+
+
+def test_dbscan_with_pairs_is_sklearns_dbscan_without_loading_it(library) -> None:
+    from sklearn.cluster import DBSCAN
+
+    vectors, _ = library
+    clusterer = UnknownFaceClusterer("dbscan", min_cluster_size=2, min_samples=2, eps=0.6, min_links=0).fit(vectors)
+    distances = clusterer.graph_.to_sparse(1.0 - 0.6)
+    distances.data = np.clip(1.0 - distances.data, 1e-6, 2.0)
+    expected = DBSCAN(eps=0.6, min_samples=2, metric="precomputed").fit_predict(distances)
+    assert (clusterer.labels_ != NOISE).sum() > 1000
+    assert same_partition(clusterer.labels_, relabel_by_size(expected, 2))
 
 
 def test_hdbscan_without_eps_is_plain_hdbscan_on_the_graph(library) -> None:

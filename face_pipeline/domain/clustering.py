@@ -11,7 +11,8 @@ work linear in the number of edges:
   the distance where identities merge; on lfw-dev (dlib) its clusters scored like plain HDBSCAN on the raw
   vectors (BCubed F 0.904 vs 0.874 with min_samples 3 vs the package default) in 0.4 s instead of 5 s.
 - ``dbscan``: sklearn DBSCAN on the graph's edges within `eps` (core points are exact while
-  `n_neighbors >= min_samples`).
+  `n_neighbors >= min_samples`); with min_samples 2 (pairs allowed, the ArcFace default) that is the connected
+  components of those edges, taken from scipy without loading scikit-learn.
 - ``agglomerative``: sklearn agglomerative clustering restricted to the graph's edges (connectivity),
   cut at `eps`.
 
@@ -384,9 +385,17 @@ def _hdbscan_on_graph(graph: NeighborGraph, min_cluster_size: int, min_samples: 
 
 
 def _dbscan_on_graph(graph: NeighborGraph, eps: float, min_samples: int) -> np.ndarray:
+    dist = _distance_graph(graph, eps)
+    if min_samples <= 2:
+        # With pairs allowed every face with a neighbour within eps is a core face, so DBSCAN's groups are the
+        # connected components of the eps-graph: scipy's, without loading scikit-learn (~130 MB, 1-1.5 s here).
+        dist.data[dist.data > eps] = 0.0  # as DBSCAN's radius test (distance <= eps) on float32 rounding
+        dist.eliminate_zeros()
+        _, part = csgraph.connected_components(dist, directed=False)
+        alone = np.bincount(part)[part] < 2
+        return np.where(alone, NOISE, part).astype(np.int64)
     from sklearn.cluster import DBSCAN
 
-    dist = _distance_graph(graph, eps)
     return DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(dist).astype(np.int64)
 
 
