@@ -492,6 +492,8 @@ def test_daily_job_runs_every_step_and_its_checks_pass(library: Library):
 def test_checks_name_the_offending_faces(library: Library):
     label_people(library, 0, 1)
     assert all(f.passed for f in (cluster_id_problems(library.db), user_label_overrides(library.db)))
+    with library.vectors() as vectors:
+        assert vector_store_sync(library.db, vectors).passed  # the labels' payloads followed them
     with library.db.session() as session:
         ids = session.scalars(select(FaceInstance.id).order_by(FaceInstance.id)).all()
         confirmed = session.scalars(select(FaceInstance.id).where(FaceInstance.user_confirmed.is_(True))).all()
@@ -508,11 +510,17 @@ def test_checks_name_the_offending_faces(library: Library):
     }
 
     with library.vectors() as vectors:
-        assert vector_store_sync(library.db, vectors).passed
+        stale = vector_store_sync(library.db, vectors)  # the SQL edits above never reached the payloads
+        assert not stale.passed and stale.examples == {"vectors_with_a_stale_payload": [ids[1], ids[2]]}
         vectors.delete(SPACE, np.array([ids[3]], dtype=np.int64))
         out_of_step = vector_store_sync(library.db, vectors)
-    assert not out_of_step.passed and out_of_step.examples == {"faces_without_a_vector": [ids[3]]}
-    assert SPACE in out_of_step.description
+    assert not out_of_step.passed and out_of_step.examples == {
+        "faces_without_a_vector": [ids[3]],
+        "vectors_with_a_stale_payload": [ids[1], ids[2]],
+    }
+    assert SPACE in out_of_step.description and f"1 face without a vector (e.g. face ids [{ids[3]}])" in (
+        out_of_step.description
+    )
 
 
 def test_promotion_check_passes_on_raw_and_wants_evidence_for_a_projection(library: Library):
