@@ -19,6 +19,7 @@ rightly refuses it.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import threading
 from collections import defaultdict
@@ -26,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import dagster as dg
 import numpy as np
 import pytest
 import torch
@@ -488,7 +490,7 @@ def test_reassign_modes_raw_holds_until_the_trained_model_is_asked_for(dlib_libr
     assert active_names(library) == [raw_name] and spaces(library)[space].status == SpaceStatus.RETIRED
 
     stays = regenerate(library, "auto")  # a scheduled run does not undo the user's choice
-    assert not stays.switched and "was retired" in stays.message and active_names(library) == [raw_name]
+    assert not stays.switched and "pinned by `faces reassign`" in stays.message and active_names(library) == [raw_name]
 
     again = regenerate(library, "trained")
     assert again.switched and again.active_space == space and again.projected == face_ids(library).size
@@ -554,7 +556,16 @@ def test_cli_train_matching_reports_the_gate_and_stats_show_it(cli_library: Libr
     assert any(line.startswith("checkpoint ") and line.endswith("promote no") for line in lines), result.output
     assert "reason: kept raw space" in result.output
     assert any(line.startswith("TAR@FAR=0.001") for line in lines)
-    assert " on cpu" in result.output and "projected-space thresholds" in result.output
+    assert " on cpu" in result.output and "trained-space thresholds" in result.output
+    assert any(line.split() == ["held-out", "figure", "raw", "trained"] for line in lines), result.output
+    # How training ended, in words: an early stop comes patience (5) epochs after the best one.
+    (stopping,) = [line for line in lines if line.startswith(("stopped at epoch", "ran all"))]
+    stopped = re.fullmatch(r"stopped at epoch (\d+) of 20: no validation gain after epoch (\d+) \((.*)\)", stopping)
+    if stopped:
+        ran, best = int(stopped[1]), int(stopped[2])
+        assert ran == best + 5 and stopped[3] == ("the untrained head; " if best == 0 else "") + "patience 5 epochs"
+    else:
+        assert re.fullmatch(r"ran all 20 epochs; best validation TAR at epoch \d+.*", stopping), stopping
 
     stats = runner.invoke(app, ["faces", "stats"])
     assert stats.exit_code == 0, stats.output
@@ -620,5 +631,100 @@ def test_training_asset_reports_the_loss_curve_and_figures(cli_library: Library)
     metadata = asset_metadata(result, "trained_projection_checkpoint")
     assert metadata["promote"] is False and metadata["label_count"] == labelled_faces(cli_library)
     assert metadata["loss_curve"].startswith("![triplet loss](data:image/png;base64,")
+    assert metadata["validation_curve"].startswith("![validation TAR@FAR](data:image/png;base64,")
+    best, ran, requested = metadata["best_epoch"], metadata["epochs_run"], metadata["epochs_requested"]
+    assert ran == min(best + 5, requested)
+    assert metadata["stopping"].startswith(
+        f"stopped at epoch {ran} of {requested}: no validation gain after epoch {best} ("
+        if ran < requested
+        else f"ran all {requested} epochs; best validation TAR at epoch {best}"
+    )
     assert metadata["figures"]["TAR@FAR=0.001"]["raw"] >= 0.98  # buffalo_s on lfw-mini: 1.0 measured
     assert "| TAR@FAR=0.001 |" in metadata["validation"]
+
+
+def test_training_says_how_it_stopped_and_charts_each_curve_at_its_own_epochs(dlib_library: Library):
+    from face_pipeline.defs.training_assets import epoch_curves
+
+    degrade_raw_vectors(dlib_library)
+    report = train(dlib_library, epochs=20)
+    assert report.best_epoch >= 1 and report.epochs_requested == 20 and report.patience == 5
+    if report.epochs_run < 20:  # early stop: patience epochs after the best one
+        assert report.epochs_run == report.best_epoch + report.patience
+        assert report.stopping() == (
+            f"stopped at epoch {report.epochs_run} of 20: no validation gain after epoch {report.best_epoch} "
+            "(patience 5 epochs)"
+        )
+    else:
+        assert report.stopping() == f"ran all 20 epochs; best validation TAR at epoch {report.best_epoch}"
+    curves = epoch_curves(report)
+    loss_epochs, losses = curves["loss_curve"]
+    val_epochs, val_tar = curves["validation_curve"]
+    assert loss_epochs == list(range(1, report.epochs_run + 1)) and losses == report.losses
+    assert val_epochs == list(range(report.epochs_run + 1)) and val_tar == report.val_tar  # 0: the untrained head
+    assert val_tar[report.best_epoch] == max(val_tar) > val_tar[0]
+
+
+# --- the loop closes: sensor -> retrain run -> promoted checkpoint active; a user's pin holds -------------
+
+
+def sensor_request() -> dg.RunRequest:
+    """One tick of the label-growth sensor on the library the FACE_* variables name."""
+    from face_pipeline.defs.resources import SettingsResource, pipeline_resources
+    from face_pipeline.defs.sensors import label_growth_sensor
+    from face_pipeline.settings import load_settings
+
+    settings = load_settings()
+    folders = SettingsResource(photos_dir=str(settings.photos_dir), data_dir=str(settings.data_dir))
+    resources = pipeline_resources(folders)
+    with dg.instance_for_test() as instance, dg.build_sensor_context(instance=instance, resources=resources) as context:
+        result = label_growth_sensor(context)
+    assert isinstance(result, dg.SensorResult), result
+    (request,) = result.run_requests or []
+    return request
+
+
+def retrain_run(tags: dict[str, str] | None = None) -> dict[str, dict[str, object]]:
+    """The retrain job in process, as the daemon runs it; the metadata of each asset it materialised."""
+    from face_pipeline.definitions import defs as definitions
+    from face_pipeline.defs.jobs import RETRAIN
+    from face_pipeline.defs.runner import asset_metadata
+
+    with dg.instance_for_test() as instance:
+        result = definitions().resolve_job_def(RETRAIN).execute_in_process(instance=instance, tags=tags or {})
+    assert result.success
+    return {
+        name: asset_metadata(result, name)
+        for name in ("trained_projection_checkpoint", "regenerated_embeddings", "supervised_assignments")
+    }
+
+
+def test_sensor_started_retrain_activates_the_promoted_checkpoint_and_a_raw_pin_holds_it_off(
+    dlib_cli_library: Library, monkeypatch: pytest.MonkeyPatch
+):
+    library, raw_name = dlib_cli_library, DLIB.raw
+    monkeypatch.setenv("FACE_TRAINING_ENABLED", "true")
+    degrade_raw_vectors(library)  # a space a head can improve: the gate promotes (see the module doc)
+
+    request = sensor_request()
+    assert request.tags["face_pipeline/label_count"] == str(labelled_faces(library))
+    run = retrain_run(request.tags)
+    first = str(run["trained_projection_checkpoint"]["space"])
+    assert run["trained_projection_checkpoint"]["promote"] is True
+    assert run["regenerated_embeddings"]["switched"] is True and run["regenerated_embeddings"]["active_space"] == first
+    assert run["supervised_assignments"]["space"] == first  # reassigned in the new space, in the same run
+    assert active_names(library) == [first]
+
+    back = runner.invoke(app, ["faces", "reassign"])  # the user pins the raw space
+    assert back.exit_code == 0 and "raw space pinned" in back.output, back.output
+    run = retrain_run({"face_pipeline/trigger": "monthly schedule"})  # an automatic retrain promotes another
+    second = str(run["trained_projection_checkpoint"]["space"])
+    assert run["trained_projection_checkpoint"]["promote"] is True and second != first
+    assert run["regenerated_embeddings"]["switched"] is False
+    assert "pinned by `faces reassign`" in str(run["regenerated_embeddings"]["message"])
+    assert active_names(library) == [raw_name] and run["supervised_assignments"]["space"] == raw_name
+    assert spaces(library)[second].status == SpaceStatus.CANDIDATE
+
+    trained = runner.invoke(app, ["faces", "reassign", "--use-trained-model"])  # lifts the pin
+    assert trained.exit_code == 0 and f"embeddings: switched to {second}" in trained.output, trained.output
+    assert active_names(library) == [second]

@@ -80,15 +80,23 @@ def cluster_dual(
 def reassign(
     person_threshold: Threshold = None,
     use_trained_model: Annotated[
-        bool, typer.Option("--use-trained-model", help="Switch to the newest promoted checkpoint first.")
+        bool,
+        typer.Option(
+            "--use-trained-model",
+            help="Switch to FACE_MODEL_CHECKPOINT or the newest promoted checkpoint, and let automatic runs "
+            "activate checkpoints promoted later. Without it: the raw space, pinned.",
+        ),
     ] = False,
 ) -> None:
     """Choose the space (raw, or with --use-trained-model the trained one), then cluster-dual in it.
 
-    With --use-trained-model: the newest promoted checkpoint (or FACE_MODEL_CHECKPOINT) becomes the active
-    space; if there is none, the raw space stays and the message says why. Without it: the raw model's
-    space (a trained space that was active is retired; scheduled runs do not bring it back). Faces a user
-    confirmed are never changed.
+    Without --use-trained-model: the raw model's space becomes active (a trained space that was active is
+    retired) and stays pinned: automatic runs (daily, and retrain runs started by the label-growth sensor or
+    the monthly schedule) do not activate new checkpoints until the next `faces reassign`. With it: the
+    checkpoint FACE_MODEL_CHECKPOINT names, else the newest promoted one, becomes active (if there is none,
+    the raw space stays and the message says why) and the pin is lifted: a checkpoint a later retrain
+    promotes is activated by that run. FACE_MODEL_CHECKPOINT set pins that checkpoint: automatic runs never
+    switch. Faces a user confirmed are never changed.
     """
     _run_clustering(
         {

@@ -5,7 +5,7 @@ import dagster as dg
 
 from face_pipeline.defs.jobs import DAILY, RETRAIN, detect_limit_config
 from face_pipeline.defs.resources import DatabaseResource
-from face_pipeline.defs.sensors import retrain_in_flight
+from face_pipeline.defs.sensors import TRIGGER_TAG, retrain_in_flight, retrain_tags
 from face_pipeline.services.label_growth import retrain_decision
 from face_pipeline.settings import Settings
 
@@ -17,7 +17,7 @@ def daily_schedule(settings: Settings) -> dg.ScheduleDefinition:
         cron_schedule=f"0 {settings.schedule_hour} * * *",
         execution_timezone=settings.schedule_timezone,
         run_config=detect_limit_config(settings.daily_limit),
-        tags={"face_pipeline/trigger": "daily schedule"},
+        tags={TRIGGER_TAG: "daily schedule"},
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description=f"New photos (at most FACE_DAILY_LIMIT={settings.daily_limit or 'all'}) in, then clustering.",
     )
@@ -30,12 +30,15 @@ def monthly_retrain_schedule(settings: Settings) -> dg.ScheduleDefinition:
         cron_schedule=f"0 {(settings.schedule_hour + 1) % 24} 1 * *",
         execution_timezone=settings.schedule_timezone,
         default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Retrain on the 1st of the month when there are new labels since the promoted checkpoint.",
+        description="Retrain on the 1st of the month when there is any new label since the last checkpoint trained "
+        "(promoted or rejected) or promoted: the label-growth sensor's rule without its growth thresholds.",
     )
     def _monthly(context: dg.ScheduleEvaluationContext, database: DatabaseResource) -> dg.RunRequest | dg.SkipReason:
         if busy := retrain_in_flight(context.instance):
             return busy
-        # Any new label since the promoted checkpoint is enough once a month (no growth threshold, no cursor).
+        # The sensor's rule (services/label_growth): once a month any label new since the last checkpoint trained
+        # or promoted is enough (no growth threshold). No cursor: the checkpoints are the memory, so unchanged
+        # labels are not trained on again, whatever the gate said last time.
         decision = retrain_decision(
             database.database,
             database.face_settings(),
@@ -49,7 +52,7 @@ def monthly_retrain_schedule(settings: Settings) -> dg.ScheduleDefinition:
         when = context.scheduled_execution_time
         return dg.RunRequest(
             run_key=f"monthly-retrain-{when:%Y-%m}" if when else None,
-            tags={"face_pipeline/trigger": "monthly schedule", "face_pipeline/label_count": str(decision.label_count)},
+            tags=retrain_tags(decision, "monthly schedule"),
         )
 
     return _monthly

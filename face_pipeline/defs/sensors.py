@@ -2,8 +2,10 @@
 
 Skips (saying why) while a retrain is queued or running, when FACE_TRAINING_ENABLED is false, when there are
 too few labels to train (5 people x 5 faces), and while the labels have not grown by
-FACE_RETRAIN_MIN_NEW_LABELS and FACE_RETRAIN_MIN_GROWTH since the last promoted checkpoint or the last
-request (services/label_growth.retrain_decision). Its cursor (JSON) keeps the label count at the last request.
+FACE_RETRAIN_MIN_NEW_LABELS and FACE_RETRAIN_MIN_GROWTH since the last promoted checkpoint, the last checkpoint
+trained or the last request (services/label_growth.retrain_decision). Its cursor (JSON) keeps the label count at
+the last request. The retrain run activates the checkpoint it trains when the gate promotes it, unless the user
+pinned the raw space (`faces reassign`) or a checkpoint (FACE_MODEL_CHECKPOINT): services/space_switch.py.
 """
 
 import json
@@ -13,10 +15,25 @@ import dagster as dg
 from face_pipeline.defs.jobs import RETRAIN, runs_in_flight
 from face_pipeline.defs.resources import DatabaseResource
 from face_pipeline.defs.run_recovery import free_dead_runs
-from face_pipeline.services.label_growth import TRAINING_DISABLED, retrain_decision
+from face_pipeline.services.label_growth import TRAINING_DISABLED, RetrainDecision, retrain_decision
 
-__all__ = ["TRAINING_DISABLED", "dead_run_sensor", "label_growth_sensor", "read_cursor", "retrain_in_flight"]
-LABEL_COUNT_TAG = "face_pipeline/label_count"
+__all__ = [
+    "LABEL_COUNT_TAG",
+    "TRAINING_DISABLED",
+    "TRIGGER_TAG",
+    "dead_run_sensor",
+    "label_growth_sensor",
+    "read_cursor",
+    "retrain_in_flight",
+    "retrain_tags",
+]
+LABEL_COUNT_TAG = "face_pipeline/label_count"  # the labels a retrain run was asked for
+TRIGGER_TAG = "face_pipeline/trigger"  # what started a run
+
+
+def retrain_tags(decision: RetrainDecision, trigger: str) -> dict[str, str]:
+    """The tags of a retrain run the sensor or the monthly schedule asks for."""
+    return {LABEL_COUNT_TAG: str(decision.label_count), TRIGGER_TAG: trigger}
 
 
 def read_cursor(cursor: str | None) -> int | None:
@@ -60,7 +77,7 @@ def label_growth_sensor(
     context.log.info(decision.reason)
     request = dg.RunRequest(
         run_key=f"labels-{decision.baseline}-to-{decision.label_count}",
-        tags={LABEL_COUNT_TAG: str(decision.label_count), "face_pipeline/trigger": "label_growth_sensor"},
+        tags=retrain_tags(decision, "label_growth_sensor"),
     )
     return dg.SensorResult(
         run_requests=[request],

@@ -6,13 +6,14 @@ with SQL (services/space_switch.py says which space, when).
 """
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
 from face_pipeline.defs.ingest_assets import detected_faces
 from face_pipeline.defs.jobs import EMBEDDINGS_GROUP, TRAINING_GROUP
-from face_pipeline.defs.metadata import line_chart_md, markdown_table
+from face_pipeline.defs.metadata import _figure, _png, markdown_table
 from face_pipeline.defs.resources import VECTOR_STORE_POOL, DatabaseResource, VectorStoreResource, library_of
 from face_pipeline.services.doctor import diagnose
 from face_pipeline.services.space_switch import regenerate_embeddings
@@ -67,6 +68,7 @@ def trained_projection_checkpoint(
         data = read_training_set(library, vectors)
     report = train_checkpoint(library, data, train)
     context.log.info(f"{report.space}: {'promoted' if report.promote else 'rejected'}: {report.reason}")
+    context.log.info(report.stopping())
     return dg.MaterializeResult(metadata=training_metadata(report))
 
 
@@ -87,8 +89,10 @@ def training_metadata(report: "TrainingReport") -> dict[str, Any]:
         "people": report.counts.get("people", 0),
         "train_faces": report.counts.get("train_faces", 0),
         "val_people": report.counts.get("val_people", 0),
-        "epochs_run": len(report.losses),
+        "epochs_run": report.epochs_run,
+        "epochs_requested": report.epochs_requested,
         "best_epoch": report.best_epoch,
+        "stopping": report.stopping(),
         "seconds": round(report.seconds, 3),
         "device": report.device,
         "person_threshold": report.thresholds.threshold,
@@ -104,9 +108,31 @@ def training_metadata(report: "TrainingReport") -> dict[str, Any]:
         ),
         "validation": markdown_table(["held-out figure", "raw", "projected"], figures),
         "thresholds": markdown_table(["threshold", "raw space", "projected space"], thresholds),
-        "loss_curve": line_chart_md("triplet loss", {"train loss": report.losses}),
-        "validation_curve": line_chart_md("validation TAR (epoch 0 = untrained)", {"val TAR": report.val_tar}),
+        **{name: epoch_chart_md(CURVE_TITLES[name], *curve) for name, curve in epoch_curves(report).items()},
     }
+
+
+CURVE_TITLES = {"loss_curve": "triplet loss", "validation_curve": "validation TAR@FAR"}
+
+
+def epoch_curves(report: "TrainingReport") -> dict[str, tuple[list[int], list[float]]]:
+    """(epochs, values) of each curve: the loss of epochs 1..n, the validation TAR of epochs 0..n (0: before
+    training, the raw space's own figure through the untrained head)."""
+    return {
+        "loss_curve": (list(range(1, len(report.losses) + 1)), list(report.losses)),
+        "validation_curve": (list(range(len(report.val_tar))), list(report.val_tar)),
+    }
+
+
+def epoch_chart_md(title: str, epochs: Sequence[int], values: Sequence[float]) -> dg.MetadataValue:
+    """A line chart over epochs at their own numbers (defs/metadata.line_chart_md counts from 1)."""
+    fig, ax = _figure()
+    ax.plot(epochs, values, marker="o", markersize=3)
+    ax.set_title(title)
+    ax.set_xlabel("epoch (0 = untrained)" if epochs and epochs[0] == 0 else "epoch")
+    if epochs:
+        ax.set_xticks(list(epochs) if len(epochs) <= 20 else list(epochs)[:: max(1, len(epochs) // 10)])
+    return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{_png(fig)})")
 
 
 def _finite(value: float) -> float | None:
@@ -114,8 +140,10 @@ def _finite(value: float) -> float | None:
 
 
 class RegenerateConfig(dg.Config):
-    """auto: activate the newest promoted checkpoint once, keep the active space otherwise; trained: the
-    newest promoted checkpoint (or FACE_MODEL_CHECKPOINT); raw: back to the raw model's space."""
+    """auto (automatic runs): activate a newly promoted checkpoint unless the user pinned a space, keep the
+    active space otherwise; trained (`faces reassign --use-trained-model`): FACE_MODEL_CHECKPOINT or the newest
+    promoted checkpoint, and lift the raw pin; raw (`faces reassign`): the raw model's space, pinned
+    (services/space_switch.py)."""
 
     mode: str = "auto"  # auto | trained | raw (checked by the service)
 

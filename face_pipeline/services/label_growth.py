@@ -1,7 +1,9 @@
 """How many labels users gave, and whether they grew enough since the last training to train again.
 
 Read by the `face_labels` observation (its data version); `retrain_decision` is the one rule the
-label-growth sensor and the monthly retrain schedule both apply (each with its own thresholds). A "label"
+label-growth sensor and the monthly retrain schedule both apply (each with its own thresholds): growth is
+measured from the last promoted checkpoint, the last checkpoint trained at all (a rejected one too: its
+labels were tried) and the last request, whichever saw the most labels. A "label"
 is a face a user confirmed as a person; rejections ("not this person") are
 counted beside them but do not make a retrain worth it on their own.
 """
@@ -16,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from face_pipeline.services.space_registry import PromotedCheckpoint, last_promoted_checkpoint
+from face_pipeline.services.space_registry import PromotedCheckpoint, last_promoted_checkpoint, latest_checkpoint
 from face_pipeline.settings import Settings
 from face_pipeline.storage.db import Database
 from face_pipeline.storage.models import FaceInstance, FaceRejection
@@ -94,7 +96,7 @@ class RetrainDecision:
     retrain: bool
     reason: str
     label_count: int
-    baseline: int  # labels at the last promotion or request (0: never trained)
+    baseline: int  # labels at the last promotion, training or request (0: never trained)
 
 
 TRAINING_DISABLED = "FACE_TRAINING_ENABLED is false: automatic retraining is off (set it to true to enable)"
@@ -116,9 +118,12 @@ def retrain_decision(
     if not settings.training_enabled:
         return RetrainDecision(False, TRAINING_DISABLED, 0, 0)
     db = open_db()
+    with db.session() as session:
+        newest = latest_checkpoint(session)
     return decide_retrain(
         count_labels(db),
         promoted=last_promoted_checkpoint(db),
+        last_trained=None if newest is None else PromotedCheckpoint(newest.name, int(newest.label_count or 0)),
         last_requested=last_requested,
         min_new_labels=min_new_labels,
         min_growth=min_growth,
@@ -133,22 +138,29 @@ def decide_retrain(
     last_requested: int | None,
     min_new_labels: int,
     min_growth: float,
+    last_trained: PromotedCheckpoint | None = None,
     thresholds: str = SETTINGS_THRESHOLDS,
 ) -> RetrainDecision:
     """Retrain when both hold: at least `min_new_labels` new labels and `min_growth` (a fraction) more than
-    the baseline. The baseline is the larger of the promoted checkpoint's label count and the count at the
-    last request, so a retrain whose checkpoint was rejected is not asked for again for the same labels."""
+    the baseline. The baseline is the largest label count of the promoted checkpoint, the newest checkpoint
+    trained (`last_trained`, promoted or rejected) and the last request, so labels a checkpoint was already
+    trained on (or a run was already asked for) never start another retrain."""
     current = counts.labelled_faces
     if not counts.enough_to_train:
         return RetrainDecision(False, "too few labels to train: " + counts.shortfall(), current, 0)
-    baseline = max(promoted.label_count if promoted else 0, last_requested or 0)
+    promoted_count = promoted.label_count if promoted else 0
+    trained_count = last_trained.label_count if last_trained else 0
+    baseline = max(promoted_count, trained_count, last_requested or 0)
     new = current - baseline
     growth = new / baseline if baseline else float("inf")
-    since = (
-        f"the promoted checkpoint {promoted.space} ({promoted.label_count} labels)"
-        if promoted and promoted.label_count >= (last_requested or 0)
-        else (f"the last retrain request ({baseline} labels)" if last_requested is not None else "the start")
-    )
+    if promoted and promoted_count == baseline:
+        since = f"the promoted checkpoint {promoted.space} ({promoted_count} labels)"
+    elif last_trained and trained_count == baseline:
+        since = f"the last trained checkpoint {last_trained.space} ({trained_count} labels)"
+    elif last_requested is not None:
+        since = f"the last retrain request ({baseline} labels)"
+    else:
+        since = "the start"
     enough = new >= max(min_new_labels, 1) and growth >= min_growth
     verdict = "retrain" if enough else "not enough to retrain"
     reason = (

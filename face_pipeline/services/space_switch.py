@@ -6,15 +6,19 @@ A trained projection space has its own vector collection, named after the space,
 raw vector passed through the checkpoint's head. Raw vectors stay in the raw space's collection whatever
 is active (detection writes there, and projections are computed from them).
 
-What `regenerate_embeddings` makes active (`mode`):
+What `regenerate_embeddings` makes active (`mode`). The rule, in one place (`_choose_target`):
 
-- "auto" (scheduled and sensor runs; the retrain, daily and cluster_dual jobs): the newest checkpoint when the
-  gate promoted it and it was never active; otherwise the active space stays. It never brings back a
-  retired checkpoint and never switches to the raw space, so a user's `faces reassign` (raw) holds until
-  they ask for the trained model again. With FACE_MODEL_CHECKPOINT set it never switches at all.
+- "auto" (every automatic run: the retrain job the label-growth sensor or the monthly schedule starts, the
+  daily job, `faces cluster-dual`): a checkpoint the gate promoted and that was never active (status
+  candidate) is activated, so the retrain run that trained it switches to it and reassigns in it. Unless
+  the user pinned a space: after `faces reassign` without `--use-trained-model` (the raw-space pin, kept in
+  pipeline_state until the next `faces reassign`) or with FACE_MODEL_CHECKPOINT set (that checkpoint is the
+  pin), the active space stays. It never brings back a retired checkpoint and never switches to raw.
 - "trained" (`faces reassign --use-trained-model`): the checkpoint FACE_MODEL_CHECKPOINT names, else the
-  newest promoted one (also one retired earlier). A checkpoint the gate rejected is never activated.
-- "raw" (`faces reassign` without the flag): the raw model's space; an active projection is retired.
+  newest promoted one (also one retired earlier). A checkpoint the gate rejected is never activated. Lifts
+  the raw-space pin: checkpoints promoted later are activated by the automatic runs again.
+- "raw" (`faces reassign` without the flag): the raw model's space; an active projection is retired. Records
+  the raw-space pin.
 
 Whatever is active afterwards, when it is a projection its collection is brought in step with SQL: faces
 without a vector are projected (new photos), vectors of deleted faces are removed, and a vector that no
@@ -59,15 +63,49 @@ from face_pipeline.services.space_registry import (
     stored_checkpoint_path,
 )
 from face_pipeline.settings import Settings
+from face_pipeline.storage.models import PipelineState, utcnow
 from face_pipeline.storage.vectors import VectorStore, VectorStoreError
 
 log = logging.getLogger(__name__)
 
 
 class SpaceMode(StrEnum):
-    AUTO = "auto"  # a newly promoted checkpoint takes over; otherwise the active space stays
-    TRAINED = "trained"  # the pinned (FACE_MODEL_CHECKPOINT) or newest promoted checkpoint
-    RAW = "raw"  # the raw model's space
+    AUTO = "auto"  # a newly promoted checkpoint takes over unless a space is pinned; otherwise the active stays
+    TRAINED = "trained"  # the pinned (FACE_MODEL_CHECKPOINT) or newest promoted checkpoint; lifts the raw pin
+    RAW = "raw"  # the raw model's space, pinned until the next `faces reassign`
+
+
+PIN_KEY = "space_pin"  # pipeline_state row: the user's last `faces reassign` choice (SpaceMode.RAW / TRAINED)
+
+
+@dataclass(frozen=True)
+class SpacePin:
+    """What the user's last `faces reassign` chose, and when."""
+
+    mode: SpaceMode  # RAW pins the raw space; TRAINED lets promoted checkpoints in (no pin)
+    at: str  # ISO time, for the messages
+
+    @property
+    def pins_raw(self) -> bool:
+        return self.mode is SpaceMode.RAW
+
+
+def read_pin(session: Session) -> SpacePin | None:
+    """The user's last explicit choice of space, or None when they never made one."""
+    row = session.get(PipelineState, PIN_KEY)
+    try:
+        return None if row is None else SpacePin(SpaceMode(row.value["mode"]), str(row.value.get("at", "")))
+    except (KeyError, ValueError, TypeError):
+        return None  # unreadable: as if never set
+
+
+def _record_pin(session: Session, mode: SpaceMode) -> None:
+    value = {"mode": mode.value, "at": f"{utcnow():%Y-%m-%d %H:%M} UTC"}
+    row = session.get(PipelineState, PIN_KEY)
+    if row is None:
+        session.add(PipelineState(key=PIN_KEY, value=value))
+    else:
+        row.value = value
 
 
 # Largest change of a stored unit vector still taken as "the same" (the store re-normalises rows, and a
@@ -116,6 +154,12 @@ def _choose_target(
         if pinned.status is SpaceStatus.REJECTED:
             return active, f"{stays}: FACE_MODEL_CHECKPOINT {pinned.name} was rejected: {_gate_reason(pinned)}"
         return pinned, f"FACE_MODEL_CHECKPOINT names {pinned.name}"
+    pin = read_pin(session) if mode is SpaceMode.AUTO else None
+    if pin is not None and pin.pins_raw:
+        return active, (
+            f"{stays}: pinned by `faces reassign` ({pin.at}); `faces reassign --use-trained-model` lets trained "
+            "checkpoints in again"
+        )
     checkpoints = checkpoints_of(session, raw.name)
     if not checkpoints:
         return active, f"{stays}: no checkpoint trained yet (`faces train-matching`)"
@@ -300,6 +344,9 @@ def regenerate_embeddings(
         if active.is_projection:
             vectors.drop_collection(active.name)
             report.dropped_collection = active.name
+    if mode is not SpaceMode.AUTO:  # the user's explicit choice, honoured by the automatic runs that follow
+        with library.db.session() as session:
+            _record_pin(session, mode)
     report.active_space = target.name
     report.message = _message(report, why)
     report.seconds = time.perf_counter() - started
@@ -309,6 +356,8 @@ def regenerate_embeddings(
 
 def _message(report: RegenerateReport, why: str) -> str:
     head = f"switched to {report.active_space} ({why}; was {report.previous_space})" if report.switched else why
+    if report.mode == SpaceMode.RAW:
+        head += "; raw space pinned: automatic runs keep it until the next `faces reassign`"
     if report.projected or report.removed or report.unchanged:
         head += f"; {report.projected} vectors projected, {report.removed} removed, {report.unchanged} unchanged"
     return head

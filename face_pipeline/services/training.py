@@ -254,6 +254,23 @@ class TrainingReport:
     counts: dict[str, int] = field(default_factory=dict)
     threshold_facts: dict[str, Any] = field(default_factory=dict)
     pipeline: dict[str, PipelineFigures] = field(default_factory=dict)  # held-out pipeline figures, raw / projected
+    epochs_requested: int = 0  # TrainingParams.epochs; fewer ran when validation stopped gaining
+    patience: int = 0  # epochs without a validation gain before stopping
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.losses)
+
+    def stopping(self) -> str:
+        """How training ended, in words: "stopped at epoch 5 of 20: no validation gain after epoch 0"."""
+        untrained = self.best_epoch == 0
+        if self.epochs_run < self.epochs_requested:
+            return (
+                f"stopped at epoch {self.epochs_run} of {self.epochs_requested}: no validation gain after epoch "
+                f"{self.best_epoch} ({'the untrained head; ' if untrained else ''}patience {self.patience} epochs)"
+            )
+        best = f"epoch {self.best_epoch}" + (" (the untrained head)" if untrained else "")
+        return f"ran all {self.epochs_run} epochs; best validation TAR at {best}"
 
 
 def new_space_name(base_space: str) -> str:
@@ -337,6 +354,8 @@ def train_checkpoint(
         counts=dict(result.counts),
         threshold_facts=verdict.threshold_facts,
         pipeline={"raw": verdict.raw_figures, "projected": verdict.projected_figures},
+        epochs_requested=params.epochs,
+        patience=params.patience,
     )
 
 
