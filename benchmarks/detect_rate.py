@@ -66,6 +66,8 @@ def main() -> None:
     context = multiprocessing.get_context("spawn")
     with context.Pool(args.workers, initializer=_init_worker, initargs=(settings,)) as pool:
         results = pool.map(_detect, photos, chunksize=4)
+        pool.close()
+        pool.join()
     wall = time.perf_counter() - started
 
     with_face = sum(1 for faces, _, _ in results if faces)

@@ -19,6 +19,7 @@ from face_pipeline.vision.embedders import create_embedder
 from face_pipeline.vision.images import ImageRejected, load_rgb
 from face_pipeline.vision.model_packs import ModelChoice
 from face_pipeline.vision.types import FaceEmbedder
+from face_pipeline.vision.worker import restore_default_signals
 from face_pipeline_eval.main_face import main_face
 
 _embedder: FaceEmbedder | None = None
@@ -32,6 +33,7 @@ def cache_path(cache_dir: Path, dataset: Path, choice: ModelChoice | str, identi
 
 def _init(choice: str, threads: int) -> None:
     global _embedder  # one model per pool process
+    restore_default_signals()
     # Settings' defaults, not the environment: the cache must not depend on a developer's FACE_* variables.
     settings = Settings.model_construct()
     _embedder = create_embedder(settings, choice, threads=threads)
@@ -67,6 +69,8 @@ def build_embeddings(
     context = multiprocessing.get_context("spawn")
     with context.Pool(workers, initializer=_init, initargs=(choice.value, 1)) as pool:
         vectors = pool.map(_main_face, paths, chunksize=16)
+        pool.close()
+        pool.join()
     keep = [i for i, v in enumerate(vectors) if v is not None]
     cache.parent.mkdir(parents=True, exist_ok=True)
     partial = cache.with_suffix(".partial.npz")

@@ -5,6 +5,7 @@ blocking check (its offending face ids and what to run). Real CLI processes on a
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -127,3 +128,25 @@ def test_the_daemon_sensor_frees_a_run_whose_process_died(env: dict[str, str]):
         again = dead_run_sensor(dg.build_sensor_context(instance=instance))
     assert isinstance(result, dg.SkipReason) and result.skip_message == "freed 1 dead run(s)"
     assert isinstance(again, dg.SkipReason) and again.skip_message == "no dead runs"
+
+
+def test_a_backfill_started_with_sigterm_ignored_still_finishes(env: dict[str, str], lfw_mini: Path):
+    """Job runners and `nohup ... &` start commands with some signals ignored, and spawned pool workers inherit
+    that; a pool's terminate (SIGTERM) then waited for its workers forever. Workers restore the default."""
+    copy_people(lfw_mini, Path(env["FACE_PHOTOS_DIR"]) / "more", people=4, photos_each=4)
+
+    def ignore_sigterm() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    done = subprocess.run(
+        [sys.executable, "-m", "face_pipeline.cli", "faces", "backfill"],
+        env={**env, "FACE_WORKERS": "2"},
+        preexec_fn=ignore_sigterm,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr
+    detected = re.search(r"detected: \d+ faces in (\d+) photos", done.stdout)
+    assert detected and int(detected.group(1)) >= 16, done.stdout  # 16+: detection starts a worker pool

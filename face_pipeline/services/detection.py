@@ -187,6 +187,8 @@ def _results(
     threads = max(1, settings.worker_count // workers)
     with spawn.Pool(workers, initializer=init_pool_worker, initargs=(settings, threads)) as pool:
         yield pool.imap(process_in_pool, tasks, chunksize=4)
+        pool.close()  # every result read: let the workers finish rather than terminate them
+        pool.join()
 
 
 def _batched(results: Iterable[PhotoResult], size: int) -> Iterator[list[PhotoResult]]:

@@ -6,6 +6,7 @@ Kept free of torch/SQL imports so spawned workers start fast. Each process build
 from __future__ import annotations
 
 import logging
+import signal
 from dataclasses import dataclass, field
 
 from face_pipeline.settings import Settings
@@ -56,8 +57,17 @@ class PhotoWorker:
 _worker: PhotoWorker | None = None
 
 
+def restore_default_signals() -> None:
+    """A pool worker must die when its pool terminates it (SIGTERM). A process started with SIGTERM or SIGINT
+    ignored (some job runners, `nohup cmd &` for SIGINT) passes the ignoring on to the processes it spawns,
+    and Pool.terminate would then wait for such a worker forever."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def init_pool_worker(settings: Settings, threads: int = 0) -> None:
     global _worker  # one embedder per pool process, built once by the pool's initializer
+    restore_default_signals()
     logging.basicConfig(level=logging.WARNING)
     _worker = PhotoWorker(settings, create_embedder(settings, threads=threads))
 
