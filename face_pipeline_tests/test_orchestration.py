@@ -27,7 +27,7 @@ from face_pipeline.defs.labels_source import face_labels_observer
 from face_pipeline.defs.resources import VECTOR_STORE_POOL, SettingsResource, pipeline_resources
 from face_pipeline.defs.runner import MARKER_PREFIX, dagster_home
 from face_pipeline.defs.schedules import build_schedules
-from face_pipeline.defs.sensors import label_growth_sensor
+from face_pipeline.defs.sensors import LABEL_COUNT_TAG, TRIGGER_TAG, label_growth_sensor
 from face_pipeline.domain.metrics import PipelineFigures
 from face_pipeline.services.cluster_dual import CLUSTER_DUAL_ASSETS
 from face_pipeline.services.integrity import (
@@ -383,6 +383,55 @@ def test_monthly_retrain_needs_training_enabled_labels_and_something_new(
         nothing_new = run(instance)
     assert isinstance(nothing_new, dg.SkipReason)
     assert "0 new labels since the promoted checkpoint projection_25" in str(nothing_new.skip_message)
+
+
+def reject(context: Library, label_count: int) -> None:
+    """A trained projection the gate refused, as the training step records it (the raw space stays active)."""
+    with context.db.session() as session:
+        session.add(
+            EmbeddingSpaceRow(
+                name=f"rejected_{label_count}",
+                kind="projection",
+                model_name="projection head",
+                dim=64,
+                base_space=SPACE,
+                status=SpaceStatus.REJECTED,
+                label_count=label_count,
+                metrics=gate_metrics(False),
+            )
+        )
+
+
+def test_monthly_retrain_follows_the_sensors_rule_and_never_retrains_unchanged_labels(
+    library: Library, monkeypatch: pytest.MonkeyPatch
+):
+    """Nothing was ever promoted and the last checkpoint was refused: neither the schedule (no cursor) nor a
+    sensor that lost its cursor asks again for the labels that checkpoint was trained on; new labels do."""
+    monthly = build_schedules(load_settings())[1]
+
+    def month(instance: dg.DagsterInstance, when: datetime) -> object:
+        with dg.build_schedule_context(
+            instance=instance, scheduled_execution_time=when, resources=resources(library)
+        ) as context:
+            return monthly(context)
+
+    label_people(library, 0, 5)  # 25 labels
+    reject(library, 25)
+    monkeypatch.setenv("FACE_RETRAIN_MIN_NEW_LABELS", "5")
+    with dg.instance_for_test() as instance:
+        for result in (month(instance, datetime(2026, 12, 1, 3, tzinfo=UTC)), tick(instance, library)):
+            assert isinstance(result, dg.SkipReason)
+            assert "0 new labels since the last trained checkpoint rejected_25 (25 labels)" in str(result.skip_message)
+
+        label_people(library, 5, 1)  # 30 labels: 5 new, 20% growth
+        request = month(instance, datetime(2027, 1, 1, 3, tzinfo=UTC))
+        sensed = tick(instance, library)
+    assert isinstance(request, dg.RunRequest) and request.run_key == "monthly-retrain-2027-01"
+    assert request.tags == {LABEL_COUNT_TAG: "30", TRIGGER_TAG: "monthly schedule"}
+    assert isinstance(sensed, dg.SensorResult)
+    (sensor_request,) = sensed.run_requests or []
+    assert sensor_request.run_key == "labels-25-to-30"
+    assert sensor_request.tags == {LABEL_COUNT_TAG: "30", TRIGGER_TAG: "label_growth_sensor"}
 
 
 def test_face_labels_observation_changes_version_when_a_label_changes(library: Library):

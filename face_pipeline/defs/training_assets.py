@@ -106,8 +106,8 @@ def training_metadata(report: "TrainingReport") -> dict[str, Any]:
                 for name, (raw, projected) in report.figures.items()
             }
         ),
-        "validation": markdown_table(["held-out figure", "raw", "projected"], figures),
-        "thresholds": markdown_table(["threshold", "raw space", "projected space"], thresholds),
+        "validation": markdown_table(["held-out figure", "raw", "trained"], figures),
+        "thresholds": markdown_table(["threshold", "raw space", "trained space"], thresholds),
         **{name: epoch_chart_md(CURVE_TITLES[name], *curve) for name, curve in epoch_curves(report).items()},
     }
 
