@@ -31,9 +31,9 @@ def label(
         Path | None,
         typer.Option(
             "--from-csv",
-            help="Name many at once: a CSV file of `target,name` rows, target a cluster id (unknown_cluster_3) or a "
-            "face id (42); an optional header `cluster_id,name` or `face_id,name`; blank lines and # comments are "
-            "skipped. One transaction: a bad row names its line and changes nothing.",
+            help="Name many at once: a CSV file of `target,name` rows, target a cluster id (as `faces stats` lists "
+            "it) or a face id (42); an optional header `cluster_id,name` or `face_id,name`; blank lines and # comments "
+            "are skipped. One transaction: a bad row names its line and changes nothing.",
         ),
     ] = None,
 ) -> None:
