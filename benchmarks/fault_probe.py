@@ -26,9 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from face_pipeline.services.labels import label_face, reject_face
 from face_pipeline_tests.photo_corpus import copy_people
-from face_pipeline_tests.test_crash_safety import _cli, _decisions, _env, _faces_by_photo, _library
+from face_pipeline_tests.test_crash_safety import _cli, _decisions, _env, _faces_by_photo, label_five_people
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "lfw-mini"
 
@@ -74,24 +73,7 @@ def _rerun(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str] 
 def _labelled_library(root: Path, photos: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     env = _env(root, photos)
     _cli(env, "backfill")
-    library = _library(env, monkeypatch)
-    from sqlalchemy import select
-
-    from face_pipeline.storage.models import FaceInstance, Image
-
-    with library.db.session() as session:
-        faces = session.execute(
-            select(FaceInstance.id, Image.path).join(Image, Image.id == FaceInstance.image_id).order_by(FaceInstance.id)
-        ).all()
-    by_person: dict[str, list[int]] = {}
-    for face_id, path in faces:
-        by_person.setdefault(Path(path).parent.name, []).append(face_id)
-    people = sorted(by_person)
-    for person in people[:5]:
-        for face_id in by_person[person][:5]:
-            label_face(library, face_id, person.replace("_", " "))
-    reject_face(library, by_person[people[-1]][0], people[0].replace("_", " "))
-    library.close()
+    label_five_people(env, monkeypatch)
     return env
 
 

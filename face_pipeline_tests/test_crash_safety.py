@@ -106,6 +106,24 @@ def _no_run_left_running(env: dict[str, str]) -> None:
     assert not running and not claimed, (running, claimed)
 
 
+def label_five_people(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Name 5 faces of each of the first 5 people (by folder) and rule one face of the 6th out for the first."""
+    library = _library(env, monkeypatch)
+    with library.db.session() as session:
+        faces = session.execute(
+            select(FaceInstance.id, Image.path).join(Image, Image.id == FaceInstance.image_id).order_by(FaceInstance.id)
+        ).all()
+    by_person: dict[str, list[int]] = {}
+    for face_id, path in faces:
+        by_person.setdefault(Path(path).parent.name, []).append(face_id)
+    people = sorted(by_person)
+    for person in people[:5]:
+        for face_id in by_person[person][:5]:
+            label_face(library, face_id, person.replace("_", " "))
+    reject_face(library, by_person[people[5]][0], people[0].replace("_", " "))
+    library.close()
+
+
 @pytest.fixture
 def photos(tmp_path: Path, lfw_mini: Path) -> Path:
     folder = tmp_path / "photos"
@@ -144,20 +162,7 @@ def test_cluster_dual_reassign_and_training_killed_keep_every_decision(
 ):
     env = _env(tmp_path, photos)
     _ok(_cli(env, "backfill"))
-    library = _library(env, monkeypatch)
-    with library.db.session() as session:
-        faces = session.execute(
-            select(FaceInstance.id, Image.path).join(Image, Image.id == FaceInstance.image_id).order_by(FaceInstance.id)
-        ).all()
-    by_person: dict[str, list[int]] = {}
-    for face_id, path in faces:
-        by_person.setdefault(Path(path).parent.name, []).append(face_id)
-    for person, ids in sorted(by_person.items())[:5]:
-        for face_id in ids[:5]:
-            label_face(library, face_id, person.replace("_", " "))
-    stranger = sorted(by_person.items())[5][1][0]
-    reject_face(library, stranger, sorted(by_person)[0].replace("_", " "))
-    library.close()
+    label_five_people(env, monkeypatch)
     before = _decisions(env, monkeypatch)
     assert len(before["confirmed"]) == 25 and len(before["rejected"]) == 1  # type: ignore[arg-type]
 
