@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import default_dataset, emit, git_commit  # noqa: E402
+from benchmarks.common import checkouts, default_dataset, emit  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -135,23 +135,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cli-latency-") as tmp:
         root = Path(tmp)
         env, faces = build_library(root / "library")
-        checkouts = {git_commit(): REPO}
-        if args.compare:
-            worktree = root / "compare"
-            git = ["git", "-C", str(REPO), "worktree"]
-            subprocess.run([*git, "add", "--detach", str(worktree), args.compare], check=True, capture_output=True)
-            checkouts = {args.compare: worktree, **checkouts}
-        try:
+        with checkouts(args.compare, root) as sides:
             measured = {}
-            for rev, code in checkouts.items():
+            for rev, code in sides.items():
                 scratch = root / f"scratch-{rev}"
                 scratch.mkdir()
                 measured[rev] = time_rounds(code, env, faces, args.calls, scratch)
-            header = "".join(f"{rev[:10] + ' median/max wall, cpu s':>36s}" for rev in checkouts)
+            header = "".join(f"{rev[:10] + ' median/max wall, cpu s':>36s}" for rev in sides)
             print(f"{'command':20s}{header}")
-            for name in measured[next(reversed(checkouts))]:
+            for name in measured[next(reversed(sides))]:
                 cells = []
-                for rev in checkouts:
+                for rev in sides:
                     timing = measured[rev][name]
                     median, worst, cpu = (
                         statistics.median(timing.wall),
@@ -171,9 +165,6 @@ def main() -> None:
                         failures=timing.failures,
                     )
                 print(f"{name:20s}" + "".join(cells))
-        finally:
-            if args.compare:
-                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(root / "compare")])
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import emit, lfw_dev_embeddings, peak_rss_mb  # noqa: E402
+from benchmarks.common import checkouts, emit, lfw_dev_embeddings, peak_rss_mb  # noqa: E402
 
 SYNTHETIC_SPACE = "arcface_synthetic"  # 'arcface*' spaces take the ArcFace thresholds
 LFW_SPACE = "dlib_resnet_v1"
@@ -339,25 +339,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="measure each side this many times, taking turns")
     args = parser.parse_args()
     (REPO / ".cache").mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="bench-compare-", dir=REPO / ".cache") as root:
-        sides = {"HEAD": REPO}
-        if args.compare:
-            worktree = Path(root) / "compare"
-            git = ["git", "-C", str(REPO), "worktree"]
-            subprocess.run([*git, "add", "--detach", str(worktree), args.compare], check=True, capture_output=True)
-            # REV finds the datasets beside its checkout and the lfw-dev embeddings in its .cache: lend it ours
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-compare-", dir=REPO / ".cache") as root,
+        checkouts(args.compare, Path(root)) as sides,
+    ):
+        if args.compare:  # REV finds the datasets beside its checkout and the lfw-dev embeddings in its .cache
             (Path(root) / "shared").symlink_to(REPO.parent / "shared")
-            if not (worktree / ".cache").exists():
-                (worktree / ".cache").symlink_to(REPO / ".cache")
-            sides = {args.compare: worktree, **sides}
-        try:
-            for n in args.sizes:
-                run_size("synthetic", n, sides, args.rounds)
-            if not args.no_lfw:
-                run_size("lfw", 0, sides, args.rounds)
-        finally:
-            if args.compare:
-                subprocess.run([*git, "remove", "--force", str(worktree)], check=False)
+            if not (sides[args.compare] / ".cache").exists():
+                (sides[args.compare] / ".cache").symlink_to(REPO / ".cache")
+        for n in args.sizes:
+            run_size("synthetic", n, sides, args.rounds)
+        if not args.no_lfw:
+            run_size("lfw", 0, sides, args.rounds)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ import json
 import resource
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,27 @@ def git_commit() -> str:
         return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True).strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+@contextmanager
+def worktree(rev: str, where: Path) -> Iterator[Path]:
+    """REV's code checked out at `where` (a detached git worktree) for a before/after run; removed afterwards."""
+    git = ["git", "-C", str(REPO), "worktree"]
+    subprocess.run([*git, "add", "--detach", str(where), rev], check=True, capture_output=True)
+    try:
+        yield where
+    finally:
+        subprocess.run([*git, "remove", "--force", str(where)], capture_output=True, check=False)
+
+
+@contextmanager
+def checkouts(compare: str | None, scratch: Path) -> Iterator[dict[str, Path]]:
+    """{commit: code folder}: this checkout, and first, with --compare REV, REV's in a temporary worktree."""
+    if compare is None:
+        yield {git_commit(): REPO}
+        return
+    with worktree(compare, scratch / "compare") as other:
+        yield {compare: other, git_commit(): REPO}
 
 
 def emit(bench: str, **figures: Any) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import default_dataset, emit, git_commit  # noqa: E402
+from benchmarks.common import checkouts, default_dataset, emit  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,14 +70,8 @@ def main() -> None:
         subprocess.run(
             [sys.executable, "-m", "face_pipeline.cli", "faces", "backfill"], env=env, check=True, capture_output=True
         )
-        checkouts = {git_commit(): REPO}
-        if args.compare:
-            worktree = root / "compare"
-            git = ["git", "-C", str(REPO), "worktree"]
-            subprocess.run([*git, "add", "--detach", str(worktree), args.compare], check=True, capture_output=True)
-            checkouts = {args.compare: worktree, **checkouts}
-        try:
-            for rev, code in checkouts.items():
+        with checkouts(args.compare, root) as sides:
+            for rev, code in sides.items():
                 wall, cpu = time_backfills(code, env, args.calls)
                 median, worst, cpu_median = statistics.median(wall), max(wall), statistics.median(cpu)
                 print(
@@ -93,9 +87,6 @@ def main() -> None:
                     max_s=round(worst, 3),
                     median_cpu_s=round(cpu_median, 3),
                 )
-        finally:
-            if args.compare:
-                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(root / "compare")])
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import emit, git_commit  # noqa: E402
+from benchmarks.common import emit, git_commit, worktree  # noqa: E402
 
 SPACE = "arcface_synthetic"  # 'arcface*' spaces take the ArcFace thresholds
 PEOPLE = 200
@@ -218,21 +218,16 @@ def measure(code: str, settings: Any, repeats: int, phases: list[str]) -> list[d
 def compare_rows(rev: str, args: argparse.Namespace, scratch: Path) -> list[dict[str, Any]]:
     """The same requests at another commit: a temporary worktree, this script run as a subprocess that imports
     that tree's code and builds the same library (same seed) with it, so each side has its own schema."""
-    worktree = scratch / "compare"
-    git = ["git", "-C", str(REPO), "worktree"]
-    subprocess.run([*git, "add", "--detach", str(worktree), rev], check=True, capture_output=True)
-    try:
+    with worktree(rev, scratch / "compare") as code:
         done = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--code", str(worktree)]
+            [sys.executable, str(Path(__file__).resolve()), "--code", str(code)]
             + ["--library", str(scratch / "compare-library"), "--repeats", str(args.repeats)]
             + ["--groups", str(args.groups), "--singletons", str(args.singletons), "--label", rev, "--json-only"],
             capture_output=True,
             text=True,
         )
-        if done.returncode != 0:
-            raise SystemExit(f"the run at {rev} failed:\n{done.stderr[-3000:]}")
-    finally:
-        subprocess.run([*git, "remove", "--force", str(worktree)], capture_output=True)
+    if done.returncode != 0:
+        raise SystemExit(f"the run at {rev} failed:\n{done.stderr[-3000:]}")
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
