@@ -6,7 +6,6 @@ Screenshots: test-artifacts/review-flow-*.png (printed)."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +17,13 @@ from sqlalchemy import select
 from face_pipeline.services.export import faces_frame
 from face_pipeline.storage.models import FaceInstance, Image
 from face_pipeline_tests.browser import ARTIFACTS
-from face_pipeline_tests.test_api import group_faces, sqlite_library
-from face_pipeline_tests.test_review_page_browser import Served, review_page, serving, shot
+from face_pipeline_tests.test_api import group_faces
+from face_pipeline_tests.test_review_page_browser import Served, review_page, shot
 from face_pipeline_tests.test_review_page_browser import browser as browser  # noqa: F401 (the fixture)
+from face_pipeline_tests.test_review_page_browser import served as served  # noqa: F401 (the fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 FLOOR = 0.45  # buffalo_s's person threshold
-
-
-@pytest.fixture(scope="module")
-def served(lfw_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    context = sqlite_library(tmp_path_factory, lfw_mini)
-    group_faces(context)
-    with serving(context.settings) as url:
-        yield Served(context, url)
-    context.close()
 
 
 def step(page: Any, name: str) -> None:
