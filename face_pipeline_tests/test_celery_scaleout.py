@@ -24,7 +24,7 @@ import pytest
 from sqlalchemy import func, select
 
 from face_pipeline.definitions import defs as definitions
-from face_pipeline.defs.celery_executor import daily_job
+from face_pipeline.defs.celery_executor import daily_job, retrain_job
 from face_pipeline.defs.jobs import DAILY
 from face_pipeline.defs.runner import dagster_home
 from face_pipeline.services.export import faces_frame
@@ -249,6 +249,42 @@ def test_a_worker_killed_mid_detection_loses_and_duplicates_nothing(cluster: Clu
         store.close()
     assert sorted(ids.tolist()) == sorted(face_ids)  # exactly one vector per face, no orphan point
     db.dispose()
+
+
+def test_the_training_step_goes_to_the_gpu_queue_when_one_is_set(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+):
+    """FACE_CELERY_GPU_QUEUE: the training step is sent to that queue, and only its worker (here a third one,
+    started with `-Q <gpu queue>` as on a GPU machine) takes it. This library has too few labels to train, so
+    the step ends with the one-line "not enough labels" failure: what is tested is where it ran."""
+    import os
+
+    gpu_queue = f"{cluster.env['FACE_CELERY_QUEUE']}_gpu"
+    monkeypatch.setenv("FACE_CELERY_GPU_QUEUE", gpu_queue)
+    gpu_worker = start_worker(f"gpu_{gpu_queue}", gpu_queue, os.environ, cluster.root / "gpu.log")
+    try:
+        wait_ready([gpu_worker])
+        with dg.DagsterInstance.get() as instance:
+            result = dg.execute_job(
+                dg.reconstructable(retrain_job),
+                instance=instance,
+                raise_on_error=False,
+                asset_selection=[dg.AssetKey("trained_projection_checkpoint")],
+            )
+            records = instance.all_logs(result.run_id)
+    finally:
+        gpu_worker.stop()
+    events = [r.dagster_event for r in records if r.dagster_event is not None]
+    taken_by = [
+        e.event_specific_data.metadata["Celery worker"].value  # type: ignore[union-attr]
+        for e in events
+        if e.step_key == "trained_projection_checkpoint" and "in celery worker" in (e.message or "")
+    ]
+    assert len(taken_by) == 1 and taken_by[0].startswith(gpu_worker.name + "@"), taken_by
+    routed = [r.user_message for r in records if "FACE_CELERY_GPU_QUEUE" in (r.user_message or "")]
+    assert routed and gpu_queue in routed[0], routed
+    failures = [e for e in events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    assert len(failures) == 1 and "not enough labels to train" in str(failures[0].event_specific_data), failures
 
 
 def partition_done(db: Database, partition: str) -> int:

@@ -100,3 +100,12 @@ def daily_job() -> dg.JobDefinition:
 
     job: dg.JobDefinition = defs().resolve_job_def(DAILY)
     return job
+
+
+def retrain_job() -> dg.JobDefinition:
+    """The retrain job, reconstructable like `daily_job` (the GPU-queue routing test starts it)."""
+    from face_pipeline.definitions import defs
+    from face_pipeline.defs.jobs import RETRAIN
+
+    job: dg.JobDefinition = defs().resolve_job_def(RETRAIN)
+    return job
