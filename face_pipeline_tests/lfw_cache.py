@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,12 @@ from face_pipeline.vision.worker import restore_default_signals
 from face_pipeline_eval.main_face import main_face
 
 _embedder: FaceEmbedder | None = None
+PROGRESS_EVERY = 500  # photos between two progress lines while a cache is built
+
+
+def _progress(line: str) -> None:
+    """A line on the terminal even under pytest's output capture: a cache build takes minutes."""
+    print(f"[building test cache] {line}", file=sys.__stderr__, flush=True)
 
 
 def cache_path(cache_dir: Path, dataset: Path, choice: ModelChoice | str, identity_stride: int = 1) -> Path:
@@ -67,8 +75,14 @@ def build_embeddings(
         if p.suffix.lower() in (".jpg", ".jpeg", ".png")
     )
     context = multiprocessing.get_context("spawn")
+    started = time.monotonic()
+    vectors: list[np.ndarray | None] = []
     with context.Pool(workers, initializer=_init, initargs=(choice.value, 1)) as pool:
-        vectors = pool.map(_main_face, paths, chunksize=16)
+        for vector in pool.imap(_main_face, paths, chunksize=16):
+            vectors.append(vector)
+            if len(vectors) % PROGRESS_EVERY == 0 or len(vectors) == len(paths):
+                seconds = time.monotonic() - started
+                _progress(f"{cache.name}: {len(vectors)}/{len(paths)} photos embedded ({seconds:.0f} s)")
         pool.close()
         pool.join()
     keep = [i for i, v in enumerate(vectors) if v is not None]

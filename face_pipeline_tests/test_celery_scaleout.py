@@ -251,9 +251,7 @@ def test_a_worker_killed_mid_detection_loses_and_duplicates_nothing(cluster: Clu
     db.dispose()
 
 
-def test_the_training_step_goes_to_the_gpu_queue_when_one_is_set(
-    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
-):
+def test_the_training_step_goes_to_the_gpu_queue_when_one_is_set(cluster: Cluster, monkeypatch: pytest.MonkeyPatch):
     """FACE_CELERY_GPU_QUEUE: the training step is sent to that queue, and only its worker (here a third one,
     started with `-Q <gpu queue>` as on a GPU machine) takes it. This library has too few labels to train, so
     the step ends with the one-line "not enough labels" failure: what is tested is where it ran."""
