@@ -273,6 +273,18 @@ def test_set_payload_with_a_missing_id_names_it_and_changes_nothing(filled: Vect
         filled.set_payload(SPACE, ids[:1], {"face_id": 5})
 
 
+def test_set_payloads_writes_many_groups_and_checks_every_id_first(filled: VectorStore, data) -> None:
+    ids, vectors, _ = data
+    groups = [(ids[i : i + 10], {"cluster_id": f"unknown_cluster_{i}", "person_id": None}) for i in range(0, 60, 10)]
+    filled.set_payloads(SPACE, groups)
+    for members, payload in groups:
+        hits = filled.search(SPACE, vectors[0], N, {"cluster_id": payload["cluster_id"]})
+        assert sorted(h.face_id for h in hits) == sorted(members.tolist())
+    with pytest.raises(VectorStoreError, match=r"no points for face ids 999999\b"):  # in the last group
+        filled.set_payloads(SPACE, [(ids[60:70], {"cluster_id": "first"}), (np.array([999_999]), {"cluster_id": "x"})])
+    assert filled.search(SPACE, vectors[0], N, {"cluster_id": "first"}) == []  # the first group was not written
+
+
 # --- persistence and locking (embedded engine) ----------------------------------------------------------
 def test_edge_store_persists_across_close_and_reopen(tmp_path: Path, data) -> None:
     ids, vectors, payloads = data

@@ -10,16 +10,31 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from face_pipeline.storage.models import FaceAssignmentEvent, FaceInstance, FaceRejection, utcnow
 from face_pipeline.storage.vectors import VectorStore
 
 _ID_CHUNK = 10_000  # ids per IN (...) list: under SQLite's 32,766 bound variables
+
+# Core statements, not the ORM's bulk paths: at 50K changed faces the ORM's per-row bookkeeping cost more
+# than SQLite's own work (benchmarks/cluster.py).
+_FACES = cast(Table, FaceInstance.__table__)
+_UPDATE_ASSIGNMENT = (
+    update(_FACES)
+    .where(_FACES.c.id == bindparam("face"))
+    .values(
+        person_id=bindparam("person"),
+        cluster_id=bindparam("cluster"),
+        assignment_source=bindparam("source"),
+        confidence=bindparam("confidence"),
+        updated_at=bindparam("now"),
+    )
+)
 
 
 @dataclass
@@ -116,16 +131,16 @@ def apply_changes(
     sources = changes.sources[picked].tolist()
     confidences = [None if np.isnan(c) else round(float(c), 5) for c in changes.confidences[picked]]
     session.execute(
-        update(FaceInstance),
+        _UPDATE_ASSIGNMENT,
         [
-            {"id": i, "person_id": p, "cluster_id": c, "assignment_source": s, "confidence": f, "updated_at": now}
+            {"face": i, "person": p, "cluster": c, "source": s, "confidence": f, "now": now}
             for i, p, c, s, f in zip(ids, people, clusters, sources, confidences, strict=True)
         ],
     )
     old_people = table.person_ids[rows[picked]].tolist()
     old_clusters = table.cluster_ids[rows[picked]].tolist()
     session.execute(
-        insert(FaceAssignmentEvent),
+        insert(cast(Table, FaceAssignmentEvent.__table__)),
         [
             {
                 "face_id": i,
@@ -205,7 +220,10 @@ def sync_payloads(vectors: VectorStore, space: str, table: FaceTable, rows: np.n
     groups: dict[tuple[Any, Any], list[int]] = defaultdict(list)
     for row in rows.tolist():
         groups[(table.person_ids[row], table.cluster_ids[row])].append(int(table.ids[row]))
-    for (person_id, cluster_id), face_ids in groups.items():
-        vectors.set_payload(
-            space, np.array(face_ids, dtype=np.int64), {"person_id": person_id, "cluster_id": cluster_id}
-        )
+    vectors.set_payloads(
+        space,
+        [
+            (np.array(face_ids, dtype=np.int64), {"person_id": person_id, "cluster_id": cluster_id})
+            for (person_id, cluster_id), face_ids in groups.items()
+        ],
+    )

@@ -587,9 +587,13 @@ def _write_payloads(library: Library, changes: EditedFaces) -> None:
             for name in names:
                 if not store.has_collection(name):
                     continue
-                for (person_id, cluster_id), face_ids in groups.items():
-                    payload = {"person_id": person_id, "cluster_id": cluster_id}
-                    store.set_payload(name, np.array(sorted(face_ids), dtype=np.int64), payload)
+                store.set_payloads(
+                    name,
+                    [
+                        (np.array(sorted(face_ids), dtype=np.int64), {"person_id": person, "cluster_id": cluster})
+                        for (person, cluster), face_ids in groups.items()
+                    ],
+                )
     except VectorStoreError as exc:
         log.warning(
             "saved the edit of %d face(s), but could not update their vector-store payloads (%s); the next "
@@ -598,7 +602,6 @@ def _write_payloads(library: Library, changes: EditedFaces) -> None:
             len(changes),
             exc,
         )
-
 
 
 def _face(session: Session, face_id: int) -> FaceInstance:

@@ -33,6 +33,9 @@ class VectorStoreLocked(VectorStoreError):
     """Another process holds the embedded store (it is single-process)."""
 
 
+PayloadGroup = tuple[np.ndarray, Mapping[str, Any]]  # (face ids, the payload fields they all get)
+
+
 @dataclass(frozen=True)
 class Hit:
     face_id: int
@@ -59,6 +62,10 @@ class VectorStore(Protocol):
     def set_payload(self, name: str, face_ids: np.ndarray, payload: Mapping[str, Any]) -> None:
         """Set the same payload fields on many points (e.g. one cluster_id for a whole cluster).
         Every id must exist: otherwise VectorStoreError naming the missing ids, and nothing changes."""
+
+    def set_payloads(self, name: str, groups: Sequence[PayloadGroup]) -> None:
+        """set_payload for many groups at once (a clustering run writes thousands of clusters): the ids of
+        all groups are checked once, first; a missing one is a VectorStoreError and nothing changes."""
 
     def delete(self, name: str, face_ids: np.ndarray) -> None:
         """Delete points; ids that are not there are ignored."""

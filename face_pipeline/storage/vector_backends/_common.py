@@ -165,6 +165,12 @@ def _upsert_batches(
         yield ids[part].tolist(), vecs[part].tolist(), payloads[part]
 
 
+def payload_groups(groups: Sequence[tuple[Any, Mapping[str, Any]]]) -> list[tuple[np.ndarray, dict[str, Any]]]:
+    """(ids, payload) groups validated before any write, empty ones dropped (set_payloads)."""
+    prepared = [(as_ids(ids), clean_payload(payload, allow_face_id=False)) for ids, payload in groups]
+    return [(ids, values) for ids, values in prepared if len(ids) and values]
+
+
 def batches(n: int, size: int) -> Iterator[slice]:
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))

@@ -52,7 +52,14 @@ from qdrant_edge import (
 
 from face_pipeline.storage.disk_space import STORE_HEADROOM_BYTES, DiskFull, require_free_space
 from face_pipeline.storage.vector_backends import _common as common
-from face_pipeline.storage.vectors import PAYLOAD_KEYS, Hit, VectorStoreError, VectorStoreFull, VectorStoreLocked
+from face_pipeline.storage.vectors import (
+    PAYLOAD_KEYS,
+    Hit,
+    PayloadGroup,
+    VectorStoreError,
+    VectorStoreFull,
+    VectorStoreLocked,
+)
 
 log = logging.getLogger(__name__)
 
@@ -289,19 +296,22 @@ class EdgeVectorStore:
         log.debug("upserted %d points into %s", len(face_ids), name)
 
     def set_payload(self, name: str, face_ids: np.ndarray, payload: Mapping[str, Any]) -> None:
+        self.set_payloads(name, [(face_ids, payload)])
+
+    def set_payloads(self, name: str, groups: Sequence[PayloadGroup]) -> None:
         entry = self._entry(name)
-        ids = common.as_ids(face_ids)
-        values = common.clean_payload(payload, allow_face_id=False)
-        if not len(ids) or not values:
+        prepared = common.payload_groups(groups)
+        if not prepared:
             return
         path = self._path(name)
         self._room()
         with _engine_errors("set payload", path):
-            # The engine stops at the first missing id after changing the earlier ones: check first.
-            self._require_ids(entry, name, ids)
-            id_list = ids.tolist()
-            for part in common.batches(len(id_list), common.READ_BATCH):
-                entry.shard.update(UpdateOperation.set_payload(id_list[part], values))
+            # The engine stops at the first missing id after changing the earlier ones: check all first.
+            self._require_ids(entry, name, np.concatenate([ids for ids, _ in prepared]))
+            for ids, values in prepared:
+                id_list = ids.tolist()
+                for part in common.batches(len(id_list), common.READ_BATCH):
+                    entry.shard.update(UpdateOperation.set_payload(id_list[part], values))
 
     def delete(self, name: str, face_ids: np.ndarray) -> None:
         """Delete points; ids that are not there are ignored."""

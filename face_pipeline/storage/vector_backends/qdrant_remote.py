@@ -20,13 +20,14 @@ from qdrant_client import models as qm
 from qdrant_client.http.exceptions import ApiException
 
 from face_pipeline.storage.vector_backends import _common as common
-from face_pipeline.storage.vectors import PAYLOAD_KEYS, Hit, VectorStoreError, VectorStoreLocked
+from face_pipeline.storage.vectors import PAYLOAD_KEYS, Hit, PayloadGroup, VectorStoreError, VectorStoreLocked
 
 log = logging.getLogger(__name__)
 
 MEMORY_URL = ":memory:"
 PATH_PREFIX = "path:"
 SCROLL_PAGE = 2000  # points per scroll page: ~4 MB of JSON at 512-d from a server
+_OPERATIONS_PER_REQUEST = 500  # set-payload operations per batch request (one per cluster, mostly small)
 
 
 def _to_filter(conditions: list[common.Condition]) -> qm.Filter | None:
@@ -147,17 +148,25 @@ class QdrantClientVectorStore:
         log.debug("upserted %d points into %s", len(face_ids), name)
 
     def set_payload(self, name: str, face_ids: np.ndarray, payload: Mapping[str, Any]) -> None:
-        ids = common.as_ids(face_ids)
-        values = common.clean_payload(payload, allow_face_id=False)
+        self.set_payloads(name, [(face_ids, payload)])
+
+    def set_payloads(self, name: str, groups: Sequence[PayloadGroup]) -> None:
         self._dim(name)
-        if not len(ids) or not values:
+        prepared = common.payload_groups(groups)
+        if not prepared:
             return
-        id_list = ids.tolist()
+        operations = [
+            qm.SetPayloadOperation(set_payload=qm.SetPayload(payload=values, points=ids.tolist()[part]))
+            for ids, values in prepared
+            for part in common.batches(len(ids), common.READ_BATCH)
+        ]
         with self._errors("set payload", name):
             # A missing id fails midway after changing the earlier ones: check them all first.
-            self._require_ids(name, id_list)
-            for part in common.batches(len(id_list), common.READ_BATCH):
-                self._client.set_payload(name, payload=values, points=id_list[part], wait=True)
+            self._require_ids(name, np.concatenate([ids for ids, _ in prepared]).tolist())
+            for start in range(0, len(operations), _OPERATIONS_PER_REQUEST):
+                self._client.batch_update_points(
+                    name, update_operations=operations[start : start + _OPERATIONS_PER_REQUEST], wait=True
+                )
 
     def delete(self, name: str, face_ids: np.ndarray) -> None:
         """Delete points; ids that are not there are ignored."""
