@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from qdrant_edge import Distance, EdgeConfig, EdgeShard, EdgeVectorParams
 
+from face_pipeline.storage.collection_snapshots import CollectionSnapshots
 from face_pipeline.storage.vector_backends import EdgeVectorStore, QdrantClientVectorStore
 from face_pipeline.storage.vectors import (
     VectorStore,
@@ -283,6 +284,28 @@ def test_set_payloads_writes_many_groups_and_checks_every_id_first(filled: Vecto
     with pytest.raises(VectorStoreError, match=r"no points for face ids 999999\b"):  # in the last group
         filled.set_payloads(SPACE, [(ids[60:70], {"cluster_id": "first"}), (np.array([999_999]), {"cluster_id": "x"})])
     assert filled.search(SPACE, vectors[0], N, {"cluster_id": "first"}) == []  # the first group was not written
+
+
+def test_a_kept_collection_read_is_reused_only_while_the_collection_holds_the_same_faces(filled: VectorStore):
+    snapshots = CollectionSnapshots()
+    ids, vectors = filled.fetch_all(SPACE)
+    reads = []
+    original = filled.fetch_all
+
+    def counted(name: str) -> tuple[np.ndarray, np.ndarray]:
+        reads.append(name)
+        return original(name)
+
+    filled.fetch_all = counted  # type: ignore[method-assign]  # a spy on the real store's reads
+    first = snapshots.read(filled, SPACE, ids)
+    again = snapshots.read(filled, SPACE, ids)
+    assert len(reads) == 1 and again[1] is first[1]
+    np.testing.assert_array_equal(first[1], vectors)
+    filled.delete(SPACE, ids[:1])  # SQL now lists one face fewer: the kept read no longer fits
+    fewer, _ = snapshots.read(filled, SPACE, ids[1:], keep=False)
+    assert len(reads) == 2 and np.array_equal(fewer, ids[1:])
+    snapshots.read(filled, SPACE, ids[1:])  # keep=False kept nothing: read again
+    assert len(reads) == 3
 
 
 # --- persistence and locking (embedded engine) ----------------------------------------------------------

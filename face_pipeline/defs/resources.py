@@ -22,6 +22,7 @@ from pydantic import Field, PrivateAttr
 
 from face_pipeline.services.library import Library
 from face_pipeline.settings import Settings, load_settings
+from face_pipeline.storage.collection_snapshots import CollectionSnapshots
 from face_pipeline.storage.db import Database
 from face_pipeline.storage.vectors import VectorStore, open_vector_store
 from face_pipeline.vision.types import FaceEmbedder
@@ -80,6 +81,18 @@ class VectorStoreResource(dg.ConfigurableResource):
     qdrant_url: str | None = None  # FACE_QDRANT_URL; default: the embedded store under the data folder
     qdrant_api_key: str | None = None  # FACE_QDRANT_API_KEY (e.g. dg.EnvVar("...") in a deployment)
 
+    _snapshots: CollectionSnapshots | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._snapshots = CollectionSnapshots()  # once per run and process: reads never outlive the run
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self._snapshots = None
+
+    def snapshots(self) -> CollectionSnapshots:
+        """The run's whole-collection reads (storage/collection_snapshots.py); a fresh one outside a run."""
+        return self._snapshots if self._snapshots is not None else CollectionSnapshots()
+
     @contextmanager
     def open(self) -> Iterator[VectorStore]:
         settings = self.settings.load(qdrant_url=self.qdrant_url, qdrant_api_key=self.qdrant_api_key)
@@ -115,7 +128,12 @@ class FaceEmbedderResource(dg.ConfigurableResource):
 def library_of(database: DatabaseResource, vector_store: VectorStoreResource) -> Library:
     """What the services take (services/library.py): the database's settings, its open Database and the
     vector store's opener."""
-    return Library(database.face_settings(), database.database(), open_vectors=vector_store.open)
+    return Library(
+        database.face_settings(),
+        database.database(),
+        open_vectors=vector_store.open,
+        snapshots=vector_store.snapshots(),
+    )
 
 
 def pipeline_resources(

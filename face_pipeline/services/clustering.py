@@ -141,9 +141,10 @@ def _ignored(session: Session, table: FaceTable) -> np.ndarray:
     return np.isin(table.ids, np.array(ids, dtype=np.int64))
 
 
-def _vectors_for(vectors: VectorStore, space: str, table: FaceTable) -> np.ndarray:
-    """The vectors of every face in the table, in table order (the store holds exactly these faces)."""
-    ids, matrix = vectors.fetch_all(space)
+def _vectors_for(library: Library, vectors: VectorStore, space: str, table: FaceTable, *, keep: bool) -> np.ndarray:
+    """The vectors of every face in the table, in table order (the store holds exactly these faces); read
+    once per run: the assignment step keeps its read for the clustering step (storage/collection_snapshots.py)."""
+    ids, matrix = library.snapshots.read(vectors, space, table.ids, keep=keep)
     if not np.array_equal(ids, table.ids):
         missing = np.setdiff1d(table.ids, ids)[:10].tolist()
         extra = np.setdiff1d(ids, table.ids)[:10].tolist()
@@ -243,7 +244,7 @@ def assign_known_faces(
         report.candidates = int(candidates.size)
         if candidates.size == 0:
             return report
-        matrix = _vectors_for(vectors, params.space, table)[candidates]
+        matrix = _vectors_for(library, vectors, params.space, table, keep=True)[candidates]
         people = np.full(candidates.size, None, dtype=object)
         scores = np.full(candidates.size, np.nan)
         if prototypes is not None:
@@ -333,7 +334,7 @@ def cluster_unknown_faces(
         pool = np.flatnonzero((table.person_ids == None) & ~_ignored(session, table))  # noqa: E711
         report.pool = int(pool.size)
         if pool.size:
-            matrix = _vectors_for(vectors, params.space, table)[pool]
+            matrix = _vectors_for(library, vectors, params.space, table, keep=False)[pool]
             labels = cluster_unknown(matrix, method=method, min_cluster_size=min_size, eps=eps)  # type: ignore[arg-type]
             cluster_ids = _stable_names(session, table, pool, labels)
             changes = FaceChanges(

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from face_pipeline.settings import Settings, load_settings
+from face_pipeline.storage.collection_snapshots import CollectionSnapshots
 from face_pipeline.storage.db import Database
 from face_pipeline.storage.disk_space import MB, require_free_space
 from face_pipeline.storage.vectors import VectorStore, open_vector_store
@@ -24,6 +25,8 @@ class Library:
     db: Database
     # Opens the vector store for one unit of work (a Dagster VectorStoreResource); None: from the settings.
     open_vectors: Callable[[], AbstractContextManager[VectorStore]] | None = None
+    # Whole-collection reads reused within a run (Dagster shares one per run across the steps' Libraries).
+    snapshots: CollectionSnapshots = field(default_factory=CollectionSnapshots)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Library:
