@@ -3,10 +3,17 @@ record included, each call a fresh process.
 
     python benchmarks/noop_backfill.py                      # lfw-mini, 5 calls
     python benchmarks/noop_backfill.py --compare a9fb8fb    # another commit too, side by side, same library
+    python benchmarks/noop_backfill.py --synthetic 100000   # a 100K-photo library (see below)
 
 Ingests the photo folder once (buffalo_s), then times --calls backfills that find nothing new, per checkout
 (the other commit from a temporary git worktree, against the same data and Dagster instance). Prints median
 and max wall seconds and the median CPU seconds (user + sys of the child), each also as a JSON line.
+
+--synthetic N: N distinct small photos (one lfw-mini face shrunk to 48 px, each file made unique by bytes after
+the JPEG's end marker) in folders of 100, catalogued by the real scan (services/catalog.scan_photos: hashes
+and all) and then marked detected with no face, as if the pipeline had processed them: detecting 100K photos
+takes hours on 2 cores, and a no-op backfill never looks at the faces. What it times is the part that grows
+with the library: walking the folders, comparing every file's size and mtime with SQL, the run record.
 """
 
 from __future__ import annotations
@@ -51,15 +58,46 @@ def time_backfills(code: Path, env: dict[str, str], calls: int) -> tuple[list[fl
     return wall, cpu
 
 
+def synthetic_library(photos: Path, data_dir: Path, n: int) -> None:
+    """N unique photos under `photos`, catalogued in the library at `data_dir` and marked processed."""
+    import io
+
+    from PIL import Image as PILImage
+    from sqlalchemy import update
+
+    from face_pipeline.services.catalog import scan_photos
+    from face_pipeline.services.library import Library
+    from face_pipeline.settings import load_settings
+    from face_pipeline.storage.models import Image, ImageStatus
+
+    face = next(default_dataset("lfw-mini").glob("*/*.jpg"))
+    buffer = io.BytesIO()
+    PILImage.open(face).convert("RGB").resize((48, 48)).save(buffer, "JPEG", quality=70)
+    jpeg = buffer.getvalue()
+    for i in range(n):
+        folder = photos / f"album_{i // 100:05d}"
+        if i % 100 == 0:
+            folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"photo_{i:07d}.jpg").write_bytes(jpeg + i.to_bytes(4, "big"))  # after EOI: same pixels
+    library = Library.from_settings(load_settings(data_dir=data_dir, photos_dir=photos))
+    started = time.perf_counter()
+    report = scan_photos(library.db, photos)
+    with library.db.session() as session:
+        session.execute(update(Image).values(status=ImageStatus.DONE, face_count=0))
+    library.close()
+    print(f"synthetic library: {n} photos catalogued in {time.perf_counter() - started:.1f} s ({report.as_metadata()})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=Path, default=None, help="default: ../shared/datasets/lfw-mini")
     parser.add_argument("--calls", type=int, default=5)
     parser.add_argument("--compare", metavar="REV", help="also time this commit (a temporary git worktree)")
+    parser.add_argument("--synthetic", type=int, metavar="N", help="a library of N generated photos instead")
     args = parser.parse_args()
-    photos = (args.photos or default_dataset("lfw-mini")).resolve()
-    with tempfile.TemporaryDirectory(prefix="noop-backfill-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="noop-backfill-", dir=REPO / ".cache") as tmp:
         root = Path(tmp)
+        photos = root / "photos" if args.synthetic else (args.photos or default_dataset("lfw-mini")).resolve()
         env = {
             **os.environ,
             "FACE_PHOTOS_DIR": str(photos),
@@ -67,21 +105,28 @@ def main() -> None:
             "DAGSTER_HOME": str(root / "dagster"),
             "FACE_EMBEDDER": "buffalo_s",
         }
-        subprocess.run(
-            [sys.executable, "-m", "face_pipeline.cli", "faces", "backfill"], env=env, check=True, capture_output=True
-        )
+        if args.synthetic:
+            synthetic_library(photos, root / "data", args.synthetic)
+        else:
+            subprocess.run(
+                [sys.executable, "-m", "face_pipeline.cli", "faces", "backfill"],
+                env=env,
+                check=True,
+                capture_output=True,
+            )
+        label = f"synthetic-{args.synthetic}" if args.synthetic else photos.name
         with checkouts(args.compare, root) as sides:
             for rev, code in sides.items():
                 wall, cpu = time_backfills(code, env, args.calls)
                 median, worst, cpu_median = statistics.median(wall), max(wall), statistics.median(cpu)
                 print(
                     f"{rev[:10]:12s} no-op backfill: median {median:.2f} s, max {worst:.2f} s wall; "
-                    f"median {cpu_median:.2f} s CPU ({len(wall)} calls, {photos.name})"
+                    f"median {cpu_median:.2f} s CPU ({len(wall)} calls, {label})"
                 )
                 emit(
                     "noop_backfill",
                     code=rev,
-                    photos=photos.name,
+                    photos=label,
                     calls=len(wall),
                     median_s=round(median, 3),
                     max_s=round(worst, 3),
