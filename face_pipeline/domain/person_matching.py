@@ -128,7 +128,7 @@ class PersonMatcher:
         rej_col = np.searchsorted(self.people_, rej[:, 1])
         rej = rej[own[rej[:, 0]] != rej_col]
         rej_col = np.searchsorted(self.people_, rej[:, 1])
-        k = int(min(self.cohort_size, max(np.count_nonzero(named) - 1, 1)))
+        k = min(int(self.cohort_size), max(int(np.count_nonzero(named)) - 1, 1))
         top = np.full((0, len(self.people_)), -np.inf, np.float32)
         faces = np.flatnonzero(named)
         for start in range(0, len(faces), _CHUNK_ROWS):
