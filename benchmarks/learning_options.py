@@ -491,6 +491,66 @@ def fit_sum(first: Callable, second: Callable, weight: float):  # noqa: ANN201
     return fit
 
 
+def fit_learned_prototypes(steps: int = 200, shrink: float = 0.1, share: float = 0.5, normalise: bool = True):  # noqa: ANN201
+    """One learned prototype per person (a cosine-softmax classifier started at the centroids, additive
+    margin, pulled back towards them by `shrink`), averaged with the raw exemplar score (`share` learned),
+    then the person matcher's adaptive normalisation. Scale and margin follow the space's impostor spread
+    (ArcFace: scale 30, margin 0.2), so one setting serves dlib too."""
+
+    def fit(x, y, rej, n, rows, library):  # noqa: ANN001
+        import torch
+        import torch.nn.functional as F
+
+        from face_pipeline.domain.person_matching import PersonMatcher
+
+        spread = PersonMatcher().fit(x[rows], y[rows]).g_std_
+        scale, margin, pull = 1.07 / spread, 5.6 * spread, shrink * (0.0356 / spread) ** 2
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            xs, ys = torch.from_numpy(unit(x[rows])), torch.from_numpy(y[rows])
+            centres = F.normalize(torch.zeros(n, x.shape[1]).index_add_(0, ys, xs), dim=1)
+            w = centres.clone().requires_grad_(True)
+            optimiser = torch.optim.Adam([w], lr=0.01)
+            for _ in range(steps):
+                wn = F.normalize(w, dim=1)
+                logits = scale * (xs @ wn.T - margin * F.one_hot(ys, n))
+                loss = F.cross_entropy(logits, ys) + pull * ((wn - centres) ** 2).sum(1).mean()
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+            learned = F.normalize(w, dim=1).detach().numpy()
+        exemplars = prototype_scores(x[rows], y[rows], n)
+
+        def mixed(v: np.ndarray) -> np.ndarray:
+            return share * (unit(v) @ learned.T) + (1 - share) * exemplars(v)
+
+        if not normalise:
+            return mixed
+        return adaptive_normalisation(mixed, x, y, rej, n, rows)
+
+    return fit
+
+
+def adaptive_normalisation(inner: Scorer, x, y, rej, n, rows, weight: float = 1.0, top: int = 50) -> Scorer:  # noqa: ANN001
+    """PersonMatcher's normalisation around any scorer (impostors: other people's labelled faces, rejections)."""
+    cohort = np.union1d(rows, rej[:, 0])
+    imp = inner(x[cohort])
+    own = y[cohort]
+    imp[np.flatnonzero(own >= 0), own[own >= 0]] = -np.inf
+    tops = -np.sort(-imp, axis=0)[:top]
+    mu_z, sd_z = tops.mean(axis=0), tops.std(axis=0) + 1e-3
+    mu_g, sd_g = float(tops.mean()), float(tops.std()) + 1e-3
+    k = min(top, n - 1)
+
+    def score(v: np.ndarray) -> np.ndarray:
+        raw = inner(v)
+        best = -np.sort(-raw, axis=1)[:, 1 : k + 1]
+        t = (raw - best.mean(axis=1, keepdims=True)) / (best.std(axis=1, keepdims=True) + 1e-3)
+        return ((raw - mu_g) / sd_g + weight * (t + (raw - mu_z) / sd_z) / 2) / (1 + weight)
+
+    return score
+
+
 def fit_person_matcher(weight: float = 1.0):  # noqa: ANN201
     """The recommended option as implemented: face_pipeline.domain.person_matching.PersonMatcher."""
 
@@ -523,6 +583,8 @@ OPTIONS: dict[str, Callable] = {
     "shrunk s-norm w1": fit_shrunk_snorm(50, 1.0),
     "shrunk s-norm w2": fit_shrunk_snorm(50, 2.0),
     "person_matching (adaptive s-norm)": fit_person_matcher(1.0),
+    "learned prototypes + exemplars": fit_learned_prototypes(normalise=False),
+    "learned prototypes + exemplars + adaptive s-norm": fit_learned_prototypes(),
 }
 EXTRA = {
     "ss1 + 0.3 logreg": fit_sum(fit_shrunk_snorm(50, 1.0), fit_logreg(10.0), 0.3),
