@@ -1,11 +1,14 @@
 """Ways of learning from users' labels, side by side, on a library that grows over labelling rounds (issue 12).
 
+    .venv/bin/python benchmarks/degraded_variant.py --embed buffalo_s     # once: the degraded case's faces
     .venv/bin/python benchmarks/learning_options.py [--quick] [--cases dlib,degraded,sharp] [--seeds 3]
 
 Offline replica of `faces evaluate --train`'s protocol in numpy, on cached real embeddings (main face per
-photo; `face_pipeline_tests.lfw_cache`): lfw-dev by dlib, lfw-dev degraded to 80 px / JPEG q40 by
-buffalo_s (make it first with benchmarks/degraded_variant.py; the embeddings are built on first use,
-~1.5 min), and sharp lfw-dev by buffalo_s. --quick: one seed and only the fast options.
+photo): lfw-dev by dlib (.cache/lfw-dev-dlib.npz, `face_pipeline_tests.lfw_cache`, built on first use, 4-7
+min), lfw-dev degraded to 80 px / JPEG q40 by buffalo_s (.cache/lfw-dev-80px-q40-buffalo_s-minface16.npz
+from benchmarks/degraded_variant.py --embed: at the default FACE_MIN_FACE_SIZE 36 only 251 of the 5,029
+degraded photos keep a face, at 16 all of them), and sharp lfw-dev by buffalo_s. --quick: one seed and the
+fast options (~10 s a case); the full run (3 seeds, every option) takes ~10 minutes on 2 busy cores.
 
 Protocol (per seed):
 - People with >= 5 faces: 80% are *named*. Each named person's faces are split into a labelling pool (60%)
@@ -14,15 +17,27 @@ Protocol (per seed):
   rejects ("not this person") the two library faces of other people nearest the person's first faces, as
   they would when naming a cluster that held look-alikes.
 - Everyone else (one-photo people, 2-4 photo people, the other 20%) is never named; their identities are
-  split in halves: CALIBRATION strangers (training side: library faces used only to set thresholds) and
-  EVALUATION strangers (must stay unnamed).
+  split in thirds: CALIBRATION strangers (training side: used only to set thresholds), SEEN strangers (the
+  library faces a user may reject) and EVALUATION strangers (must stay unnamed).
 - After each round every option is fitted on the labels so far, its 'nobody' threshold is calibrated on the
-  calibration strangers at the same false-accept rate (--far, default 0.5% of them named, margin 0 apart
-  from the product row), and it names the held-out faces and evaluation strangers: best person if the
+  calibration strangers at the same false-accept rate (--far, default 0.5% of them named; margin 0 apart
+  from the product rows), and it names the held-out faces and evaluation strangers: best person if the
   score reaches the threshold, never a person the user rejected for that face.
 - Known-people errors = held-out faces left unnamed + faces given a wrong name; precision = right names /
   names given (held-out and strangers); strangers named per 1,000 evaluation strangers; seconds to fit.
-  Headline figures are summed over the 3 rounds and over seeds; `final` columns are round 3 alone.
+  Figures are summed over the 3 rounds and the seeds; "final round" is round 3 alone.
+- "errors at raw's strangers named": each option's errors at the threshold that names exactly as many
+  evaluation strangers as calibrated raw did in that round: the scores' quality without calibration noise
+  (that threshold sees the evaluation strangers, so it is a yardstick, not a deployable setting).
+- Rows "raw (product thresholds)" and "... at product thresholds mapped" use the product's fixed threshold
+  and margin (assignment.thresholds_for_space; mapped with PersonMatcher.threshold_for / margin_for).
+
+Options: raw prototypes (the product: centroid + 5 exemplars, best cosine); every labelled face as an exemplar;
+the seed's triplet head (domain.projection.train_projection, used as a global projection); linear metrics
+from the labels used for matching only (within-class whitening, LDA-style two-covariance, nuisance
+projection); per-person logistic regression (other people's faces and rejections as negatives), alone and
+added to raw; score normalisation against the named people (z per person, s = z + t per face, and the
+shrunk s-norm that domain.person_matching implements); learned prototypes (cosine softmax) with exemplars.
 
 Prints a markdown table per case and one JSON line per figure:
 {"bench": "learning_options", "case", "option", "metric", "value"}.
@@ -219,50 +234,6 @@ def fit_raw(x, y, rej, n, rows, library):  # noqa: ANN001 - benchmark-local opti
     return prototype_scores(x[rows], y[rows], n)
 
 
-def fit_centroid(x, y, rej, n, rows, library):  # noqa: ANN001
-    return prototype_scores(x[rows], y[rows], n, exemplars=0)
-
-
-def fit_topk_mean(k: int):  # noqa: ANN201
-    """Mean of a person's k best cosines over their labelled faces (fewer faces: all of them)."""
-
-    def fit(x, y, rej, n, rows, library):  # noqa: ANN001
-        order = np.argsort(y[rows], kind="stable")
-        gal, owner = x[rows][order], y[rows][order]
-        starts = np.searchsorted(owner, np.arange(n))
-        counts = np.bincount(owner, minlength=n)
-
-        def score(v: np.ndarray) -> np.ndarray:
-            sims = unit(v) @ gal.T
-            out = np.empty((len(v), n), np.float32)
-            for p in range(n):  # a loop over people, not faces
-                block = sims[:, starts[p] : starts[p] + counts[p]]
-                kk = min(k, counts[p])
-                out[:, p] = -np.sort(-block, axis=1)[:, :kk].mean(axis=1) if kk else -np.inf
-            return out
-
-        return score
-
-    return fit
-
-
-def fit_lead(base: Callable, beta: float):  # noqa: ANN201
-    """A person's score plus `beta` times its lead over the face's best other person."""
-
-    def fit(x, y, rej, n, rows, library):  # noqa: ANN001
-        inner = base(x, y, rej, n, rows, library)
-
-        def score(v: np.ndarray) -> np.ndarray:
-            s = inner(v)
-            top = -np.sort(-s, axis=1)[:, :2]
-            other = np.where(s >= top[:, :1], top[:, 1:2], top[:, :1])  # best score among the other people
-            return s + beta * (s - other)
-
-        return score
-
-    return fit
-
-
 def fit_knn(x, y, rej, n, rows, library):  # noqa: ANN001
     return prototype_scores(x[rows], y[rows], n, exemplars=10_000)
 
@@ -346,13 +317,6 @@ def fit_two_cov(shrink: float, power: float, exemplars: int = 5):  # noqa: ANN20
     return fit
 
 
-def fit_centred(x, y, rej, n, rows, library):  # noqa: ANN001
-    """Unsupervised ablation: the library's mean removed, then cosine."""
-    mean = x[library].mean(axis=0)
-    inner = prototype_scores(unit(x[rows] - mean), y[rows], n)
-    return lambda v: inner(unit(v - mean))
-
-
 def fit_znorm(top: int, exemplars: int = 5, base: str = "raw"):  # noqa: ANN201
     """Per-person score normalisation: each person's scores measured against how the faces of the OTHER
     named people (and the faces rejected from them) score for that person: (s - mean) / std of the
@@ -428,7 +392,7 @@ def fit_nap(k: int, exemplars: int = 5, alpha: float = 1.0):  # noqa: ANN201
     return fit
 
 
-def fit_shrunk_snorm(top: int, weight: float, exemplars: int = 5, top_t: int | None = None, wt: float = 1.0):  # noqa: ANN201
+def fit_shrunk_snorm(top: int, weight: float, exemplars: int = 5):  # noqa: ANN201
     """AS-norm shrunk towards one global normalisation: (g + weight * (t + z) / 2) / (1 + weight), where
     g = (s - mean) / std of the impostor cohort pooled over all people (a scale only), t and z as in
     fit_snorm. Scale-free, so one weight serves every embedding space."""
@@ -440,18 +404,17 @@ def fit_shrunk_snorm(top: int, weight: float, exemplars: int = 5, top_t: int | N
         own = y[cohort]
         valid = own >= 0
         imp[np.flatnonzero(valid), own[valid]] = -np.inf
-        k = min(top_t or top, n - 1)
+        k = min(top, n - 1)
         tops = -np.sort(-imp, axis=0)[: min(top, len(cohort) - 1)]
         mu_z, sd_z = tops.mean(axis=0), tops.std(axis=0) + 1e-3
         mu_g, sd_g = float(tops.mean()), float(tops.std()) + 1e-3
-        fit.scale = (sd_g, float(np.median(sd_z)))  # type: ignore[attr-defined]
 
         def score(v: np.ndarray) -> np.ndarray:
             raw = inner(v)
             best = -np.sort(-raw, axis=1)[:, 1 : k + 1]
             mu_t, sd_t = best.mean(axis=1, keepdims=True), best.std(axis=1, keepdims=True) + 1e-3
             g = (raw - mu_g) / sd_g
-            return (g + weight * (wt * (raw - mu_t) / sd_t + (2 - wt) * (raw - mu_z) / sd_z) / 2) / (1 + weight)
+            return (g + weight * ((raw - mu_t) / sd_t + (raw - mu_z) / sd_z) / 2) / (1 + weight)
 
         return score
 
@@ -460,8 +423,6 @@ def fit_shrunk_snorm(top: int, weight: float, exemplars: int = 5, top_t: int | N
 
 def fit_logreg(c: float, with_rejections: bool = True):  # noqa: ANN201
     def fit(x, y, rej, n, rows, library):  # noqa: ANN001
-        from sklearn.svm import LinearSVC
-
         # one-vs-rest linear boundaries; a rejected face is an extra negative of the person it was rejected from
         xs, ys = x[rows], y[rows]
         scores_w = np.zeros((n, x.shape[1]), np.float32)
@@ -475,7 +436,6 @@ def fit_logreg(c: float, with_rejections: bool = True):  # noqa: ANN201
             model = LogisticRegression(C=c, class_weight="balanced", max_iter=200)
             model.fit(xp, tp)
             scores_w[p], bias[p] = model.coef_[0], model.intercept_[0]
-        del LinearSVC
         return lambda v: unit(v) @ scores_w.T + bias
 
     return fit
@@ -585,12 +545,6 @@ OPTIONS: dict[str, Callable] = {
     "person_matching (adaptive s-norm)": fit_person_matcher(1.0),
     "learned prototypes + exemplars": fit_learned_prototypes(normalise=False),
     "learned prototypes + exemplars + adaptive s-norm": fit_learned_prototypes(),
-}
-EXTRA = {
-    "ss1 + 0.3 logreg": fit_sum(fit_shrunk_snorm(50, 1.0), fit_logreg(10.0), 0.3),
-    "ss1 + 1 logreg": fit_sum(fit_shrunk_snorm(50, 1.0), fit_logreg(10.0), 1.0),
-    "ss1 + 3 logreg": fit_sum(fit_shrunk_snorm(50, 1.0), fit_logreg(10.0), 3.0),
-    "ss1 + 1 logreg C1": fit_sum(fit_shrunk_snorm(50, 1.0), fit_logreg(1.0), 1.0),
 }
 QUICK = (
     "raw",
