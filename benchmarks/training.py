@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/training.py            # both parts
     .venv/bin/python benchmarks/training.py speed      # 20 epochs x 10K labelled faces, 128-d and 512-d
     .venv/bin/python benchmarks/training.py lfw        # real dlib vectors of lfw-dev (.cache/lfw-dev-dlib.npz)
+    .venv/bin/python benchmarks/training.py options [--quick]   # ways of learning from labels side by side
+                                                              # (benchmarks/learning_options.py, issue 12)
 
 Goal (issue 5): 20 epochs on 10K labelled faces in <= 30 s on the shared 2-core box (training uses one
 torch thread by design: domain.projection.TrainingParams.num_threads measured two threads slower).
@@ -181,6 +183,11 @@ def lfw() -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["options"]:  # the ways of learning from labels side by side (issue 12)
+        from benchmarks.learning_options import main as learning_options
+
+        learning_options(sys.argv[2:])
+        sys.exit(0)
     parts = sys.argv[1:] or ["speed", "lfw"]
     if "speed" in parts:
         speed()
