@@ -12,11 +12,10 @@ renamed, so a run cut short leaves no half-written photo and the next run finish
 line {"bench": "degraded_variant", ...} with the counts.
 
 --embed MODEL also writes the embeddings of the variant's main faces (the largest face per photo, as
-face_pipeline_tests/lfw_cache.py does) to .cache/<variant>-<MODEL>-minface<N>.npz, detected with
+face_pipeline_tests/lfw_cache.py, which builds it) to .cache/<variant>-<MODEL>-minface<N>.npz, detected with
 FACE_MIN_FACE_SIZE=N (--min-face-size, default 16): at the default 36 px SCRFD's boxes of these ~31 px faces
 are dropped and only 251 of lfw-dev's 5,029 degraded photos keep a face (with 16: every photo; box sides
-24-39 px, median 31). The tests' cache builder (lfw_cache.load_or_build on the variant folder) uses the
-default settings, hence the separate name.
+24-39 px, median 31).
 """
 
 from __future__ import annotations
@@ -30,6 +29,8 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
 
@@ -70,58 +71,6 @@ def write_variant(dataset: Path, out: Path, size: int = 80, quality: int = 40) -
     return counts
 
 
-_embedder = None
-
-
-def _init_embedder(model: str, min_face_size: int) -> None:
-    global _embedder  # one model per pool process
-    from face_pipeline.settings import Settings
-    from face_pipeline.vision.embedders import create_embedder
-    from face_pipeline.vision.worker import restore_default_signals
-
-    restore_default_signals()
-    _embedder = create_embedder(Settings.model_construct(min_face_size=min_face_size), model, threads=1)
-
-
-def _main_face(path: str) -> object:
-    from face_pipeline.vision.images import load_rgb
-    from face_pipeline_eval.main_face import main_face
-
-    assert _embedder is not None
-    faces = _embedder.detect_and_embed(load_rgb(path, max_pixels=80_000_000, max_bytes=200 * 1024 * 1024))
-    return main_face(faces).embedding if faces else None
-
-
-def embedding_cache(variant: Path, model: str, min_face_size: int) -> Path:
-    return REPO / ".cache" / f"{variant.name}-{model}-minface{min_face_size}.npz"
-
-
-def write_embeddings(variant: Path, model: str, min_face_size: int, workers: int = 2) -> Path:
-    """The main face of every photo of `variant` embedded by `model` (vectors, identities, paths, photos),
-    written atomically to `embedding_cache(...)`; kept when it exists."""
-    import multiprocessing
-
-    import numpy as np
-
-    cache = embedding_cache(variant, model, min_face_size)
-    if cache.is_file():
-        return cache
-    paths = sorted(str(p) for p in variant.glob("*/*") if p.suffix.lower() in PHOTO_SUFFIXES)
-    with multiprocessing.get_context("spawn").Pool(workers, _init_embedder, (model, min_face_size)) as pool:
-        vectors = pool.map(_main_face, paths, chunksize=16)
-    keep = [i for i, v in enumerate(vectors) if v is not None]
-    partial = cache.with_suffix(".partial.npz")
-    np.savez(
-        partial,
-        vectors=np.stack([vectors[i] for i in keep]).astype(np.float32),
-        identities=np.array([Path(paths[i]).parent.name for i in keep]),
-        paths=np.array([paths[i] for i in keep]),
-        photos=np.int64(len(paths)),
-    )
-    os.replace(partial, cache)
-    return cache
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", nargs="?", type=Path, default=REPO.parent / "shared" / "datasets" / "lfw-dev")
@@ -139,11 +88,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{out}: {counts['photos']} photos ({counts['written']} written, {counts['skipped']} already there)")
     figures = {"bench": "degraded_variant", "dataset": str(args.dataset), "out": str(out), "size": args.size}
     if args.embed:
-        import numpy as np
+        from face_pipeline_tests.lfw_cache import cache_path, load_or_build
 
-        cache = write_embeddings(out, args.embed, args.min_face_size, args.workers)
-        with np.load(cache) as data:
-            counts["photos_with_face"] = len(data["vectors"])
+        data = load_or_build(out, REPO / ".cache", args.embed, min_face_size=args.min_face_size, workers=args.workers)
+        counts["photos_with_face"] = len(data["vectors"])
+        cache = cache_path(REPO / ".cache", out, args.embed, min_face_size=args.min_face_size)
         print(f"{cache}: a face in {counts['photos_with_face']} of {counts['photos']} photos")
         figures.update(model=args.embed, min_face_size=args.min_face_size)
     print(json.dumps({**figures, "quality": args.quality, **counts}), file=sys.stdout, flush=True)

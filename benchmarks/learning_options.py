@@ -86,7 +86,7 @@ class Case:
 
 
 def load_case(name: str) -> Case:
-    from face_pipeline_tests.lfw_cache import load_or_build
+    from face_pipeline_tests.lfw_cache import cache_path, load_or_build
 
     dev = REPO.parent / "shared" / "datasets" / "lfw-dev"
     if name == "dlib":
@@ -97,7 +97,7 @@ def load_case(name: str) -> Case:
         folder = REPO / ".cache" / "lfw-dev-80px-q40"
         if not folder.is_dir():
             sys.exit(f"{folder} is missing: run benchmarks/degraded_variant.py first")
-        cache = REPO / ".cache" / "lfw-dev-80px-q40-buffalo_s-minface16.npz"
+        cache = cache_path(REPO / ".cache", folder, "buffalo_s", min_face_size=16)
         if not cache.is_file():
             sys.exit(f"{cache} is missing: run benchmarks/degraded_variant.py --embed buffalo_s first")
         data, space = dict(np.load(cache)), "insightface_buffalo_s"

@@ -33,17 +33,26 @@ def _progress(line: str) -> None:
     print(f"[building test cache] {line}", file=sys.__stderr__, flush=True)
 
 
-def cache_path(cache_dir: Path, dataset: Path, choice: ModelChoice | str, identity_stride: int = 1) -> Path:
-    """<cache_dir>/<dataset>-<model>[-every<N>].npz, e.g. .cache/lfw-dev-buffalo_s.npz."""
+def cache_path(
+    cache_dir: Path,
+    dataset: Path,
+    choice: ModelChoice | str,
+    identity_stride: int = 1,
+    min_face_size: int | None = None,
+) -> Path:
+    """<cache_dir>/<dataset>-<model>[-every<N>][-minface<S>].npz, e.g. .cache/lfw-dev-buffalo_s.npz."""
     subset = f"-every{identity_stride}" if identity_stride > 1 else ""
-    return cache_dir / f"{dataset.name}-{ModelChoice(choice)}{subset}.npz"
+    smallest = f"-minface{min_face_size}" if min_face_size is not None else ""
+    return cache_dir / f"{dataset.name}-{ModelChoice(choice)}{subset}{smallest}.npz"
 
 
-def _init(choice: str, threads: int) -> None:
+def _init(choice: str, threads: int, min_face_size: int | None) -> None:
     global _embedder  # one model per pool process
     restore_default_signals()
     # Settings' defaults, not the environment: the cache must not depend on a developer's FACE_* variables.
-    settings = Settings.model_construct()
+    settings = (
+        Settings.model_construct() if min_face_size is None else Settings.model_construct(min_face_size=min_face_size)
+    )
     _embedder = create_embedder(settings, choice, threads=threads)
 
 
@@ -59,11 +68,17 @@ def _main_face(path: str) -> np.ndarray | None:
 
 
 def build_embeddings(
-    dataset: Path, cache: Path, choice: ModelChoice | str, workers: int = 2, identity_stride: int = 1
+    dataset: Path,
+    cache: Path,
+    choice: ModelChoice | str,
+    workers: int = 2,
+    identity_stride: int = 1,
+    min_face_size: int | None = None,
 ) -> None:
     """Write `cache` (.npz: vectors (n, dim) float32, identities (n,), paths (n,)) for every photo with a face,
     embedded by the model `choice` names (a FACE_EMBEDDER value other than auto); `identity_stride` N keeps
-    every N-th person (sorted by name) with all their photos."""
+    every N-th person (sorted by name) with all their photos; `min_face_size`: FACE_MIN_FACE_SIZE for small
+    faces (default: the setting's default)."""
     choice = ModelChoice(choice)
     if choice is ModelChoice.AUTO:
         raise ValueError("a cache is for one named model: pass buffalo_s, dlib, ..., not auto")
@@ -77,7 +92,7 @@ def build_embeddings(
     context = multiprocessing.get_context("spawn")
     started = time.monotonic()
     vectors: list[np.ndarray | None] = []
-    with context.Pool(workers, initializer=_init, initargs=(choice.value, 1)) as pool:
+    with context.Pool(workers, initializer=_init, initargs=(choice.value, 1, min_face_size)) as pool:
         for vector in pool.imap(_main_face, paths, chunksize=16):
             vectors.append(vector)
             if len(vectors) % PROGRESS_EVERY == 0 or len(vectors) == len(paths):
@@ -99,11 +114,16 @@ def build_embeddings(
 
 
 def load_or_build(
-    dataset: Path, cache_dir: Path, choice: ModelChoice | str, identity_stride: int = 1
+    dataset: Path,
+    cache_dir: Path,
+    choice: ModelChoice | str,
+    identity_stride: int = 1,
+    min_face_size: int | None = None,
+    workers: int = 2,
 ) -> dict[str, np.ndarray]:
     """The cached embeddings of `dataset` by model `choice`, built first when the cache is missing."""
-    cache = cache_path(cache_dir, dataset, choice, identity_stride)
+    cache = cache_path(cache_dir, dataset, choice, identity_stride, min_face_size)
     if not cache.is_file():
-        build_embeddings(dataset, cache, choice, identity_stride=identity_stride)
+        build_embeddings(dataset, cache, choice, workers, identity_stride, min_face_size)
     with np.load(cache) as data:
         return {key: data[key] for key in data.files}
