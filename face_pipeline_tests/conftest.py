@@ -42,23 +42,36 @@ def lfw_dev() -> Path:
     return dataset("lfw-dev")
 
 
+@contextmanager
+def output_shown(config: pytest.Config) -> Iterator[None]:
+    """pytest's capture (file descriptors included) off: a cache that takes minutes to build says so live."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is None:
+        yield
+        return
+    with capture.global_and_fixture_disabled():
+        yield
+
+
 @pytest.fixture(scope="session")
-def lfw_dev_embeddings(lfw_dev: Path) -> dict[str, np.ndarray]:
+def lfw_dev_embeddings(lfw_dev: Path, pytestconfig: pytest.Config) -> dict[str, np.ndarray]:
     """Real dlib embeddings of the main face of every photo of every third lfw-dev person (1,842 faces;
     .cache/lfw-dev-dlib-every3.npz, built on first use, ~2 min on 2 cores: all of lfw-dev took 4-7): for
     tests about the dlib space, the licence-free choice."""
     from face_pipeline_tests.lfw_cache import load_or_build
 
-    return load_or_build(lfw_dev, REPO / ".cache", "dlib", identity_stride=3)
+    with output_shown(pytestconfig):
+        return load_or_build(lfw_dev, REPO / ".cache", "dlib", identity_stride=3)
 
 
 @pytest.fixture(scope="session")
-def lfw_dev_arcface(lfw_dev: Path) -> dict[str, np.ndarray]:
+def lfw_dev_arcface(lfw_dev: Path, pytestconfig: pytest.Config) -> dict[str, np.ndarray]:
     """Real buffalo_s (ArcFace MobileFaceNet, 512-d) embeddings of every lfw-dev photo's main face
     (.cache/lfw-dev-buffalo_s.npz, built on first use): the default model's space."""
     from face_pipeline_tests.lfw_cache import load_or_build
 
-    return load_or_build(lfw_dev, REPO / ".cache", "buffalo_s")
+    with output_shown(pytestconfig):
+        return load_or_build(lfw_dev, REPO / ".cache", "buffalo_s")
 
 
 @pytest.fixture(scope="session")

@@ -29,8 +29,9 @@ PROGRESS_EVERY = 500  # photos between two progress lines while a cache is built
 
 
 def _progress(line: str) -> None:
-    """A line on the terminal even under pytest's output capture: a cache build takes minutes."""
-    print(f"[building test cache] {line}", file=sys.__stderr__, flush=True)
+    """A line on the terminal while a cache builds (minutes); the tests' fixtures lift pytest's capture for it
+    (conftest.output_shown)."""
+    print(f"\n[building test cache] {line}", file=sys.stderr, flush=True)
 
 
 def cache_path(
