@@ -337,6 +337,18 @@ def fit_znorm(top: int, exemplars: int = 5, base: str = "raw"):  # noqa: ANN201
     return fit
 
 
+def impostor_tops(x, y, rej, n, rows, top, exemplars):  # noqa: ANN001, ANN201
+    """The raw prototype scorer of the labelled faces `rows`, the impostor cohort's size (labelled and
+    rejected faces) and its `top` best scores per person, a face's own person left out (z / s-norms)."""
+    inner = prototype_scores(x[rows], y[rows], n, exemplars)
+    cohort = np.union1d(rows, rej[:, 0])
+    imp = inner(x[cohort])
+    own = y[cohort]
+    valid = own >= 0
+    imp[np.flatnonzero(valid), own[valid]] = -np.inf
+    return inner, len(cohort), -np.sort(-imp, axis=0)[: min(top, len(cohort) - 1)]
+
+
 def fit_snorm(top: int, mode: str = "s", exemplars: int = 5):  # noqa: ANN201
     """Adaptive score normalisation (speaker-verification AS-norm) with the named people as the cohort.
     t: each face's scores normalised by its own `top` best scores for the people (a face that looks like
@@ -344,14 +356,8 @@ def fit_snorm(top: int, mode: str = "s", exemplars: int = 5):  # noqa: ANN201
     people's labelled (and rejected) faces; s: the mean of both."""
 
     def fit(x, y, rej, n, rows, library):  # noqa: ANN001
-        inner = prototype_scores(x[rows], y[rows], n, exemplars)
-        cohort = np.union1d(rows, rej[:, 0])
-        imp = inner(x[cohort])
-        own = y[cohort]
-        valid = own >= 0
-        imp[np.flatnonzero(valid), own[valid]] = -np.inf
-        k = min(top, len(cohort) - 1, n - 1)
-        tops = -np.sort(-imp, axis=0)[: min(top, len(cohort) - 1)]
+        inner, cohort, tops = impostor_tops(x, y, rej, n, rows, top, exemplars)
+        k = min(top, cohort - 1, n - 1)
         mu_z, sd_z = tops.mean(axis=0), tops.std(axis=0) + 1e-3
 
         def score(v: np.ndarray) -> np.ndarray:
@@ -398,14 +404,8 @@ def fit_shrunk_snorm(top: int, weight: float, exemplars: int = 5):  # noqa: ANN2
     fit_snorm. Scale-free, so one weight serves every embedding space."""
 
     def fit(x, y, rej, n, rows, library):  # noqa: ANN001
-        inner = prototype_scores(x[rows], y[rows], n, exemplars)
-        cohort = np.union1d(rows, rej[:, 0])
-        imp = inner(x[cohort])
-        own = y[cohort]
-        valid = own >= 0
-        imp[np.flatnonzero(valid), own[valid]] = -np.inf
+        inner, _, tops = impostor_tops(x, y, rej, n, rows, top, exemplars)
         k = min(top, n - 1)
-        tops = -np.sort(-imp, axis=0)[: min(top, len(cohort) - 1)]
         mu_z, sd_z = tops.mean(axis=0), tops.std(axis=0) + 1e-3
         mu_g, sd_g = float(tops.mean()), float(tops.std()) + 1e-3
 
