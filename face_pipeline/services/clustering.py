@@ -352,6 +352,7 @@ def cluster_unknown_faces(
             report.clustered_faces = int((labels != NOISE).sum())
             report.noise = int((labels == NOISE).sum())
         else:
+            library.snapshots.forget()  # the assignment step's read has no later reader in this run
             written = np.empty(0, dtype=np.int64)
     crash_point("cluster_before_payloads")
     sync_payloads(vectors, params.space, table, written)
