@@ -133,6 +133,7 @@ def walk_library(root: Path) -> LibraryWalk:
     walk = LibraryWalk()
     root = root.resolve()  # absolute and normal: every path the walk builds from it is too
     stack = [str(root)]
+    photos = walk.photos
     while stack:
         folder = stack.pop()
         try:
@@ -145,13 +146,27 @@ def walk_library(root: Path) -> LibraryWalk:
             reason = f"cannot read folder {os.path.basename(folder)}: {_why(exc)}; the photos in it were not scanned"
             walk.unusable.append(UnusablePath(storable_path(folder), reason))
             continue
+        storable_folder = storable_path(folder) == folder
         for entry in entries:
-            if entry.name.startswith("."):
+            name = entry.name
+            if name[0] == ".":
                 continue
             try:
+                # The common case in line (it runs once per file): a regular file, not a link; a photo with an
+                # ASCII name is one stat, another file none. The rest (links, folders, unusual names,
+                # unsupported formats) is looked at by `_classify`.
+                if storable_folder and entry.is_file(follow_symlinks=False):
+                    dot = name.rfind(".")
+                    ext = name[dot:].lower() if dot > 0 else ""
+                    if ext in PHOTO_EXTENSIONS and name.isascii():
+                        info = entry.stat(follow_symlinks=False)
+                        photos.append(_FileStat(entry.path, info.st_size, info.st_mtime))
+                        continue
+                    if ext not in UNSUPPORTED_EXTENSIONS and ext not in PHOTO_EXTENSIONS:
+                        continue  # not a photo
                 _classify(entry, stack, walk)
             except OSError as exc:  # a failure no rule foresaw: this path is recorded, the scan goes on
-                walk.unusable.append(UnusablePath(storable_path(entry.path), unreadable_reason(entry.name, exc)))
+                walk.unusable.append(UnusablePath(storable_path(entry.path), unreadable_reason(name, exc)))
     return walk
 
 
@@ -303,44 +318,92 @@ def scan_photos(db: Database, photos_dir: Path) -> ScanReport:
     return report
 
 
+# The columns the scan decides with; one query of these for the rows it has to look at (see `_reconcile`).
+_ROW_COLUMNS = (
+    Image.id,
+    Image.path,
+    Image.size_bytes,
+    Image.mtime,
+    Image.content_hash,
+    Image.pixel_hash,
+    Image.status,
+    Image.skip_reason,
+    Image.embedding_space,
+    # whether, not when: 100K datetimes parsed from SQLite text cost ~0.3 s of a no-op scan
+    Image.processed_at.is_not(None).label("was_processed"),
+)
+# Statuses whose rows are looked at even when size and mtime match: skipped (an unreadable file is tried
+# again) and missing (a file that is back gets its old state).
+_RECHECKED = (ImageStatus.SKIPPED, ImageStatus.MISSING)
+_IN_CHUNK = 500  # values per IN (...) list
+_READ_ALL_ABOVE = 5_000  # more rows to look at than this: one read of the whole table beats chunked INs
+
+
 def _reconcile(session: Session, root: Path, walk: LibraryWalk, report: ScanReport) -> None:
+    """Compare the walk with the catalog: (path, size, mtime) of every row in one column-only read, set
+    arithmetic for what differs, and whole rows only for the paths that differ (none when nothing changed)."""
     on_disk = {s.path: s for s in walk.photos}
     unusable = {u.path: u for u in walk.unusable}
-    rows = session.execute(
-        select(
-            Image.id,
-            Image.path,
-            Image.size_bytes,
-            Image.mtime,
-            Image.content_hash,
-            Image.pixel_hash,
-            Image.status,
-            Image.skip_reason,
-            Image.embedding_space,
-            # whether, not when: 100K datetimes parsed from SQLite text cost ~0.3 s of a no-op scan
-            Image.processed_at.is_not(None).label("was_processed"),
-        )
-    ).all()
-    known = {row.path: row for row in rows}
+    catalogued = _catalogued_files(session)
+    rechecked = set(session.scalars(select(Image.path).where(Image.status.in_(_RECHECKED))))
+    # A file whose (path, size, mtime) is a row's, and whose row is not rechecked, is unchanged: nothing to read.
+    differs = {s.path for s in set(walk.photos).difference(catalogued)} | rechecked.intersection(on_disk)
+    known_paths = {row[0] for row in catalogued}
     under_root = str(root) + os.sep
     unlisted = tuple(storable_path(folder) + os.sep for folder in walk.unlisted)
-    vanished = {
-        p: r
-        for p, r in known.items()
-        if p not in on_disk and p not in unusable and p.startswith(under_root) and not p.startswith(unlisted)
-    }
-    to_hash = [s for p, s in on_disk.items() if p not in known or _differs(known[p], s) or _retry(known[p])]
-    hashes = _read_digests([s.path for s in to_hash])
+    gone = [
+        p for p in known_paths.difference(on_disk, unusable) if p.startswith(under_root) and not p.startswith(unlisted)
+    ]
+    known = _rows_where(session, Image.path, [*(differs & known_paths), *gone, *(unusable.keys() & known_paths)])
+    vanished = {p: row for p, row in known.items() if p in gone}
+    to_hash = [s for s in walk.photos if s.path in differs and _needs_hash(known.get(s.path), s)]
+    hashes = _read_digests([s.path for s in to_hash]) if to_hash else {}
     same_pixels = _pixels_unchanged(known, to_hash, hashes)
 
     inserts: list[dict[str, Any]] = []
-    if to_hash:  # the by-hash indexes cost ~0.7 s at 100K photos: only a scan that found something builds them
+    if to_hash:
         _catalog_changes(session, to_hash, hashes, same_pixels, known, on_disk, vanished, under_root, inserts, report)
     inserts += _record_unusable(session, unusable, known, report)
     _resolve_same_scan_duplicates(inserts)
     _insert_new(session, inserts)
     _mark_missing(session, vanished, report)
     _restore_reappeared(session, known, on_disk)
+
+
+def _catalogued_files(session: Session) -> list[tuple[str, int, float]]:
+    """(path, size, mtime) of every catalogued row, as plain tuples straight from the driver's cursor: at 100K
+    rows SQLAlchemy's Row objects cost ~0.2 s more and the ORM session's ~0.5 s more; nothing here needs them."""
+    query = select(Image.path, Image.size_bytes, Image.mtime)
+    cursor = session.connection().connection.cursor()
+    try:
+        cursor.execute(str(query.compile(dialect=session.get_bind().dialect)))
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
+
+
+def _rows_where(session: Session, column: Any, values: list[Any]) -> dict[str, Any]:
+    """{path: row} (the `_ROW_COLUMNS`) of the rows whose `column` is one of `values`, in id order."""
+    if not values:
+        return {}
+    if len(values) > _READ_ALL_ABOVE:
+        wanted = set(values)
+        rows = [
+            r for r in session.execute(select(*_ROW_COLUMNS).order_by(Image.id)) if getattr(r, column.key) in wanted
+        ]
+    else:
+        rows = [
+            row
+            for i in range(0, len(values), _IN_CHUNK)
+            for row in session.execute(select(*_ROW_COLUMNS).where(column.in_(values[i : i + _IN_CHUNK])))
+        ]
+        rows.sort(key=lambda r: r.id)
+    return {row.path: row for row in rows}
+
+
+def _needs_hash(row: Any, stat: _FileStat) -> bool:
+    """A new file, a catalogued one whose size or mtime changed, or one skipped as unreadable (tried again)."""
+    return row is None or _differs(row, stat) or _retry(row)
 
 
 def _catalog_changes(
@@ -356,10 +419,13 @@ def _catalog_changes(
     report: ScanReport,
 ) -> None:
     """Each new or changed file: an update of its row, a move of a vanished row, or a new row to insert."""
-    present_by_hash = {r.content_hash: r.id for p, r in known.items() if p in on_disk and r.content_hash}
-    vanished_by_hash = {r.content_hash: r for r in vanished.values() if r.content_hash}
+    # The catalogued rows that share a new file's content, by hash (indexed): at most a few per new file.
+    digests = {hashes[s.path][0] for s in to_hash if s.path not in known} - {None}
+    same_content = _rows_where(session, Image.content_hash, sorted(digests)).values()
+    present_by_hash = {r.content_hash: r.id for r in same_content if r.path in on_disk}
+    vanished_by_hash = {r.content_hash: r for r in same_content if r.path in vanished}
     # A library moved to a new root: rows outside it whose file is gone are moves too (checked lazily).
-    elsewhere_by_hash = {r.content_hash: r for p, r in known.items() if r.content_hash and not p.startswith(under_root)}
+    elsewhere_by_hash = {r.content_hash: r for r in same_content if not r.path.startswith(under_root)}
     for stat in to_hash:
         digest, why = hashes[stat.path]
         row = known.get(stat.path)
