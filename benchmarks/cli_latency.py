@@ -8,8 +8,11 @@ Builds a small library once (lfw-mini, 4 people x 6 photos, buffalo_s, then clus
 of real edits: every call changes something (`faces label-face`, `rename-person`, `merge-persons`, `reject`,
 `unassign`, `label` of a cluster, `label --from-csv`), then `faces stats`, `faces export` and three one-line
 errors (an unknown face, an unknown cluster, a face to reject that does not exist). --calls is the number of
-rounds. With --compare the other commit runs from a temporary git worktree against the same library (its schema
-must be the same; a command it lacks shows as "fails").
+rounds. Each checkout is timed cold (`python -m face_pipeline.cli`, a fresh interpreter importing everything)
+and, where it has face_pipeline/warm_cli.py, warm (what the `face-pipeline` console command runs: the first call
+cold, the next ones handed to the warm server it starts; see that module). With --compare the other commit runs
+from a temporary git worktree against the same library (its schema must be the same; a command it lacks shows
+as "fails").
 
 Prints median and max wall seconds per command and the median CPU seconds (user + sys of the child: what the
 command costs on an idle core, whatever else the machine runs), each also as a JSON line.
@@ -21,6 +24,7 @@ import argparse
 import os
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -30,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import contextlib
 
 from benchmarks.common import checkouts, default_dataset, emit  # noqa: E402
 
@@ -99,14 +105,32 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def time_rounds(code: Path, env: dict[str, str], faces: list[int], rounds: int, scratch: Path) -> dict[str, Timings]:
+def launchers(code: Path, warm_dir: Path) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """{mode: (command prefix, extra environment)}: `cold` as `python -m face_pipeline.cli` (or FACE_CLI_WARM=0)
+    runs; `warm` as the `face-pipeline` console command runs, where the code has face_pipeline/warm_cli.py."""
+    cold = [sys.executable, "-m", "face_pipeline.cli"]
+    if not (code / "face_pipeline" / "warm_cli.py").exists():
+        return {"cold": (cold, {})}
+    warm = [sys.executable, "-m", "face_pipeline.warm_cli"]
+    return {"cold": (cold, {}), "warm": (warm, {"FACE_CLI_WARM_DIR": str(warm_dir)})}
+
+
+def stop_warm_server(warm_dir: Path) -> None:
+    for pid_file in warm_dir.glob("*/*.pid"):
+        with contextlib.suppress(ValueError, ProcessLookupError):
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+
+
+def time_rounds(
+    code: Path, env: dict[str, str], faces: list[int], rounds: int, scratch: Path, launcher: list[str]
+) -> dict[str, Timings]:
     run_env = {**env, "PYTHONPATH": str(code)}
     measured: dict[str, Timings] = {}
     for r in range(rounds):
         for name, argv, must_succeed in cycle(faces, r, scratch):
             cpu_before, started = _children_cpu(), time.perf_counter()
             done = subprocess.run(
-                [sys.executable, "-m", "face_pipeline.cli", *argv],
+                [*launcher, *argv],
                 env=run_env,
                 cwd=code,
                 capture_output=True,
@@ -138,15 +162,21 @@ def main() -> None:
         with checkouts(args.compare, root) as sides:
             measured = {}
             for rev, code in sides.items():
-                scratch = root / f"scratch-{rev}"
-                scratch.mkdir()
-                measured[rev] = time_rounds(code, env, faces, args.calls, scratch)
-            header = "".join(f"{rev[:10] + ' median/max wall, cpu s':>36s}" for rev in sides)
+                warm_dir = root / f"warm-{rev[:8]}"
+                for mode, (launcher, extra_env) in launchers(code, warm_dir).items():
+                    scratch = root / f"{rev[:8]}-{mode}"
+                    scratch.mkdir()
+                    try:
+                        timed = time_rounds(code, {**env, **extra_env}, faces, args.calls, scratch, launcher)
+                    finally:
+                        stop_warm_server(warm_dir)
+                    measured[rev, mode] = timed
+            header = "".join(f"{rev[:8] + ' ' + mode + ' median/max, cpu s':>36s}" for rev, mode in measured)
             print(f"{'command':20s}{header}")
-            for name in measured[next(reversed(sides))]:
+            for name in measured[next(reversed(measured))]:
                 cells = []
-                for rev in sides:
-                    timing = measured[rev][name]
+                for rev, mode in measured:
+                    timing = measured[rev, mode][name]
                     median, worst, cpu = (
                         statistics.median(timing.wall),
                         max(timing.wall),
@@ -158,6 +188,7 @@ def main() -> None:
                         "cli_latency",
                         command=name,
                         code=rev,
+                        mode=mode,
                         calls=len(timing.wall),
                         median_s=round(median, 3),
                         max_s=round(worst, 3),
