@@ -159,3 +159,75 @@ def test_gif_is_catalogued_and_heic_is_recorded_as_unsupported(library: Path, tm
     assert (
         rows["phone.heic"].skip_reason == "unsupported format (HEIC): convert phone.heic to JPEG or PNG to include it"
     )
+
+
+def _all_rows(db: Database) -> list[tuple[object, ...]]:
+    with db.session() as session:
+        return [tuple(row) for row in session.execute(select(Image.__table__).order_by(Image.id))]
+
+
+def test_a_scan_with_nothing_changed_writes_nothing_whatever_the_rows_hold(
+    library: Path, database_url: str, lfw_mini: Path
+):
+    """Rows of every kind (detected, duplicate, missing, unsupported, a broken link) and a file whose mtime
+    differs from its row by less than a microsecond: the second scan finds them all as they were."""
+    shutil.copy(library / "trip" / "photo0.jpg", library / "copy-of-0.jpg")
+    (library / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + b"\x00" * 32)
+    (library / "gone.jpg").symlink_to(library / "nowhere.jpg")
+    shutil.copy(_photos(lfw_mini, 7)[-1], library / "deleted-later.jpg")
+    db = Database(database_url)
+    scan_photos(db, library)
+    with db.session() as session:
+        session.execute(Image.__table__.update().values(processed_at=utcnow()).where(Image.content_hash.is_not(None)))
+        session.execute(  # as a database that rounds floats would store it
+            Image.__table__.update().where(Image.path.like("%photo1.JPG")).values(mtime=Image.mtime + 1e-7)
+        )
+    (library / "deleted-later.jpg").unlink()
+    scan_photos(db, library)  # marks it missing
+    before = _all_rows(db)
+
+    report = scan_photos(db, library)
+    assert (report.new, report.changed, report.moved, report.duplicates, report.missing) == (0, 0, 0, 0, 0)
+    assert (report.files_seen, report.unchanged, report.unusable) == (7, 7, 2)
+    assert _all_rows(db) == before
+    statuses = _statuses(db)
+    assert {statuses["copy-of-0.jpg"], statuses["photo0.jpg"]} == {ImageStatus.PENDING, ImageStatus.DUPLICATE}
+    assert statuses["deleted-later.jpg"] == ImageStatus.MISSING
+    assert statuses["gone.jpg"] == statuses["phone.heic"] == ImageStatus.SKIPPED
+
+
+@pytest.mark.parametrize("whole_table", [False, True], ids=["rows-by-path", "whole-table"])
+def test_moves_copies_changes_and_returns_are_found_whichever_way_the_rows_are_read(
+    library: Path, tmp_path: Path, lfw_mini: Path, monkeypatch: pytest.MonkeyPatch, whole_table: bool
+):
+    """The scan reads whole rows only for the paths that differ: by path in small IN lists, or the whole
+    table when many differ. Both give the same catalog."""
+    from face_pipeline.services import catalog
+
+    monkeypatch.setattr(catalog, "_IN_CHUNK", 2)  # several IN lists even for a handful of paths
+    monkeypatch.setattr(catalog, "_READ_ALL_ABOVE", 0 if whole_table else 10**9)
+    db = Database(f"sqlite:///{tmp_path / 'f.db'}")
+    scan_photos(db, library)
+    with db.session() as session:
+        session.execute(Image.__table__.update().values(status=ImageStatus.DONE, processed_at=utcnow()))
+        ids = dict(session.execute(select(Image.path, Image.id)).tuples().all())
+    trip = library / "trip"
+    os.replace(trip / "photo0.jpg", library / "renamed.jpg")  # moved
+    shutil.copy(trip / "day1" / "photo1.JPG", library / "copy-of-1.jpg")  # a copy
+    shutil.copy(_photos(lfw_mini, 20)[-1], trip / "photo2.jpeg")  # new content, same name
+    os.replace(trip / "day1" / "photo3.jpg", tmp_path / "away.jpg")  # deleted
+    shutil.copy(_photos(lfw_mini, 21)[-1], library / "new.jpg")  # new
+
+    report = scan_photos(db, library)
+    assert (report.moved, report.duplicates, report.changed, report.missing, report.new) == (1, 1, 1, 1, 1)
+    with db.session() as session:
+        now = {r.path: r for r in session.execute(select(Image.id, Image.path, Image.status, Image.duplicate_of))}
+    assert now[str(library / "renamed.jpg")].id == ids[str(trip / "photo0.jpg")]
+    assert now[str(library / "copy-of-1.jpg")].duplicate_of == ids[str(trip / "day1" / "photo1.JPG")]
+    assert now[str(trip / "photo2.jpeg")].status == ImageStatus.PENDING
+    assert now[str(trip / "day1" / "photo3.jpg")].status == ImageStatus.MISSING
+    assert now[str(library / "new.jpg")].status == ImageStatus.PENDING
+
+    os.replace(tmp_path / "away.jpg", trip / "day1" / "photo3.jpg")  # back as it was: done again
+    assert scan_photos(db, library).unchanged == 8
+    assert _statuses(db)["photo3.jpg"] == ImageStatus.DONE
