@@ -4,16 +4,22 @@ SQL rows, vectors; and a dlib library, which keeps dlib when FACE_EMBEDDER=auto 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import dagster as dg
 import numpy as np
 import pytest
 from PIL import Image as PILImage
 from sqlalchemy import func, select, update
 
+from face_pipeline.defs.jobs import INGEST, WRITES_VECTORS
+from face_pipeline.defs.runner import CLI_TAGS, resolve_job
 from face_pipeline.services.catalog import scan_photos
 from face_pipeline.services.detection import detect_pending_faces
 from face_pipeline.services.labels import label_face, reject_face
@@ -321,3 +327,63 @@ def test_a_changed_photo_keeps_names_and_rejections_on_the_face_at_the_same_plac
         hits = vectors.search(SPACE, vector, limit=5, filter_payload={"person_id": ann})
     assert [hit.face_id for hit in hits] == [now_named.id]
     context.close()
+
+
+@pytest.mark.parametrize("executor", ["in_process", "multiprocess"])
+def test_backfill_runs_the_very_ingest_job_the_definitions_hold(executor: str, monkeypatch: pytest.MonkeyPatch):
+    """`faces backfill` builds the ingest job from its own two assets (in process) instead of importing every
+    asset module: same snapshot, tags and executor as the job the UI loads."""
+    from face_pipeline.definitions import defs
+
+    monkeypatch.setenv("FACE_EXECUTOR", executor)
+    full = defs().resolve_job_def(INGEST)
+    job = resolve_job(load_settings(), INGEST)
+    assert job.get_job_snapshot_id() == full.get_job_snapshot_id()
+    assert job.run_tags == full.run_tags == WRITES_VECTORS
+    assert job.executor_def.name == full.executor_def.name == executor
+
+
+# Modules a backfill with nothing to detect must not import: the face models' runtimes, torch, scikit-learn.
+HEAVY_MODULES = ("onnxruntime", "insightface", "dlib", "torch", "sklearn", "cv2")
+_BACKFILL_PROBE = f"""
+import runpy, sys
+sys.argv = ["face-pipeline", "faces", "backfill"]
+try:
+    runpy.run_module("face_pipeline.cli", run_name="__main__")
+except SystemExit as exit:
+    assert not exit.code, exit.code
+print("imported:", sorted({{m.split(".")[0] for m in sys.modules}} & set({HEAVY_MODULES!r})))
+"""
+
+
+def test_a_backfill_with_nothing_to_do_records_the_named_run_and_loads_no_face_model(tmp_path: Path, lfw_mini: Path):
+    photos = tmp_path / "photos"
+    copy_people(lfw_mini, photos, people=2, photos_each=1)
+    env = {
+        **os.environ,
+        "FACE_PHOTOS_DIR": str(photos),
+        "FACE_DATA_DIR": str(tmp_path / "data"),
+        "DAGSTER_HOME": str(tmp_path / "dagster"),
+        "FACE_EMBEDDER": "buffalo_s",
+    }
+    backfill = [sys.executable, "-m", "face_pipeline.cli", "faces", "backfill"]
+    first = subprocess.run(backfill, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0 and "2 files, 2 new" in first.stdout, first.stdout + first.stderr
+
+    again = subprocess.run(
+        [sys.executable, "-c", _BACKFILL_PROBE], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "2 files, 0 new, 0 changed" in again.stdout and "detected: 0 faces in 0 photos" in again.stdout
+    assert "imported: []" in again.stdout
+
+    with dg.DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
+        runs = instance.get_runs()
+        detected = instance.get_latest_materialization_event(dg.AssetKey("detected_faces"))
+        catalog = instance.get_latest_materialization_event(dg.AssetKey("photo_catalog"))
+    assert [run.job_name for run in runs] == [INGEST, INGEST]
+    assert all(run.is_success and run.tags.items() >= {**CLI_TAGS, **WRITES_VECTORS}.items() for run in runs)
+    assert detected is not None and catalog is not None and detected.run_id == catalog.run_id == runs[0].run_id
+    assert detected.asset_materialization is not None and catalog.asset_materialization is not None
+    assert detected.asset_materialization.metadata["message"].value == "no pending photos"
+    assert catalog.asset_materialization.metadata["unchanged"].value == 2

@@ -42,7 +42,6 @@ def detected_faces(
     """Faces of pending photos: boxes and landmarks in SQL, embeddings in the raw space's collection."""
     library = library_of(database, vector_store)
     if not pending_photos(library.db, 1):  # nothing to do: load no face model, open no vector store
-        context.log.info("no pending photos")
         return dg.MaterializeResult(metadata={**DetectReport().as_metadata(), "message": "no pending photos"})
     face_model = embedder.for_library(library.db)
     model = describe_embedder(face_model)
@@ -63,3 +62,7 @@ def detected_faces(
         lines = "\n".join(f"| {path} | {reason} |" for path, reason in report.skip_reasons.items())
         metadata["skipped_photos"] = dg.MetadataValue.md("| photo | reason |\n|---|---|\n" + lines)
     return dg.MaterializeResult(metadata=metadata)
+
+
+# The ingest job's assets (`faces backfill` runs the job from these alone: defs/runner.resolve_job).
+INGEST_ASSETS = [photo_catalog, detected_faces]

@@ -13,6 +13,7 @@ from typing import Any
 
 import dagster as dg
 
+from face_pipeline.defs.jobs import INGEST, build_jobs
 from face_pipeline.defs.run_recovery import process_tags, wait_for_pools
 from face_pipeline.errors import UserFacingError
 from face_pipeline.settings import Settings
@@ -65,6 +66,23 @@ def _definitions() -> dg.Definitions:
     return defs()
 
 
+def resolve_job(settings: Settings, job_name: str) -> dg.JobDefinition:
+    """The named job of the definitions. `faces backfill`'s ingest job, when its steps run in this process,
+    comes from definitions of its own assets: the same job (same snapshot id, tags and executor; a test
+    compares them), without importing every other asset module and the services behind them (clustering,
+    re-embedding, training: ~0.7 s of a backfill that finds nothing to do)."""
+    if job_name != INGEST or settings.executor != "in_process":
+        return _definitions().resolve_job_def(job_name)
+    from face_pipeline.defs.ingest_assets import INGEST_ASSETS
+    from face_pipeline.defs.resources import pipeline_resources
+
+    jobs = [job for job in build_jobs(daily_limit=settings.daily_limit) if job.name == INGEST]
+    ingest = dg.Definitions(
+        assets=INGEST_ASSETS, jobs=jobs, resources=pipeline_resources(), executor=dg.in_process_executor
+    )
+    return ingest.resolve_job_def(INGEST)
+
+
 def run_job(
     settings: Settings,
     job_name: str,
@@ -77,7 +95,7 @@ def run_job(
 
     First frees runs whose process died (saying so) and waits, saying for which run, while live runs hold a
     pool; the run is tagged with this process so a later command can tell if it dies."""
-    job = _definitions().resolve_job_def(job_name)
+    job = resolve_job(settings, job_name)
     dagster_home(settings)
     with dg.DagsterInstance.get() as instance, _quiet_on_interrupt():
         wait_for_pools(instance, settings.run_wait_seconds, say=_say)
