@@ -6,8 +6,9 @@ record included, each call a fresh process.
     python benchmarks/noop_backfill.py --synthetic 100000   # a 100K-photo library (see below)
 
 Ingests the photo folder once (buffalo_s), then times --calls backfills that find nothing new, per checkout
-(the other commit from a temporary git worktree, against the same data and Dagster instance). Prints median
-and max wall seconds and the median CPU seconds (user + sys of the child), each also as a JSON line.
+(the other commit from a temporary git worktree, against the same data and Dagster instance), the checkouts
+taking turns call by call after one untimed call each. Prints median and max wall seconds and the median CPU
+seconds (user + sys of the child), each also as a JSON line.
 
 --synthetic N: N distinct small photos (one lfw-mini face shrunk to 48 px, each file made unique by bytes after
 the JPEG's end marker) in folders of 100, catalogued by the real scan (services/catalog.scan_photos: hashes
@@ -40,22 +41,37 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def time_backfills(code: Path, env: dict[str, str], calls: int) -> tuple[list[float], list[float]]:
-    wall, cpu = [], []
-    for _ in range(calls):
-        cpu_before, started = _children_cpu(), time.perf_counter()
-        done = subprocess.run(
-            [sys.executable, "-m", "face_pipeline.cli", "faces", "backfill"],
-            env={**env, "PYTHONPATH": str(code)},
-            cwd=code,
-            capture_output=True,
-            text=True,
-        )
-        wall.append(time.perf_counter() - started)
-        cpu.append(_children_cpu() - cpu_before)
-        if done.returncode != 0 or " 0 new" not in done.stdout:
-            sys.exit(f"{code}: backfill did not find the library unchanged: {done.stdout}{done.stderr}")
+def backfill_once(code: Path, env: dict[str, str]) -> tuple[float, float]:
+    """(wall, CPU) seconds of one `faces backfill` in a fresh process that must find the library unchanged."""
+    cpu_before, started = _children_cpu(), time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "face_pipeline.cli", "faces", "backfill"],
+        env={**env, "PYTHONPATH": str(code)},
+        cwd=code,
+        capture_output=True,
+        text=True,
+    )
+    wall, cpu = time.perf_counter() - started, _children_cpu() - cpu_before
+    if done.returncode != 0 or " 0 new" not in done.stdout:
+        sys.exit(f"{code}: backfill did not find the library unchanged: {done.stdout}{done.stderr}")
     return wall, cpu
+
+
+def time_backfills(
+    sides: dict[str, Path], env: dict[str, str], calls: int
+) -> dict[str, tuple[list[float], list[float]]]:
+    """{commit: (wall seconds, CPU seconds)} of `calls` backfills per checkout, taken in turns (one of each,
+    then again) so that a change in the machine's load falls on every side alike; one untimed call of each
+    first (bytecode compiled, files in the page cache)."""
+    times: dict[str, tuple[list[float], list[float]]] = {rev: ([], []) for rev in sides}
+    for code in sides.values():
+        backfill_once(code, env)
+    for _ in range(calls):
+        for rev, code in sides.items():
+            wall, cpu = backfill_once(code, env)
+            times[rev][0].append(wall)
+            times[rev][1].append(cpu)
+    return times
 
 
 def synthetic_library(photos: Path, data_dir: Path, n: int) -> None:
@@ -116,8 +132,7 @@ def main() -> None:
             )
         label = f"synthetic-{args.synthetic}" if args.synthetic else photos.name
         with checkouts(args.compare, root) as sides:
-            for rev, code in sides.items():
-                wall, cpu = time_backfills(code, env, args.calls)
+            for rev, (wall, cpu) in time_backfills(sides, env, args.calls).items():
                 median, worst, cpu_median = statistics.median(wall), max(wall), statistics.median(cpu)
                 print(
                     f"{rev[:10]:12s} no-op backfill: median {median:.2f} s, max {worst:.2f} s wall; "
