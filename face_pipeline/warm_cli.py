@@ -191,7 +191,7 @@ def serve(path: Path, idle_seconds: float) -> None:
                 return
             conn.settimeout(None)
             with conn:
-                if not _serve_one(conn, listener, fingerprint):
+                if not _serve_one(conn, (listener, lock), fingerprint):
                     return
     finally:
         listener.close()
@@ -199,7 +199,7 @@ def serve(path: Path, idle_seconds: float) -> None:
         path.with_suffix(".pid").unlink(missing_ok=True)
 
 
-def _serve_one(conn: socket.socket, listener: socket.socket, fingerprint: tuple[int, int, int]) -> bool:
+def _serve_one(conn: socket.socket, server_files: tuple[Any, ...], fingerprint: tuple[int, int, int]) -> bool:
     """Hand one call to a forked child; False once the code has changed (the server then exits)."""
     _pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
     if uid != os.getuid():
@@ -219,7 +219,8 @@ def _serve_one(conn: socket.socket, listener: socket.socket, fingerprint: tuple[
     if os.fork() == 0:
         code = 1
         try:
-            listener.close()
+            for server_file in server_files:  # the socket, and the lock: a long command must not hold it
+                server_file.close()
             code = _run_child(conn, fds, request)
         finally:
             os._exit(code)
