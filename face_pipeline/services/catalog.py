@@ -351,9 +351,9 @@ def _reconcile(session: Session, root: Path, walk: LibraryWalk, report: ScanRepo
     known_paths = {row[0] for row in catalogued}
     under_root = str(root) + os.sep
     unlisted = tuple(storable_path(folder) + os.sep for folder in walk.unlisted)
-    gone = [
+    gone = {
         p for p in known_paths.difference(on_disk, unusable) if p.startswith(under_root) and not p.startswith(unlisted)
-    ]
+    }
     known = _rows_where(session, Image.path, [*(differs & known_paths), *gone, *(unusable.keys() & known_paths)])
     vanished = {p: row for p, row in known.items() if p in gone}
     to_hash = [s for s in walk.photos if s.path in differs and _needs_hash(known.get(s.path), s)]
