@@ -62,7 +62,7 @@ def runs_warm(argv: list[str]) -> bool:
 def socket_path(env: dict[str, str] | os._Environ[str]) -> Path:
     """One server per user, Python and installed package: `<dir>/face-pipeline-<uid>/cli-<key>.sock`."""
     base = env.get("FACE_CLI_WARM_DIR") or env.get("XDG_RUNTIME_DIR") or env.get("TMPDIR") or "/tmp"
-    key = hashlib.sha1(f"{sys.executable}\0{_PACKAGE}".encode()).hexdigest()[:16]
+    key = hashlib.sha1(f"{sys.executable}\0{_PACKAGE}".encode()).hexdigest()[:12]
     return Path(base) / f"face-pipeline-{os.getuid()}" / f"cli-{key}.sock"
 
 
@@ -178,7 +178,10 @@ def serve(path: Path, idle_seconds: float) -> None:
         __import__(module)
     path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(path))
+    try:
+        listener.bind(str(path))
+    except OSError:  # e.g. a path past the 107 bytes a socket's name may hold: calls stay cold
+        return
     listener.listen(16)
     listener.settimeout(idle_seconds)
     path.with_suffix(".pid").write_text(str(os.getpid()))

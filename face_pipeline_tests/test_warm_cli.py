@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,12 +58,14 @@ def library_env(tmp_path_factory: pytest.TempPathFactory, lfw_mini: Path) -> dic
 
 
 @pytest.fixture
-def warm_env(library_env: dict[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
-    env = {**library_env, "FACE_CLI_WARM_DIR": str(tmp_path / "warm"), "FACE_CLI_WARM": "1"}
-    yield env
-    for pid_file in (tmp_path / "warm").glob("*/*.pid"):
+def warm_env(library_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    # A short folder: a Unix socket's path holds at most 107 bytes, and pytest's tmp_path can be longer.
+    warm_dir = Path(tempfile.mkdtemp(prefix="fpw-", dir="/tmp"))
+    yield {**library_env, "FACE_CLI_WARM_DIR": str(warm_dir), "FACE_CLI_WARM": "1"}
+    for pid_file in warm_dir.glob("*/*.pid"):
         with contextlib.suppress(ValueError, ProcessLookupError):
             os.kill(int(pid_file.read_text()), signal.SIGTERM)
+    shutil.rmtree(warm_dir, ignore_errors=True)
 
 
 def face_ids(env: dict[str, str]) -> list[int]:
