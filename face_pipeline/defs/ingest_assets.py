@@ -40,9 +40,9 @@ def detected_faces(
     embedder: FaceEmbedderResource,
 ) -> dg.MaterializeResult:
     """Faces of pending photos: boxes and landmarks in SQL, embeddings in the raw space's collection."""
-    library = library_of(database, vector_store)
-    if not pending_photos(library.db, 1):  # nothing to do: load no face model, open no vector store
+    if not pending_photos(database.database(), 1):  # nothing to do: load no face model, open no vector store
         return dg.MaterializeResult(metadata={**DetectReport().as_metadata(), "message": "no pending photos"})
+    library = library_of(database, vector_store)
     face_model = embedder.for_library(library.db)
     model = describe_embedder(face_model)
     context.log.info(f"face model: {model}")
