@@ -83,6 +83,21 @@ class Settings(BaseSettings):
         None, gt=0, le=2, description="Cosine distance linking two faces; unset = the space's own (dlib 0.06)."
     )
 
+    cluster_mode: Literal["auto", "full", "incremental"] = Field(
+        "auto",
+        description="auto: a daily run assigns and groups only the new faces (and what they link to) when that "
+        "gives what a full run would (the link rule, an index of the unknown faces kept from the last run, no "
+        "label changed since), else everything; full: always everything; incremental: as auto, and a run that "
+        "has to do everything warns why.",
+    )
+    cluster_rebuild_growth: float = Field(
+        0.2,
+        ge=0,
+        le=100,
+        description="A full run once the kept index of unknown faces has grown by this share since it was built, "
+        "so its lists (and any drift of incremental grouping) stay bounded.",
+    )
+
     # --- orchestration --------------------------------------------------------------------------------
     executor: Literal["in_process", "multiprocess", "celery"] = Field(
         "in_process",
@@ -149,6 +164,11 @@ class Settings(BaseSettings):
     @property
     def vectors_dir(self) -> Path:
         return self.data_dir / "vectors"
+
+    @property
+    def cluster_index_dir(self) -> Path:
+        """The unknown faces' neighbour index per embedding space, kept between clustering runs."""
+        return self.data_dir / "cluster_index"
 
     @property
     def thumbnails_dir(self) -> Path:

@@ -231,7 +231,7 @@ def test_a_name_given_while_clustering_computes_is_kept(library: Library, monkey
     with library.db.session() as session:
         before = session.scalar(select(func.max(FaceAssignmentEvent.id)))
     with library.vectors() as vectors:
-        cluster_unknown_faces(library, vectors)
+        cluster_unknown_faces(library, vectors, full=True)  # the full run's computation is where the user acts
     state = faces(library)
     person = state[members[0]]["person"]
     assert person is not None
@@ -268,7 +268,7 @@ def test_a_face_ignored_while_clustering_computes_stays_alone(library: Library, 
 
     monkeypatch.setattr(clustering_service, "cluster_unknown", user_ignores_a_face_meanwhile)
     with library.vectors() as vectors:
-        cluster_unknown_faces(library, vectors)
+        cluster_unknown_faces(library, vectors, full=True)  # the full run's computation is where the user acts
     with library.db.session() as session:
         row = session.get(FaceInstance, ignored)
         assert row is not None and row.ignored and row.cluster_id == noise_cluster_id(ignored)

@@ -19,6 +19,13 @@ from face_pipeline.errors import InvalidInput
 UNSUPERVISED_ONLY = ["regenerated_embeddings", "unknown_clusters"]
 SUPERVISED_ONLY = ["regenerated_embeddings", "person_centroids", "supervised_assignments"]
 Method = Annotated[str | None, typer.Option("--unknown-method", help="hdbscan | agglomerative | dbscan.")]
+Full = Annotated[
+    bool,
+    typer.Option(
+        "--full",
+        help="Match and group every face again, even where a run over the new faces only would do (FACE_CLUSTER_MODE).",
+    ),
+]
 Threshold = Annotated[
     float | None, typer.Option("--person-threshold", min=-1.0, max=1.0, help="Cosine; default: the space's own.")
 ]
@@ -44,13 +51,15 @@ def _run_clustering(run_config: dict[str, Any], assets: list[str] | None = None)
         m = asset_metadata(result, "supervised_assignments")
         typer.echo(
             f"assigned: {m.get('assigned', 0)} of {m.get('candidates', 0)} faces to known people "
-            f"(threshold {m.get('person_threshold')}, margin {m.get('person_margin')}, space {m.get('space')})"
+            f"(threshold {m.get('person_threshold')}, margin {m.get('person_margin')}, space {m.get('space')}; "
+            f"{m.get('reason') or m.get('mode')})"
         )
     if "unknown_clusters" in ran:
         m = asset_metadata(result, "unknown_clusters")
         typer.echo(
             f"unknown: {m.get('clusters', 0)} clusters holding {m.get('clustered_faces', 0)} faces, "
-            f"{m.get('noise', 0)} singletons ({m.get('method')}, {m.get('seconds')} s)"
+            f"{m.get('noise', 0)} singletons ({m.get('method')}, {m.get('seconds')} s; "
+            f"{m.get('reason') or m.get('mode')})"
         )
     typer.echo(f"run {result.run_id}")
 
@@ -62,14 +71,19 @@ def cluster_dual(
     unknown_method: Method = None,
     min_cluster_size: Annotated[int | None, typer.Option(min=2)] = None,
     eps: Annotated[float | None, typer.Option(min=0.0, max=2.0, help="Cosine distance linking faces.")] = None,
+    full: Full = False,
 ) -> None:
-    """Dual-mode clustering: match faces to known people, then group the rest."""
+    """Dual-mode clustering: match faces to known people, then group the rest.
+
+    Under the link rule (the ArcFace spaces' default) a run after the first touches only the new faces and
+    their neighbours when that gives what a full run would; --full (or FACE_CLUSTER_MODE=full) does
+    everything again. The output says which ran and why."""
     _check_method(unknown_method)
     _run_clustering(
         {
-            "supervised_assignments": {"config": {"person_threshold": person_threshold}},
+            "supervised_assignments": {"config": {"person_threshold": person_threshold, "full": full}},
             "unknown_clusters": {
-                "config": {"method": unknown_method, "min_cluster_size": min_cluster_size, "eps": eps}
+                "config": {"method": unknown_method, "min_cluster_size": min_cluster_size, "eps": eps, "full": full}
             },
         },
     )
@@ -101,7 +115,7 @@ def reassign(
     _run_clustering(
         {
             "regenerated_embeddings": {"config": {"mode": "trained" if use_trained_model else "raw"}},
-            "supervised_assignments": {"config": {"person_threshold": person_threshold}},
+            "supervised_assignments": {"config": {"person_threshold": person_threshold, "full": True}},
         }
     )
 
@@ -112,10 +126,11 @@ def cluster_only(
     unknown_method: Method = None,
     min_cluster_size: Annotated[int | None, typer.Option(min=2)] = None,
     eps: Annotated[float | None, typer.Option(min=0.0, max=2.0)] = None,
+    full: Full = False,
 ) -> None:
     """Group the faces nobody is named on, without matching known people."""
     _check_method(unknown_method)
-    config = {"method": unknown_method, "min_cluster_size": min_cluster_size, "eps": eps}
+    config = {"method": unknown_method, "min_cluster_size": min_cluster_size, "eps": eps, "full": full}
     _run_clustering({"unknown_clusters": {"config": config}}, UNSUPERVISED_ONLY)
 
 

@@ -34,6 +34,7 @@ def person_centroids(
 class AssignConfig(dg.Config):
     person_threshold: float | None = None  # cosine; None = FACE_PERSON_MATCH_THRESHOLD or the space's default
     person_margin: float | None = None
+    full: bool = False  # match every unconfirmed face, even when matching only the new ones would be safe
 
 
 @dg.asset(deps=[person_centroids], group_name=GROUP, pool=VECTOR_STORE_POOL, kinds={"python", "sql"})
@@ -53,7 +54,9 @@ def supervised_assignments(
             person_threshold=config.person_threshold,
             person_margin=config.person_margin,
             run_id=context.run.run_id,
+            full=config.full,
         )
+    context.log.info(f"supervised assignment: {report.reason or report.mode}")
     return dg.MaterializeResult(metadata={k: _round(v) for k, v in vars(report).items()})
 
 
@@ -61,6 +64,7 @@ class ClusterConfig(dg.Config):
     method: str | None = None  # hdbscan | agglomerative | dbscan; None = FACE_UNKNOWN_CLUSTERING_METHOD
     min_cluster_size: int | None = None
     eps: float | None = None
+    full: bool = False  # group the whole pool again, even when adding only the new faces would be safe
 
 
 @dg.asset(deps=[supervised_assignments], group_name=GROUP, pool=VECTOR_STORE_POOL, kinds={"python", "sql"})
@@ -81,7 +85,9 @@ def unknown_clusters(
             min_cluster_size=config.min_cluster_size,
             eps=config.eps,
             run_id=context.run.run_id,
+            full=config.full,
         )
+    context.log.info(f"unknown clusters: {report.reason or report.mode}")
     stats = library_stats(library.db)
     split = stats.faces_by_cluster_type
     histogram = report.size_histogram()
@@ -89,6 +95,10 @@ def unknown_clusters(
         metadata={
             "space": report.space,
             "method": report.method,
+            "mode": report.mode,
+            "reason": report.reason,
+            "new_faces": report.new_faces,
+            "touched": report.touched,
             "pool": report.pool,
             "clusters": report.clusters,
             "clustered_faces": report.clustered_faces,

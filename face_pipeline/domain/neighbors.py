@@ -168,17 +168,29 @@ class FaceIndex:
         seed: int = 0,
         n_threads: int | None = 1,
         train_on: np.ndarray | None = None,
+        method: Literal["auto", "exact", "ivf"] = "ivf",
     ) -> FaceIndex:
         """k-means lists (default 4 sqrt(n)) trained on a sample of `train_on` (default: `vectors`, (n, d)),
-        then `vectors` added."""
+        then `vectors` added.
+
+        method : 'ivf' (default) as above; 'exact': one list of float32 vectors, every query compared with
+        every face and scored exactly, as `knn_graph`'s exhaustive search; 'auto': exact while n * n * d <=
+        1e11 (`knn_graph`'s rule), so a small library's new faces find the neighbours a full run finds."""
+        if method not in ("auto", "exact", "ivf"):
+            raise ValueError(f"method must be 'auto', 'exact' or 'ivf', got {method!r}")
         x = _as_float32(vectors)
         sample = x if train_on is None else _as_float32(train_on)
         n = len(sample)
         if n == 0:
             raise ValueError("cannot build a face index from no vectors")
-        lists = min(n_lists if n_lists is not None else max(1, round(4 * math.sqrt(n))), n)
+        if method == "auto":
+            method = "exact" if float(n) * n * sample.shape[1] <= _EXACT_MAX_WORK else "ivf"
         with _faiss_threads(n_threads):
-            index = _trained_ivf(sample, lists, n_probe, seed)
+            if method == "exact":
+                index = _exhaustive_ivf(sample)
+            else:
+                lists = min(n_lists if n_lists is not None else max(1, round(4 * math.sqrt(n))), n)
+                index = _trained_ivf(sample, lists, n_probe, seed)
             index.add(x)
         return cls(index, n_threads)
 
@@ -277,6 +289,18 @@ def _trained_ivf(x: np.ndarray, n_lists: int, n_probe: int, seed: int) -> Any:
     index.cp.min_points_per_centroid = 1  # ... and needs no more (its default warns below 39)
     index.train(x)
     index.nprobe = min(n_probe, n_lists)
+    return index
+
+
+def _exhaustive_ivf(x: np.ndarray) -> Any:
+    """An empty inverted file of one list holding float32 vectors: exhaustive, exact inner products, and the
+    same interface (add_core, search_preassigned, serialisation) as `_trained_ivf`'s."""
+    import faiss
+
+    index: Any = faiss.index_factory(x.shape[1], "IVF1,Flat", faiss.METRIC_INNER_PRODUCT)
+    index.cp.min_points_per_centroid = 1
+    index.train(x[:1])
+    index.nprobe = 1
     return index
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 import numpy as np
 from sqlalchemy import delete, insert, select
@@ -20,7 +21,7 @@ from face_pipeline.domain.assignment import (
     assign_to_known_people,
     build_prototypes,
 )
-from face_pipeline.domain.clustering import NOISE, cluster_unknown
+from face_pipeline.domain.clustering import NOISE, cluster_unknown, extend_clusters
 from face_pipeline.domain.naming import (
     ClusterKind,
     cluster_ids,
@@ -29,9 +30,12 @@ from face_pipeline.domain.naming import (
     parse_cluster_id,
     person_cluster_id,
     stable_cluster_numbers,
+    unknown_cluster_id,
 )
+from face_pipeline.domain.neighbors import MISSING, FaceIndex
 from face_pipeline.errors import InvalidInput
 from face_pipeline.faults import crash_point
+from face_pipeline.services import incremental_clustering as incremental
 from face_pipeline.services.face_table import (
     FaceChanges,
     FaceTable,
@@ -42,8 +46,11 @@ from face_pipeline.services.face_table import (
 )
 from face_pipeline.services.library import Library
 from face_pipeline.services.space_registry import active_space
+from face_pipeline.storage.cluster_index import KeptIndex
 from face_pipeline.storage.models import AssignmentSource, FaceInstance, PersonPrototype, PipelineState, utcnow
 from face_pipeline.storage.vectors import VectorStore
+
+RunMode = incremental.RunMode
 
 log = logging.getLogger(__name__)
 NEXT_CLUSTER_KEY = "next_unknown_cluster_number"
@@ -85,6 +92,8 @@ class AssignReport:
     unassigned_again: int = 0
     changed: int = 0
     seconds: float = 0.0
+    mode: str = RunMode.FULL
+    reason: str = ""
 
 
 @dataclass
@@ -98,6 +107,10 @@ class ClusterReport:
     changed: int = 0
     sizes: list[int] = field(default_factory=list)  # descending
     seconds: float = 0.0
+    mode: str = RunMode.FULL
+    reason: str = ""
+    new_faces: int = 0  # incremental: pool faces no kept index row stood for
+    touched: int = 0  # incremental: known faces the new ones link to
 
     def size_histogram(self) -> dict[str, int]:
         bins = {"2-3": (2, 3), "4-9": (4, 9), "10-19": (10, 19), "20-49": (20, 49), "50+": (50, 10**12)}
@@ -231,25 +244,44 @@ def assign_known_faces(
     person_threshold: float | None = None,
     person_margin: float | None = None,
     run_id: str | None = None,
+    full: bool = False,
 ) -> AssignReport:
     """Match every face nobody confirmed to the known people (threshold, margin, one face per person per
-    photo, never a rejected person). Faces that no longer match are released to the unknown pool."""
+    photo, never a rejected person). Faces that no longer match are released to the unknown pool.
+
+    Incremental when safe (services/incremental_clustering.py): then only the faces new since the last run,
+    the faces back in the unknown pool and the faces with a rejection are matched, and only their vectors
+    are read; every other face would get what it has. `full` (or FACE_CLUSTER_MODE=full): all of them."""
     started = time.perf_counter()
     with library.db.session() as session:
         params = space_params(library, session, person_threshold, person_margin)
         report = AssignReport(params.space, params.person_threshold, params.person_margin)
         table = read_faces(session)
         prototypes = load_prototypes(session, params.space)
-        candidates = np.flatnonzero(~table.confirmed & ~_ignored(session, table))
-        report.candidates = int(candidates.size)
+        fingerprint = incremental.assignment_fingerprint(
+            params.space, params.person_threshold, params.person_margin, prototypes, table
+        )
+        plan = incremental.plan_run(session, library.settings, params.space, _rule(params), fingerprint, full=full)
+        ignored = _ignored(session, table)
+        rejections = read_rejections(session)
+        if plan.incremental:
+            candidates = _incremental_candidates(session, plan, table, ignored, rejections)
+        else:
+            candidates = np.flatnonzero(~table.confirmed & ~ignored)
+        report.mode, report.candidates = plan.mode, int(candidates.size)
+        report.reason = f"incremental: {candidates.size:,} faces to match" if plan.incremental else plan.reason
+        incremental.record_assignment(session, params.space, fingerprint, table)
         if candidates.size == 0:
+            report.seconds = time.perf_counter() - started
             return report
-        matrix = _vectors_for(library, vectors, params.space, table, keep=True)[candidates]
+        if plan.incremental:
+            matrix = vectors.fetch(params.space, table.ids[candidates])
+        else:
+            matrix = _vectors_for(library, vectors, params.space, table, keep=True)[candidates]
         people = np.full(candidates.size, None, dtype=object)
         scores = np.full(candidates.size, np.nan)
         if prototypes is not None:
-            rejected = _rejections_as_rows(read_rejections(session), table, candidates, prototypes)
-            confirmed = np.flatnonzero(table.confirmed & (table.person_ids != None))  # noqa: E711
+            rejected = _rejections_as_rows(rejections, table, candidates, prototypes)
             result = assign_to_known_people(
                 matrix,
                 table.image_ids[candidates],
@@ -257,8 +289,9 @@ def assign_known_faces(
                 threshold=params.person_threshold,
                 margin=params.person_margin,
                 rejected=rejected,
-                # a person a user already named in a photo is not given a second face of it
-                occupied=zip(table.image_ids[confirmed].tolist(), table.person_ids[confirmed].tolist(), strict=True),
+                # a person already in a photo (named by a user, or matched and not matched again now) is not
+                # given a second face of it
+                occupied=_occupied(table, candidates, include_matched=plan.incremental),
             )
             hit = result.person_index != NO_PERSON
             people[hit] = prototypes.person_ids[result.person_index[hit]]
@@ -274,6 +307,42 @@ def assign_known_faces(
     sync_payloads(vectors, params.space, table, written)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _rule(params: SpaceParams) -> incremental.GroupingRule:
+    return incremental.GroupingRule(params.cluster_method, params.cluster_eps, params.min_cluster_size)
+
+
+def _incremental_candidates(
+    session: Session,
+    plan: incremental.RunPlan,
+    table: FaceTable,
+    ignored: np.ndarray,
+    rejections: list[tuple[int, str]],
+) -> np.ndarray:
+    """Rows of the faces an incremental run matches: new since the last assignment run, back in the
+    unknown pool since the last clustering run, or with a rejection."""
+    assert plan.kept is not None
+    # ids of faces created since that run: a late commit, or an id SQLite gave again after a delete
+    created = incremental.created_since(session, datetime.fromisoformat(plan.kept.read_at))
+    recent = ~np.isin(table.ids, plan.kept.seen_ids) | np.isin(table.ids, created)
+    pool = np.flatnonzero((table.person_ids == None) & ~ignored)  # noqa: E711
+    released = incremental.released_faces(plan.kept, table, pool, reborn_ids=created)
+    rejected = np.isin(table.ids, np.array([face for face, _ in rejections], dtype=np.int64))
+    return np.flatnonzero(~table.confirmed & ~ignored & (recent | released | rejected))
+
+
+def _occupied(table: FaceTable, candidates: np.ndarray, *, include_matched: bool) -> list[tuple[int, str]]:
+    """(photo, person) pairs the candidates may not take: faces a user confirmed, and with include_matched
+    faces matched by an earlier run that this run does not match again (an incremental run's old faces)."""
+    matched = table.person_ids != None  # noqa: E711
+    other = np.zeros(len(table), dtype=bool)
+    if include_matched:
+        other[:] = True
+        other[candidates] = False
+    holders = np.flatnonzero(matched & (table.confirmed | other))
+    holders = holders[np.isin(table.image_ids[holders], table.image_ids[candidates])]
+    return list(zip(table.image_ids[holders].tolist(), table.person_ids[holders].tolist(), strict=True))
 
 
 def _rejections_as_rows(
@@ -321,19 +390,38 @@ def cluster_unknown_faces(
     min_cluster_size: int | None = None,
     eps: float | None = None,
     run_id: str | None = None,
+    full: bool = False,
 ) -> ClusterReport:
-    """Group the faces that belong to nobody; keep unknown_cluster_{N} numbers across runs."""
+    """Group the faces that belong to nobody; keep unknown_cluster_{N} numbers across runs.
+
+    Under the link rule the run keeps an index of the unknown pool (storage/cluster_index.py), and a later
+    run, when safe (services/incremental_clustering.py), adds only the faces new to the pool to yesterday's
+    groups: it reads their vectors only, asks the index for their neighbours and joins, merges (the larger
+    group keeps its number) or founds groups. `full` (or FACE_CLUSTER_MODE=full): everything again."""
     started = time.perf_counter()
     with library.db.session() as session:
         params = space_params(library, session)
         method = method or params.cluster_method
         min_size = min_cluster_size or params.min_cluster_size
         eps = eps if eps is not None else params.cluster_eps
+        rule = incremental.GroupingRule(method, eps, min_size)
         report = ClusterReport(params.space, method)
+        read_at = incremental.now()
         table = read_faces(session)
         pool = np.flatnonzero((table.person_ids == None) & ~_ignored(session, table))  # noqa: E711
         report.pool = int(pool.size)
-        if pool.size:
+        plan = incremental.plan_run(session, library.settings, params.space, rule, None, full=full)
+        kept = incremental.index_store(library.settings).load(params.space) if plan.incremental else None
+        if plan.incremental and kept is None:  # the header was there a moment ago: read failed
+            plan = incremental.RunPlan(RunMode.FULL, "full: the kept index could not be read")
+        report.mode, report.reason = plan.mode, plan.reason
+        token = incremental.record_clustering(session, params.space, rule)
+        if kept is not None:
+            library.snapshots.forget()  # no whole-collection read in this run
+            labels, written, kept = _extend_groups(
+                session, vectors, params.space, table, pool, kept, rule, report, run_id
+            )
+        elif pool.size:
             matrix = _vectors_for(library, vectors, params.space, table, keep=False)[pool]
             labels = cluster_unknown(matrix, method=method, min_cluster_size=min_size, eps=eps)  # type: ignore[arg-type]
             cluster_ids = _stable_names(session, table, pool, labels)
@@ -345,19 +433,144 @@ def cluster_unknown_faces(
                 np.full(pool.size, np.nan),
             )
             written = apply_changes(session, table, changes, action="cluster", run_id=run_id)
-            report.changed = int(written.size)
-            sizes = np.bincount(labels[labels != NOISE])
-            report.sizes = sorted(sizes[sizes > 0].tolist(), reverse=True)
-            report.clusters = len(report.sizes)
-            report.clustered_faces = int((labels != NOISE).sum())
-            report.noise = int((labels == NOISE).sum())
+            kept = (
+                _fresh_index(session, params.space, rule, matrix, table.ids[pool], read_at)
+                if rule.is_link_rule
+                else None
+            )
+            del matrix
         else:
             library.snapshots.forget()  # the assignment step's read has no later reader in this run
-            written = np.empty(0, dtype=np.int64)
+            labels, written = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+        report.changed = int(written.size)
+        _count_groups(report, labels)
+        seen = incremental.seen_by_assignment(session, table)
     crash_point("cluster_before_payloads")
     sync_payloads(vectors, params.space, table, written)
+    store = incremental.index_store(library.settings)
+    if kept is not None:
+        store.save(replace(kept, run_token=token, read_at=read_at.isoformat(), seen_ids=seen))
+    else:
+        store.drop(params.space)  # grouped by another rule (or nothing to group): a kept index would be stale
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _count_groups(report: ClusterReport, labels: np.ndarray) -> None:
+    """Fill the report's group figures from the pool's labels (any non-negative numbers, NOISE = -1)."""
+    sizes = np.unique(labels[labels != NOISE], return_counts=True)[1]
+    report.sizes = sorted(sizes.tolist(), reverse=True)
+    report.clusters = len(report.sizes)
+    report.clustered_faces = int((labels != NOISE).sum())
+    report.noise = int((labels == NOISE).sum())
+
+
+def _fresh_index(
+    session: Session,
+    space: str,
+    rule: incremental.GroupingRule,
+    matrix: np.ndarray,
+    face_ids: np.ndarray,
+    read_at: datetime,
+) -> KeptIndex:
+    """The index of the pool a full run grouped (exhaustive for a small pool, FAISS IVF above)."""
+    fingerprint = incremental.last_assignment_fingerprint(session, space) or ""
+    index = FaceIndex.build(matrix, method="auto")
+    no_ids = np.empty(0, dtype=np.int64)  # the run fills in its token and what it saw when it saves
+    return KeptIndex(
+        space, rule.as_dict(), "", fingerprint, read_at.isoformat(), len(face_ids), face_ids.copy(), no_ids, index
+    )
+
+
+def _extend_groups(
+    session: Session,
+    vectors: VectorStore,
+    space: str,
+    table: FaceTable,
+    pool: np.ndarray,
+    kept: KeptIndex,
+    rule: incremental.GroupingRule,
+    report: ClusterReport,
+    run_id: str | None,
+) -> tuple[np.ndarray, np.ndarray, KeptIndex]:
+    """The incremental run: the pool faces no live index row stands for join yesterday's groups by the link
+    rule. Returns the pool's labels (unknown cluster numbers, NOISE), the written rows and the grown index."""
+    assert kept.index is not None and rule.eps is not None
+    reborn = incremental.created_since(session, datetime.fromisoformat(kept.read_at))
+    live = incremental.live_rows(kept, table.ids[pool], reborn)
+    adding = np.flatnonzero(incremental.released_faces(kept, table, pool, reborn))
+    row_numbers = np.full(kept.rows, NOISE, dtype=np.int64)
+    row_numbers[live] = incremental.unknown_numbers(table.cluster_ids[table.positions(kept.row_face_ids[live])])
+    report.new_faces = int(adding.size)
+    if adding.size == 0:
+        report.reason = "incremental: no new faces"
+        return row_numbers[live], np.empty(0, dtype=np.int64), kept
+    new_vectors = vectors.fetch(space, table.ids[adding])
+    found, sims = _live_neighbours(kept.index, new_vectors, live)
+    extension = extend_clusters(
+        row_numbers, new_vectors, found, sims, rule.eps, min_cluster_size=2, n_neighbors=incremental.N_NEIGHBORS
+    )
+    linked = (found != MISSING) & (sims >= 1.0 - rule.eps)
+    report.touched = int(np.unique(found[linked]).size)
+    report.reason = f"incremental: {adding.size:,} new faces, {report.touched:,} neighbours touched"
+    # Fresh groups are numbered on from the largest number in the rows; they take never-used numbers instead.
+    fresh_from = int(row_numbers.max(initial=NOISE)) + 1  # as extend_clusters numbers them
+    numbers = _renumber_fresh(session, np.r_[extension.new_labels, extension.changed_labels], fresh_from)
+    new_numbers, changed_numbers = numbers[: adding.size], numbers[adding.size :]
+    row_numbers[extension.changed_rows] = changed_numbers
+    rows = np.r_[adding, table.positions(kept.row_face_ids[extension.changed_rows])]
+    face_ids = table.ids[rows]
+    cluster_ids = np.array(
+        [
+            unknown_cluster_id(n) if n != NOISE else noise_cluster_id(f)
+            for n, f in zip(numbers.tolist(), face_ids.tolist(), strict=True)
+        ],
+        dtype=object,
+    )
+    changes = FaceChanges(
+        rows,
+        np.full(rows.size, None, dtype=object),
+        cluster_ids,
+        np.where(numbers == NOISE, AssignmentSource.NOISE, AssignmentSource.UNSUPERVISED).astype(object),
+        np.full(rows.size, np.nan),
+    )
+    written = apply_changes(session, table, changes, action="cluster", run_id=run_id)
+    kept.index.add(new_vectors)
+    grown = replace(kept, row_face_ids=np.r_[kept.row_face_ids, table.ids[adding]])
+    return np.r_[row_numbers[live], new_numbers], written, grown
+
+
+def _live_neighbours(index: FaceIndex, queries: np.ndarray, live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The N_NEIGHBORS most similar live index rows of each query (q, k), MISSING / -inf where fewer: rows
+    of faces that left the pool are skipped (the search asks for up to k more to make up for them)."""
+    k = incremental.N_NEIGHBORS
+    dead = int((~live).sum())
+    found, sims = index.search(queries, k + min(dead, k))
+    ok = found != MISSING
+    ok[ok] = live[found[ok]]
+    order = np.argsort(~ok, axis=1, kind="stable")[:, :k]  # live first, each side still best first
+    ok = np.take_along_axis(ok, order, 1)
+    found = np.where(ok, np.take_along_axis(found, order, 1), MISSING)
+    sims = np.where(ok, np.take_along_axis(sims, order, 1), -np.inf).astype(np.float32)
+    return found, sims
+
+
+def _renumber_fresh(session: Session, labels: np.ndarray, fresh_from: int) -> np.ndarray:
+    """Labels as unknown cluster numbers: existing numbers stay, fresh groups (labels >= fresh_from, as
+    extend_clusters numbers them) take never-used numbers (PipelineState NEXT_CLUSTER_KEY)."""
+    state = session.get(PipelineState, NEXT_CLUSTER_KEY)
+    next_free = max(int(state.value["next"]) if state else 1, fresh_from, 1)
+    fresh = labels >= fresh_from
+    out = labels.copy()
+    if fresh.any():
+        uniq, inverse = np.unique(labels[fresh], return_inverse=True)
+        out[fresh] = next_free + inverse
+        next_free += len(uniq)
+    if state is None:
+        session.add(PipelineState(key=NEXT_CLUSTER_KEY, value={"next": int(next_free)}))
+    else:
+        state.value = {"next": int(next_free)}
+    return out
 
 
 def _stable_names(session: Session, table: FaceTable, pool: np.ndarray, labels: np.ndarray) -> np.ndarray:
