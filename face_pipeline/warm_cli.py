@@ -11,8 +11,9 @@ commands (WARM_COMMANDS) are therefore handed to a warm process, as build tools 
   caller's terminal). The caller forwards Ctrl-C and exits with the child's status.
 - The server serves only its own user (a 0700 directory, the peer's uid checked). It exits after
   FACE_CLI_WARM_IDLE_SECONDS (600) without a call, and it hands a call back to be run cold, then exits, once
-  the installed code has changed. FACE_CLI_WARM=0 turns all of this off; `python -m face_pipeline.cli` is
-  always cold. FACE_CLI_WARM_DIR moves the socket (default: $XDG_RUNTIME_DIR, else the temp folder).
+  the installed code has changed. Its errors go to the `.log` beside its socket. FACE_CLI_WARM=0 turns all
+  of this off; `python -m face_pipeline.cli` is always cold. FACE_CLI_WARM_DIR moves the socket (default:
+  $XDG_RUNTIME_DIR, else the temp folder).
 
 This module imports only the standard library: it is what runs before the choice is made.
 """
@@ -69,10 +70,11 @@ def socket_path(env: dict[str, str] | os._Environ[str]) -> Path:
 def main() -> None:
     argv = sys.argv[1:]
     if runs_warm(argv) and warm_enabled(os.environ) and hasattr(socket, "SO_PEERCRED"):  # Linux
-        code = run_warm(argv, socket_path(os.environ))
+        path = socket_path(os.environ)
+        code = run_warm(argv, path)
         if code is not None:
             sys.exit(code)
-        start_server()
+        start_server(path)
     from face_pipeline.cli import main as run_cold
 
     run_cold()
@@ -96,8 +98,7 @@ def run_warm(argv: list[str], path: Path) -> int | None:
     nothing was done yet)."""
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        folder = path.parent.stat()
-        if folder.st_uid != os.getuid() or folder.st_mode & 0o077:
+        if not _private(path.parent):
             raise PermissionError(path.parent)  # a socket others could have placed: stay cold
         conn.connect(str(path))
         request = json.dumps({"argv": argv, "env": dict(os.environ), "cwd": os.getcwd()}).encode()
@@ -130,19 +131,30 @@ def _forward(child: int, signum: int) -> None:
         os.kill(child, signum)
 
 
-def start_server() -> None:
-    """Start a server in the background for the next calls (best effort; a second one exits at once)."""
+def start_server(path: Path) -> None:
+    """Start a server in the background for the next calls (best effort; a second one exits at once). Its
+    errors go to `<socket>.log` beside the socket, in the private folder."""
     import subprocess
 
     with contextlib.suppress(OSError):
-        subprocess.Popen(
-            [sys.executable, "-m", "face_pipeline.warm_cli", "--serve", str(_PACKAGE)],
-            cwd=_PACKAGE.parent,  # so that -m finds this very package
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not _private(path.parent):
+            return
+        with open(path.with_suffix(".log"), "w") as log:
+            subprocess.Popen(
+                [sys.executable, "-m", "face_pipeline.warm_cli", "--serve", str(_PACKAGE)],
+                cwd=_PACKAGE.parent,  # so that -m finds this very package
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,
+            )
+
+
+def _private(folder: Path) -> bool:
+    """Ours, and nobody else may write, read or enter it."""
+    info = folder.stat()
+    return info.st_uid == os.getuid() and not info.st_mode & 0o077
 
 
 # --- the server ------------------------------------------------------------------------------------------
@@ -166,7 +178,7 @@ def code_fingerprint() -> tuple[int, int, int]:
 def serve(path: Path, idle_seconds: float) -> None:
     """Accept calls until idle for `idle_seconds` or until the code changes."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.parent.stat().st_uid != os.getuid() or path.parent.stat().st_mode & 0o077:
+    if not _private(path.parent):
         return  # somebody else's or a shared folder: stay cold
     lock = open(path.with_suffix(".lock"), "w")  # noqa: SIM115  (held for the server's life)
     try:
