@@ -216,3 +216,12 @@ def test_a_socket_folder_others_can_write_is_never_used(warm_env: dict[str, str]
     time.sleep(2.0)
     assert not path.exists()  # and no server listens there
     assert warm_cli.run_warm(["faces", "stats"], path) is None
+
+
+def test_the_launcher_imports_only_the_standard_library():
+    probe = (
+        "import sys; import face_pipeline.warm_cli; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'numpy', 'sqlalchemy', 'typer', 'pydantic', 'click'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "[]", done.stdout  # what runs before every call stays ~30 ms
