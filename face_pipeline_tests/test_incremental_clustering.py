@@ -326,3 +326,29 @@ def test_a_space_switch_runs_full(library: Library):
     assert clusters.mode == "full"
     assert clusters.reason == f"full: the embedding space changed since the last run ({SPACE} -> {projected})"
     assert cluster_dual(library)[1].mode == "incremental"  # the new space's own index from now on
+
+
+def test_cli_cluster_dual_full_forces_a_full_run_and_says_so(
+    library: Library,
+    faces_today: tuple[np.ndarray, np.ndarray, np.ndarray],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    from typer.testing import CliRunner
+
+    from face_pipeline.cli import app
+
+    arrive(library, faces_today)
+    library.close()
+    monkeypatch.setenv("FACE_PHOTOS_DIR", str(tmp_path / "lib" / "photos"))
+    monkeypatch.setenv("FACE_DATA_DIR", str(tmp_path / "lib" / "data"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    monkeypatch.delenv("FACE_CLUSTER_MODE", raising=False)
+    forced = CliRunner().invoke(app, ["faces", "cluster-dual", "--full"])
+    assert forced.exit_code == 0, forced.output
+    lines = forced.output.splitlines()
+    assert any(line.startswith("assigned: ") and "full: asked for (--full)" in line for line in lines), lines
+    assert any(line.startswith("unknown: ") and "full: asked for (--full)" in line for line in lines), lines
+    after = open_library(tmp_path / "lib")  # the daily run after it is incremental again
+    assert cluster_dual(after)[1].mode == "incremental"
+    after.close()
