@@ -20,6 +20,20 @@ the generator's temporaries not counted):
 Both report BCubed F and purity of the final grouping (known people as groups, then clusters) against the
 true identities; "changed" counts the known faces whose group changed.
 Goals (issue 14): daily <= 60 s and <= 4 GB at 1M; full re-cluster of 1M <= 10 min.
+
+    python benchmarks/cluster_incremental.py --service --sizes 50000 200000
+
+--service measures the real pipeline instead: SQLite and the embedded vector store, the services the
+Dagster assets run (person_centroids, supervised_assignments, unknown_clusters via `run_cluster_dual`). A
+library of N + 5,000 synthetic faces is built as benchmarks/cluster.py builds it (5% confirmed), then 5,000
+unconfirmed faces are taken out; they arrive later as detection writes new faces (`insert_faces`, vectors
+upserted). Each phase is its own process:
+- full: the first cluster-dual over the N faces (nothing kept yet: full; it writes every face's group and
+  keeps the unknown pool's index), with --refull also a forced full re-cluster (FACE_CLUSTER_MODE=full);
+- arrive: the 5,000 faces are written (not timed as part of the run);
+- daily: cluster-dual again (FACE_CLUSTER_MODE=auto): incremental, reading only the new faces' vectors.
+Peak RSS is each run's own (VmHWM reset once the library is open); BCubed F and purity score the cluster ids
+written to SQL against the true identities (after the full run over N faces, after the daily run over all).
 """
 
 from __future__ import annotations
@@ -181,17 +195,185 @@ def _child(*args: str) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+# --- the real pipeline (--service) ------------------------------------------------------------------------
+
+
+def service_setup(n: int, folder: Path) -> dict[str, Any]:
+    """benchmarks/cluster.py's library of n + 5,000 faces, less 5,000 unconfirmed ones kept for later."""
+    from sqlalchemy import delete, select
+
+    from benchmarks.cluster import SYNTHETIC_SPACE, setup
+    from face_pipeline.storage.models import FaceInstance
+
+    built = setup("synthetic", n + NEW_FACES, folder)
+    context = _open(folder)
+    with context.db.session() as session:
+        rows = session.execute(
+            select(FaceInstance.id, FaceInstance.image_id).where(FaceInstance.user_confirmed.is_(False))
+        ).all()
+        ids = np.array([r.id for r in rows], dtype=np.int64)
+        images = np.array([r.image_id for r in rows], dtype=np.int64)
+        picked = np.sort(np.random.default_rng(3).permutation(len(ids))[:NEW_FACES])
+        later, later_images = ids[picked], images[picked]
+        for start in range(0, NEW_FACES, 1000):
+            chunk = later[start : start + 1000].tolist()
+            session.execute(delete(FaceInstance).where(FaceInstance.id.in_(chunk)))
+    with context.vectors() as store:
+        vectors = store.fetch(SYNTHETIC_SPACE, later)
+        store.delete(SYNTHETIC_SPACE, later)
+    context.close()
+    identities = np.load(folder / "bench_identities.npy")  # by face id - 1
+    np.savez(folder / "later.npz", vectors=vectors, images=later_images, identities=identities[later - 1])
+    everyone = np.arange(1, len(identities) + 1)
+    kept = np.setdiff1d(everyone, later)
+    np.save(folder / "truth.npy", np.c_[kept, identities[kept - 1]])
+    return {
+        "faces": n,
+        "confirmed": built["confirmed"],
+        "setup_s": sum(v for k, v in built.items() if k.endswith("_s")),
+    }
+
+
+def _open(folder: Path, **settings: Any) -> Any:
+    from face_pipeline.services.library import Library
+    from face_pipeline.settings import load_settings
+
+    return Library.from_settings(
+        load_settings(photos_dir=folder / "photos", data_dir=folder, database_url=None, qdrant_url=None, **settings)
+    )
+
+
+def _timed_cluster_dual(folder: Path, mode: str) -> dict[str, Any]:
+    """One cluster-dual run through the services, in this (fresh) process; figures of that run alone."""
+    import faiss  # noqa: F401  (imports a run pays once, outside the figures)
+    import scipy.sparse.csgraph  # noqa: F401
+
+    import face_pipeline.storage.vector_backends  # noqa: F401
+    from face_pipeline.services.cluster_dual import run_cluster_dual
+
+    context = _open(folder, cluster_mode=mode)
+    rss_before = _reset_peak_rss()
+    started = time.perf_counter()
+    with context.vectors() as vectors:
+        dual = run_cluster_dual(context, vectors)
+    seconds = time.perf_counter() - started
+    context.close()
+    return {
+        "seconds": round(seconds, 2),
+        "centroids_s": round(dual.centroids.seconds, 2),
+        "assign_s": round(dual.assignments.seconds, 2),
+        "cluster_s": round(dual.clusters.seconds, 2),
+        "assign": dual.assignments.reason,
+        "cluster": dual.clusters.reason,
+        "candidates": dual.assignments.candidates,
+        "assigned": dual.assignments.assigned,
+        "cluster_changed": dual.clusters.changed,
+        "rss_before_mb": round(rss_before),
+        "peak_rss_mb": round(_status_mb("VmHWM")),
+    }
+
+
+def service_arrive(folder: Path) -> dict[str, Any]:
+    """The 5,000 faces arrive as detection writes them: rows with a singleton cluster each, then vectors."""
+    from benchmarks.cluster import SYNTHETIC_SPACE
+    from face_pipeline.services.detection import insert_faces
+
+    later = np.load(folder / "later.npz")
+    context = _open(folder)
+    started = time.perf_counter()
+    with context.db.session() as session:
+        rows: list[dict[str, object]] = [
+            {
+                "image_id": int(i),
+                "bbox_x": 0,
+                "bbox_y": 0,
+                "bbox_w": 100,
+                "bbox_h": 100,
+                "detection_score": 1.0,
+                "quality": 1.0,
+                "embedding_space": SYNTHETIC_SPACE,
+            }  # fmt: skip
+            for i in later["images"].tolist()
+        ]
+        face_ids = insert_faces(session, rows)
+    with context.vectors() as store:
+        payloads = [{"image_id": int(i), "person_id": None, "cluster_id": f"unknown_noise_{f}"}
+                    for i, f in zip(later["images"].tolist(), face_ids.tolist(), strict=True)]  # fmt: skip
+        store.upsert(SYNTHETIC_SPACE, face_ids, later["vectors"], payloads)
+    context.close()
+    truth = np.load(folder / "truth.npy")
+    np.save(folder / "truth.npy", np.r_[truth, np.c_[face_ids, later["identities"]]])
+    return {"arrive_s": round(time.perf_counter() - started, 2)}
+
+
+def _written_quality(folder: Path) -> dict[str, float]:
+    """BCubed F and purity of the cluster ids in SQL against the true identities (noise: alone)."""
+    import sqlite3
+
+    from face_pipeline_eval.cluster_metrics import evaluate_clustering
+
+    truth = np.load(folder / "truth.npy")
+    with sqlite3.connect(folder / "face_pipeline.db") as db:
+        rows = db.execute("SELECT id, cluster_id FROM face_instances ORDER BY id").fetchall()
+    ids = np.array([r[0] for r in rows], dtype=np.int64)
+    names = np.array([r[1] for r in rows], dtype=object)
+    order = np.argsort(truth[:, 0])
+    identity = truth[order, 1][np.searchsorted(truth[order, 0], ids)]
+    labels = np.unique(names, return_inverse=True)[1].astype(np.int64)
+    labels[np.char.startswith(names.astype(str), "unknown_noise_")] = -1
+    report = evaluate_clustering(identity, labels)
+    return {"bcubed_f": round(report.bcubed_f1, 4), "purity": round(report.purity, 4)}
+
+
+def service_size(n: int, refull: bool) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-incremental-service-", dir=REPO / ".cache") as tmp:
+        folder = Path(tmp)
+        built = _child("--service-setup", str(n), tmp)
+        first = _child("--service-run", "auto", tmp)
+        figures: dict[str, Any] = {"library": n, **built}
+        figures.update({f"full_{k}": v for k, v in first.items()})
+        figures.update({f"full_{k}": v for k, v in _written_quality(folder).items()})
+        if refull:
+            again = _child("--service-run", "full", tmp)
+            figures.update({f"refull_{k}": v for k, v in again.items()})
+        figures.update(_child("--service-arrive", tmp))
+        daily_run = _child("--service-run", "auto", tmp)
+        figures.update({f"daily_{k}": v for k, v in daily_run.items()})
+        figures.update({f"daily_{k}": v for k, v in _written_quality(folder).items()})
+    print(
+        f"{n:>9,} faces  full {figures['full_seconds']:7.1f} s {figures['full_peak_rss_mb']:6,} MB  "
+        f"F {figures['full_bcubed_f']:.3f} | daily {figures['daily_seconds']:6.1f} s "
+        f"{figures['daily_peak_rss_mb']:6,} MB  F {figures['daily_bcubed_f']:.3f}  ({figures['daily_cluster']})",
+        flush=True,
+    )
+    emit("cluster_incremental_service", **figures)
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] in ("--full", "--daily"):
         folder = Path(sys.argv[-1])
         result = full(int(sys.argv[2]), folder) if sys.argv[1] == "--full" else daily(folder)
         print(json.dumps(result))
         return
+    if len(sys.argv) > 1 and sys.argv[1].startswith("--service-"):
+        phase, folder = sys.argv[1], Path(sys.argv[-1])
+        if phase == "--service-setup":
+            print(json.dumps(service_setup(int(sys.argv[2]), folder)))
+        elif phase == "--service-run":
+            print(json.dumps(_timed_cluster_dual(folder, sys.argv[2])))
+        else:
+            print(json.dumps(service_arrive(folder)))
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="*", default=[50_000, 200_000, 1_000_000])
+    parser.add_argument("--service", action="store_true", help="the real services, SQLite and vector store")
+    parser.add_argument("--refull", action="store_true", help="--service: also time a forced full re-cluster")
     args = parser.parse_args()
     (REPO / ".cache").mkdir(exist_ok=True)
     for n in args.sizes:
+        if args.service:
+            service_size(n, args.refull)
+            continue
         with tempfile.TemporaryDirectory(prefix="bench-incremental-", dir=REPO / ".cache") as tmp:
             yesterday = _child("--full", str(n), tmp)
             today = _child("--daily", tmp)
