@@ -134,6 +134,7 @@ def walk_library(root: Path) -> LibraryWalk:
     root = root.resolve()  # absolute and normal: every path the walk builds from it is too
     stack = [str(root)]
     photos = walk.photos
+    as_stat = tuple.__new__  # builds a _FileStat without NamedTuple's Python-level __new__ (~0.1 s per 100K)
     while stack:
         folder = stack.pop()
         try:
@@ -160,7 +161,7 @@ def walk_library(root: Path) -> LibraryWalk:
                     ext = name[dot:].lower() if dot > 0 else ""
                     if ext in PHOTO_EXTENSIONS and name.isascii():
                         info = entry.stat(follow_symlinks=False)
-                        photos.append(_FileStat(entry.path, info.st_size, info.st_mtime))
+                        photos.append(as_stat(_FileStat, (entry.path, info.st_size, info.st_mtime)))
                         continue
                     if ext not in UNSUPPORTED_EXTENSIONS and ext not in PHOTO_EXTENSIONS:
                         continue  # not a photo
