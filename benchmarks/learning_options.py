@@ -546,6 +546,12 @@ OPTIONS: dict[str, Callable] = {
     "learned prototypes + exemplars": fit_learned_prototypes(normalise=False),
     "learned prototypes + exemplars + adaptive s-norm": fit_learned_prototypes(),
 }
+try:
+    from benchmarks.learning_transductive import TRANSDUCTIVE_OPTIONS
+except ModuleNotFoundError:  # run as a script: benchmarks/ is on sys.path, not the repository root
+    from learning_transductive import TRANSDUCTIVE_OPTIONS  # type: ignore[no-redef]
+
+OPTIONS.update(TRANSDUCTIVE_OPTIONS)
 QUICK = (
     "raw",
     "knn (all labelled faces)",
@@ -604,7 +610,8 @@ def run_case(case: Case, options: dict[str, Callable], seeds: int, far: float) -
                 started = time.perf_counter()
                 scorer = fit(x, y, lib.rejections, lib.n_people, rows, lib.library(rnd))
                 seconds = time.perf_counter() - started
-                sq, ss, sc = scorer(x[q]), scorer(x[s]), scorer(x[c])
+                by_row = getattr(scorer, "rows", None)  # transductive: every face of the case scored at once
+                sq, ss, sc = (by_row(r) for r in (q, s, c)) if by_row else (scorer(x[r]) for r in (q, s, c))
                 for row, thr, mar in _variants(name, fit, sc, mask_c, far, product):
                     pred_s = decide(ss, thr, mar, mask_s)
                     tally = tallies.setdefault(row, Tally())
