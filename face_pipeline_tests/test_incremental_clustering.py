@@ -352,3 +352,15 @@ def test_cli_cluster_dual_full_forces_a_full_run_and_says_so(
     after = open_library(tmp_path / "lib")  # the daily run after it is incremental again
     assert cluster_dual(after)[1].mode == "incremental"
     after.close()
+
+
+def test_prototypes_are_kept_while_the_confirmed_labels_stay_the_same(library: Library):
+    with library.vectors() as vectors:
+        assert compute_person_centroids(library, vectors).reused  # yesterday's run built them from these labels
+    stranger = next(f for f, (person, _, _) in state(library).items() if person is None)
+    label_face(library, stranger, "Cy")
+    with library.vectors() as vectors:
+        rebuilt = compute_person_centroids(library, vectors)
+        again = compute_person_centroids(library, vectors)
+    assert not rebuilt.reused and rebuilt.people == 2
+    assert again.reused and (again.people, again.prototypes) == (rebuilt.people, rebuilt.prototypes)

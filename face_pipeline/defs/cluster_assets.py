@@ -26,6 +26,7 @@ def person_centroids(
             "people": report.people,
             "prototypes": report.prototypes,
             "labelled_faces": report.labelled_faces,
+            "reused": report.reused,  # labels unchanged since the last build: prototypes kept
             "seconds": round(report.seconds, 3),
         }
     )

@@ -244,6 +244,12 @@ class FaceIndex:
         sims[idx == MISSING] = -np.inf
         return idx, sims
 
+    @property
+    def native(self) -> Any:
+        """The FAISS index itself, for storage to write and read with FAISS's own file functions (no copy
+        of the whole index in between, as `to_bytes` makes)."""
+        return self._index
+
     def to_bytes(self) -> np.ndarray:
         import faiss
 

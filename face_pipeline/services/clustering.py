@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from face_pipeline.domain.assignment import (
@@ -80,6 +80,7 @@ class CentroidReport:
     prototypes: int = 0
     labelled_faces: int = 0
     seconds: float = 0.0
+    reused: bool = False  # the labels had not changed: the prototypes were kept
 
 
 @dataclass
@@ -172,22 +173,61 @@ def _vectors_for(library: Library, vectors: VectorStore, space: str, table: Face
 
 
 def compute_person_centroids(library: Library, vectors: VectorStore) -> CentroidReport:
-    """Prototypes (a centroid and a few exemplars) of every person, from user-confirmed faces only."""
+    """Prototypes (a centroid and a few exemplars) of every person, from user-confirmed faces only.
+
+    Kept as they are when the confirmed labels are those they were built from (and nothing else touched
+    them since): a vector never changes under its (space, face id), so they would come out the same."""
     started = time.perf_counter()
     with library.db.session() as session:
         params = space_params(library, session)
-        table = read_faces(session)
-        labelled = np.flatnonzero(table.confirmed & (table.person_ids != None))  # noqa: E711
-        report = CentroidReport(params.space, labelled_faces=int(labelled.size))
+        rows = session.execute(
+            select(FaceInstance.id, FaceInstance.person_id)
+            .where(FaceInstance.user_confirmed.is_(True), FaceInstance.person_id.is_not(None))
+            .order_by(FaceInstance.id)
+        ).all()
+        face_ids = np.array([r.id for r in rows], dtype=np.int64)
+        person_ids = np.array([r.person_id for r in rows], dtype=object)
+        report = CentroidReport(params.space, labelled_faces=len(rows))
+        labels = incremental.labels_digest(face_ids, person_ids)
+        built = incremental.prototype_state(session, params.space)
+        if built is not None and built == {
+            "space": params.space,
+            "labels": labels,
+            **_prototype_rows(session, params.space),
+        }:
+            report.people, report.prototypes = _prototype_counts(session, params.space)
+            report.reused = True
+            report.seconds = time.perf_counter() - started
+            return report
         session.execute(delete(PersonPrototype).where(PersonPrototype.embedding_space == params.space))
-        if labelled.size:
-            matrix = vectors.fetch(params.space, table.ids[labelled])
-            prototypes = build_prototypes(matrix, table.person_ids[labelled])
-            _store_prototypes(session, params.space, prototypes, table.ids[labelled])
+        if len(rows):
+            matrix = vectors.fetch(params.space, face_ids)
+            prototypes = build_prototypes(matrix, person_ids)
+            _store_prototypes(session, params.space, prototypes, face_ids)
             report.people = len(prototypes.person_ids)
             report.prototypes = len(prototypes.vectors)
+        incremental.record_prototypes(
+            session, {"space": params.space, "labels": labels, **_prototype_rows(session, params.space)}
+        )
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _prototype_rows(session: Session, space: str) -> dict[str, int]:
+    """How many prototype rows the space has and the newest row id: any rewrite changes one of them."""
+    count, newest = session.execute(
+        select(func.count(), func.max(PersonPrototype.id)).where(PersonPrototype.embedding_space == space)
+    ).one()
+    return {"count": int(count), "max_id": int(newest or 0)}
+
+
+def _prototype_counts(session: Session, space: str) -> tuple[int, int]:
+    people, count = session.execute(
+        select(func.count(func.distinct(PersonPrototype.person_id)), func.count()).where(
+            PersonPrototype.embedding_space == space
+        )
+    ).one()
+    return int(people), int(count)
 
 
 def _store_prototypes(session: Session, space: str, prototypes: Prototypes, face_ids: np.ndarray) -> None:

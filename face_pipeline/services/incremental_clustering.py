@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 ASSIGNMENT_STATE_KEY = "supervised_assignment_state"  # {"space", "fingerprint", "max_face_id"} of the last run
 CLUSTERING_STATE_KEY = "unknown_clustering_state"  # {"space", "run_token", "rule"} of the last run
+PROTOTYPES_STATE_KEY = "person_prototypes_state"  # {"space", "labels", "count", "max_id"} of the last build
 N_NEIGHBORS = 15  # the k of the full run's k-NN graph (UnknownFaceClusterer's default)
 
 
@@ -102,6 +103,22 @@ def assignment_fingerprint(
         digest.update(np.ascontiguousarray(prototypes.face_counts, dtype=np.int64).tobytes())
         digest.update(np.ascontiguousarray(prototypes.vectors, dtype=np.float32).tobytes())
     return digest.hexdigest()
+
+
+def labels_digest(face_ids: np.ndarray, person_ids: np.ndarray) -> str:
+    """A digest of the confirmed (face, person) pairs, face ids ascending."""
+    digest = hashlib.sha256(np.ascontiguousarray(face_ids, dtype=np.int64).tobytes())
+    digest.update("\x00".join(map(str, person_ids.tolist())).encode())
+    return digest.hexdigest()
+
+
+def prototype_state(session: Session, space: str) -> dict[str, Any] | None:
+    state = _state(session, PROTOTYPES_STATE_KEY)
+    return state if state is not None and state.get("space") == space else None
+
+
+def record_prototypes(session: Session, state: dict[str, Any]) -> None:
+    _set_state(session, PROTOTYPES_STATE_KEY, state)
 
 
 def _state(session: Session, key: str) -> dict[str, Any] | None:
