@@ -8,7 +8,7 @@ photo): lfw-dev by dlib (.cache/lfw-dev-dlib.npz, `face_pipeline_tests.lfw_cache
 min), lfw-dev degraded to 80 px / JPEG q40 by buffalo_s (.cache/lfw-dev-80px-q40-buffalo_s-minface16.npz
 from benchmarks/degraded_variant.py --embed: at the default FACE_MIN_FACE_SIZE 36 only 251 of the 5,029
 degraded photos keep a face, at 16 all of them), and sharp lfw-dev by buffalo_s. --quick: one seed and the
-fast options (~10 s a case); the full run (3 seeds, every option) takes ~10 minutes on 2 busy cores.
+fast options (~10 s a case); the full run (3 seeds, every option) takes ~15 minutes on 2 busy cores.
 
 Protocol (per seed):
 - People with >= 5 faces: 80% are *named*. Each named person's faces are split into a labelling pool (60%)
@@ -38,6 +38,12 @@ from the labels used for matching only (within-class whitening, LDA-style two-co
 projection); per-person logistic regression (other people's faces and rejections as negatives), alone and
 added to raw; score normalisation against the named people (z per person, s = z + t per face, and the
 shrunk s-norm that domain.person_matching implements); learned prototypes (cosine softmax) with exemplars.
+Transductive options (benchmarks/learning_transductive.py; they also use the library's UNLABELLED faces, all
+faces of the case, never their identities): each face averaged with its nearest library faces
+(domain.neighbour_averaging), alone and mixed with PersonMatcher (LibraryMatcher, the one that reaches issue
+12's goal on dlib and degraded buffalo_s), score diffusion over the k-NN graph, two-hop links through
+unlabelled faces, neighbour votes, a cluster-membership rule, k-reciprocal second-order similarity; and
+per-person genuine/impostor normalisation (labelled faces' own spread).
 
 Prints a markdown table per case and one JSON line per figure:
 {"bench": "learning_options", "case", "option", "metric", "value"}.

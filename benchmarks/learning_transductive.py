@@ -126,6 +126,23 @@ def fit_neighbour_average_domain(x, y, rej, n, rows, library):  # noqa: ANN001
     return RowScores(prototype_matrix(library_neighbour_average(x), y, rows, n))
 
 
+def fit_library_matcher(context_share: float) -> Callable:
+    """domain.neighbour_averaging.LibraryMatcher: (1 - share) * PersonMatcher's s-norm in the raw space +
+    share * prototype cosines in the neighbour-averaged space (on PersonMatcher's pooled impostor scale)."""
+
+    def fit(x, y, rej, n, rows, library):  # noqa: ANN001
+        from face_pipeline.domain.neighbour_averaging import LibraryMatcher
+
+        labels = np.full(len(x), -1, np.int64)
+        labels[rows] = y[rows]
+        matcher = LibraryMatcher(context_share=context_share).fit(x, labels, rej)
+        columns = np.searchsorted(matcher.people_, np.arange(n))
+        assert (matcher.people_[columns] == np.arange(n)).all()
+        return RowScores(matcher.scores())
+
+    return fit
+
+
 def fit_score_diffusion(k: int, alpha: float, steps: int, power: float = 1.0, normalise: bool = False) -> Callable:
     """Scores smoothed over the k-NN graph of all library faces: R <- (1 - alpha) R0 + alpha S R, `steps`
     times, S the row-normalised graph (weights max(cos, 0)^power). A face whose neighbours score high for a
@@ -277,6 +294,8 @@ TRANSDUCTIVE_OPTIONS: dict[str, Callable] = {
     "neighbour average k5 self2": fit_neighbour_average(5, 1.0, self_weight=2.0),
     "neighbour average k6 p2 self2": fit_neighbour_average(6, 2.0, self_weight=2.0),
     "neighbour average (domain defaults)": fit_neighbour_average_domain,
+    "library matcher share 0.5 (s-norm + averaged)": fit_library_matcher(0.5),
+    "library matcher share 0.8 (domain default)": fit_library_matcher(0.8),
     "neighbour average k5 + s-norm": fit_neighbour_average(5, 1.0, normalise=True),
     "score diffusion k10 a0.5": fit_score_diffusion(10, 0.5, 3),
     "two-hop via unlabelled k3": fit_two_hop(3),

@@ -16,9 +16,21 @@ their identities. Labelled faces, prototypes and the faces to name must all be a
 match as usual (raw prototypes, `person_matching.PersonMatcher`), with thresholds calibrated in the averaged
 space (its cosines are higher than raw ones).
 
-Measured (benchmarks/learning_options.py, lfw-dev, 3 labelling rounds x 3 splits, thresholds calibrated on
-training-side strangers; see that file's docstring): see `DEFAULT_*` below and the benchmark's rows
-"neighbour average ...".
+Measured (benchmarks/learning_options.py: lfw-dev, 3 labelling rounds x 3 splits, every option's threshold
+calibrated on training-side strangers at the same rate; raw -> averaged -> `LibraryMatcher`):
+- buffalo_s on photos degraded to 80 px / JPEG q40: known-people errors 575 -> 414 (-28%) -> 424 (-26%),
+  precision 0.9929 -> 0.9932 -> 0.9932, strangers named 4.2 -> 4.1 -> 4.1 per 1,000 (PersonMatcher alone:
+  593, no gain);
+- dlib: 643 -> 304 (-53%) -> 257 (-60%), precision 0.9852 -> 0.9854 -> 0.9865, strangers 9.7 -> 10.3 -> 9.6
+  (PersonMatcher alone: 317, -51%);
+- buffalo_s on sharp photos: 44 -> 30 -> 31 (few errors left), strangers 20.8 -> 21.5 -> 21.0.
+The missed degraded faces score 0.25-0.35 against their person's labelled faces, but 84% of them have a face
+of the same person as their nearest library face (mostly unlabelled: held-out photos, faces not yet named).
+Strangers named stay within calibration noise (on three other splits: degraded 5.4 -> 3.9, dlib 5.5 -> 5.9;
+PersonMatcher 5.9 there too). Re-scoring with these neighbours instead (score diffusion, two-hop links,
+neighbour votes, k-reciprocal re-ranking, cluster membership) helped little or harmed: see the benchmark.
+PersonMatcher's t-norm must not run in the averaged space: averaging a lone stranger with a named person's
+face gives it exactly the lead over other people that t-norm rewards (dlib errors 643 -> 2,953).
 
 Shapes: m faces to average, n library faces (the pool their neighbours come from), k neighbours, d dims.
 """
@@ -28,7 +40,15 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["DEFAULT_NEIGHBOURS", "average_with_neighbours", "baseline_cosine", "library_neighbour_average"]
+from face_pipeline.domain.person_matching import PersonMatcher
+
+__all__ = [
+    "DEFAULT_NEIGHBOURS",
+    "LibraryMatcher",
+    "average_with_neighbours",
+    "baseline_cosine",
+    "library_neighbour_average",
+]
 
 DEFAULT_NEIGHBOURS = 6  # about a named person's faces (>= 5), more than most strangers'
 DEFAULT_POWER = 2.0  # near neighbours count, borderline ones hardly
@@ -114,3 +134,116 @@ def library_neighbour_average(
     return average_with_neighbours(
         x, x, graph.indices, baseline=baseline_cosine(x), power=power, self_weight=self_weight
     )
+
+
+def _nearest(queries: np.ndarray, pool: np.ndarray, k: int, chunk: int = 4096) -> np.ndarray:
+    """(m, k) indices of each query's k most similar pool faces, best first (exact; unit rows in)."""
+    out = np.empty((len(queries), k), np.int64)
+    for start in range(0, len(queries), chunk):
+        sims = queries[start : start + chunk] @ pool.T
+        part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(sims, part, 1), axis=1)
+        out[start : start + chunk] = np.take_along_axis(part, order, 1)
+    return out
+
+
+class LibraryMatcher:
+    """Scores faces against the named people with the library as context: a share `context_share` of the
+    score comes from the neighbour-averaged space (raw prototype cosines there, on PersonMatcher's pooled
+    impostor scale), the rest from the raw space's `PersonMatcher` (adaptive s-norm). The two help different
+    faces: s-norm corrects people and faces that resemble everyone (dlib: -51% errors alone), averaging
+    rescues weak faces through their unlabelled neighbours (small blurred ArcFace faces: -28% alone, where
+    s-norm did nothing); together (share 0.8) dlib -60%, degraded buffalo_s -26%, no harm on sharp ArcFace.
+
+    fit(library, person_labels, rejections): `library` is EVERY face of the library, labelled or not; the
+    scores of its faces come from `scores(rows)`, those of faces outside it (a new photo) from
+    `scores_of(vectors)`, their neighbours searched among the library's faces. Columns follow `people_`.
+    Calibrate thresholds on these scores (e.g. on faces users rejected or on strangers): they are not cosines.
+    """
+
+    def __init__(
+        self,
+        *,
+        context_share: float = 0.8,
+        n_neighbors: int = DEFAULT_NEIGHBOURS,
+        power: float = DEFAULT_POWER,
+        self_weight: float = DEFAULT_SELF_WEIGHT,
+        max_exemplars: int = 5,
+        cohort_size: int = 50,
+        weight: float = 1.0,
+    ) -> None:
+        if not 0.0 <= context_share <= 1.0:
+            raise ValueError(f"context_share must lie in [0, 1], got {context_share!r}")
+        if not isinstance(n_neighbors, (int, np.integer)) or n_neighbors < 1:
+            raise ValueError(f"n_neighbors must be an integer >= 1, got {n_neighbors!r}")
+        self.context_share = float(context_share)
+        self.n_neighbors = int(n_neighbors)
+        self.power = power
+        self.self_weight = self_weight
+        self._raw = PersonMatcher(max_exemplars=max_exemplars, cohort_size=cohort_size, weight=weight)
+        self._context = PersonMatcher(max_exemplars=max_exemplars, cohort_size=cohort_size, weight=0.0)
+
+    def fit(
+        self,
+        library: ArrayLike,
+        person_labels: ArrayLike,
+        rejections: ArrayLike | None = None,
+        neighbours: ArrayLike | None = None,
+    ) -> LibraryMatcher:
+        """library: (n, d) every library face; person_labels: (n,) int, NO_PERSON (-1) for faces nobody
+        labelled; rejections: (k, 2) (face row, person label) "not this person"; neighbours: (n, >= k) int,
+        each face's nearest other library faces best first (-1: none), e.g. `knn_graph(...).indices` the
+        clustering already built (default: searched here). Needs labelled faces of two people."""
+        from face_pipeline.domain.neighbors import knn_graph
+
+        x = _unit_rows(np.asarray(library))
+        labels = np.asarray(person_labels)
+        if x.ndim != 2 or len(x) < 2:
+            raise ValueError(f"library must be an (n, d) array of at least two faces, got shape {x.shape!r}")
+        if not np.isfinite(x).all():
+            raise ValueError("library vectors contain NaN or infinite values")
+        if labels.shape != (len(x),):
+            raise ValueError(f"person_labels must have shape ({len(x)},), got {labels.shape!r}")
+        self.library_ = x
+        self.baseline_ = baseline_cosine(x)
+        if neighbours is None:
+            near = knn_graph(x, n_neighbors=min(self.n_neighbors, len(x) - 1)).indices
+        else:
+            near = np.asarray(neighbours)
+            if near.ndim != 2 or len(near) != len(x):
+                raise ValueError(f"neighbours must be ({len(x)}, k) indices, got shape {near.shape!r}")
+            near = near[:, : self.n_neighbors]
+        self.averaged_ = average_with_neighbours(
+            x, x, near, baseline=self.baseline_, power=self.power, self_weight=self.self_weight
+        )
+        self._raw.fit(x, labels, rejections)
+        self._context.fit(self.averaged_, labels, rejections)
+        self.people_ = self._raw.people_
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "people_"):
+            raise ValueError("this LibraryMatcher is not fitted: call fit(...) first")
+
+    def _mix(self, raw: np.ndarray, averaged: np.ndarray) -> np.ndarray:
+        a = self.context_share
+        return ((1 - a) * self._raw.scores(raw) + a * self._context.scores(averaged)).astype(np.float32)
+
+    def scores(self, rows: ArrayLike | None = None) -> np.ndarray:
+        """(m, p) float32 scores of the library faces `rows` (default: all), higher: more likely that person."""
+        self._check_fitted()
+        idx = np.arange(len(self.library_)) if rows is None else np.asarray(rows, np.int64)
+        return self._mix(self.library_[idx], self.averaged_[idx])
+
+    def scores_of(self, vectors: ArrayLike) -> np.ndarray:
+        """(m, p) float32 scores of faces outside the library, averaged with their nearest library faces."""
+        self._check_fitted()
+        x = _unit_rows(np.asarray(vectors))
+        if x.ndim != 2 or x.shape[1] != self.library_.shape[1]:
+            raise ValueError(f"vectors must have shape (m, {self.library_.shape[1]}), got {x.shape!r}")
+        k = min(self.n_neighbors, len(self.library_))
+        near = _nearest(x, self.library_, k)
+        averaged = average_with_neighbours(
+            x, self.library_, near, baseline=self.baseline_, power=self.power, self_weight=self.self_weight
+        )
+        return self._mix(x, averaged)
