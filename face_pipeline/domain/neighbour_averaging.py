@@ -24,8 +24,9 @@ calibrated on training-side strangers at the same rate; raw -> averaged -> `Libr
 - dlib: 643 -> 304 (-53%) -> 257 (-60%), precision 0.9852 -> 0.9854 -> 0.9865, strangers 9.7 -> 10.3 -> 9.6
   (PersonMatcher alone: 317, -51%);
 - buffalo_s on sharp photos: 44 -> 30 -> 31 (few errors left), strangers 20.8 -> 21.5 -> 21.0.
-The missed degraded faces score 0.25-0.35 against their person's labelled faces, but 84% of them have a face
-of the same person as their nearest library face (mostly unlabelled: held-out photos, faces not yet named).
+The missed degraded faces score 0.25-0.35 against their person's labelled faces, but 84% of them (split 0,
+round 1) have a face of the same person as their nearest library face (mostly unlabelled: held-out photos,
+faces not yet named).
 Strangers named stay within calibration noise (on three other splits: degraded 5.4 -> 3.9, dlib 5.5 -> 5.9;
 PersonMatcher 5.9 there too). Re-scoring with these neighbours instead (score diffusion, two-hop links,
 neighbour votes, k-reciprocal re-ranking, cluster membership) helped little or harmed: see the benchmark.
