@@ -57,16 +57,16 @@ class FaceTable:
 
 
 def read_faces(session: Session) -> FaceTable:
-    rows = session.execute(
-        select(
-            FaceInstance.id,
-            FaceInstance.image_id,
-            FaceInstance.person_id,
-            FaceInstance.cluster_id,
-            FaceInstance.assignment_source,
-            FaceInstance.user_confirmed,
-        ).order_by(FaceInstance.id)
-    ).all()
+    # Core columns on the session's connection: the ORM's row handling doubled this read (200K faces: 2.3 s
+    # against 1.1 s), the largest part of an incremental cluster-dual run.
+    c = _FACES.c
+    rows = (
+        session.connection()
+        .execute(
+            select(c.id, c.image_id, c.person_id, c.cluster_id, c.assignment_source, c.user_confirmed).order_by(c.id)
+        )
+        .all()
+    )
     columns = list(zip(*rows, strict=True)) if rows else [()] * 6
     return FaceTable(
         ids=np.array(columns[0], dtype=np.int64),
