@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 from face_pipeline import warm_cli
 from face_pipeline.cli import app
 from face_pipeline.services.library import Library
+from face_pipeline.services.space_registry import active_space
 from face_pipeline.settings import load_settings
 from face_pipeline.storage.models import FaceInstance, Person
 from face_pipeline_tests.photo_corpus import copy_people
@@ -77,6 +78,20 @@ def face_ids(env: dict[str, str]) -> list[int]:
         library.close()
 
 
+def payload_of(env: dict[str, str], face_id: int) -> dict[str, object]:
+    """The face's payload in the active space's collection (waits while a command holds the store)."""
+    library = Library.from_settings(load_settings(data_dir=Path(env["FACE_DATA_DIR"])))
+    try:
+        with library.db.session() as session:
+            space = active_space(session)
+            assert space is not None
+            name = space.name
+        with library.vectors() as store:
+            return store.fetch_payloads(name)[face_id]
+    finally:
+        library.close()
+
+
 def person_of(env: dict[str, str], face_id: int) -> str | None:
     library = Library.from_settings(load_settings(data_dir=Path(env["FACE_DATA_DIR"])))
     try:
@@ -119,6 +134,13 @@ def test_edits_are_served_warm_with_the_cold_results(warm_env: dict[str, str], t
         assert out.err.strip().startswith("error: ") and out.err.strip().count("\n") == 0, out
         assert "99999999" in out.err
     assert person_of(warm_env, face) == "Warm Alice"  # the edit is in the library
+    # ... and its payload mirroring, which the child does after the reply, reaches the vector store.
+    with Library.from_settings(load_settings(data_dir=Path(warm_env["FACE_DATA_DIR"]))).db.session() as session:
+        person_id = session.get(FaceInstance, face).person_id
+    deadline = time.monotonic() + 30
+    while payload_of(warm_env, face)["person_id"] != person_id:
+        assert time.monotonic() < deadline, f"payload of face {face}: {payload_of(warm_env, face)}"
+        time.sleep(0.2)
 
     # The caller's working directory and environment, not the server's: a relative path lands where the
     # caller stands; a bad setting is reported as a cold run reports it.
