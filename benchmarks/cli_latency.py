@@ -15,7 +15,8 @@ from a temporary git worktree against the same library (its schema must be the s
 as "fails").
 
 Prints median and max wall seconds per command and the median CPU seconds (user + sys of the child: what the
-command costs on an idle core, whatever else the machine runs), each also as a JSON line.
+command costs on an idle core, whatever else the machine runs), each also as a JSON line. Warm, that CPU figure
+is the caller's alone: the command itself runs in a child of the warm server, which is not the caller's child.
 """
 
 from __future__ import annotations
