@@ -456,6 +456,8 @@ def cluster_unknown_faces(
             plan = incremental.RunPlan(RunMode.FULL, "full: the kept index could not be read")
         report.mode, report.reason = plan.mode, plan.reason
         token = incremental.record_clustering(session, params.space, rule)
+        to_index: np.ndarray | None = None  # a full run's pool vectors, for a new kept index
+        fingerprint = ""
         if kept is not None:
             library.snapshots.forget()  # no whole-collection read in this run
             labels, written, kept = _extend_groups(
@@ -473,11 +475,9 @@ def cluster_unknown_faces(
                 np.full(pool.size, np.nan),
             )
             written = apply_changes(session, table, changes, action="cluster", run_id=run_id)
-            kept = (
-                _fresh_index(session, params.space, rule, matrix, table.ids[pool], read_at)
-                if rule.is_link_rule
-                else None
-            )
+            if rule.is_link_rule:  # indexed after the commit: the build must not hold the database's write lock
+                to_index = matrix
+                fingerprint = incremental.last_assignment_fingerprint(session, params.space) or ""
             del matrix
         else:
             library.snapshots.forget()  # the assignment step's read has no later reader in this run
@@ -488,6 +488,9 @@ def cluster_unknown_faces(
     crash_point("cluster_before_payloads")
     sync_payloads(vectors, params.space, table, written)
     store = incremental.index_store(library.settings)
+    if to_index is not None:
+        kept = _fresh_index(params.space, rule, fingerprint, to_index, table.ids[pool], read_at)
+        del to_index
     if kept is not None:
         store.save(replace(kept, run_token=token, read_at=read_at.isoformat(), seen_ids=seen))
     else:
@@ -506,15 +509,14 @@ def _count_groups(report: ClusterReport, labels: np.ndarray) -> None:
 
 
 def _fresh_index(
-    session: Session,
     space: str,
     rule: incremental.GroupingRule,
+    fingerprint: str,
     matrix: np.ndarray,
     face_ids: np.ndarray,
     read_at: datetime,
 ) -> KeptIndex:
     """The index of the pool a full run grouped (exhaustive for a small pool, FAISS IVF above)."""
-    fingerprint = incremental.last_assignment_fingerprint(session, space) or ""
     index = FaceIndex.build(matrix, method="auto")
     no_ids = np.empty(0, dtype=np.int64)  # the run fills in its token and what it saw when it saves
     return KeptIndex(
