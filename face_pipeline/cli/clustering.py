@@ -51,15 +51,15 @@ def _run_clustering(run_config: dict[str, Any], assets: list[str] | None = None)
         m = asset_metadata(result, "supervised_assignments")
         typer.echo(
             f"assigned: {m.get('assigned', 0)} of {m.get('candidates', 0)} faces to known people "
-            f"(threshold {m.get('person_threshold')}, margin {m.get('person_margin')}, space {m.get('space')}; "
-            f"{m.get('reason') or m.get('mode')})"
+            f"(threshold {m.get('person_threshold')}, margin {m.get('person_margin')}, space {m.get('space')}) "
+            f"- {m.get('reason') or m.get('mode')}"
         )
     if "unknown_clusters" in ran:
         m = asset_metadata(result, "unknown_clusters")
         typer.echo(
             f"unknown: {m.get('clusters', 0)} clusters holding {m.get('clustered_faces', 0)} faces, "
-            f"{m.get('noise', 0)} singletons ({m.get('method')}, {m.get('seconds')} s; "
-            f"{m.get('reason') or m.get('mode')})"
+            f"{m.get('noise', 0)} singletons ({m.get('method')}, {m.get('seconds')} s) - "
+            f"{m.get('reason') or m.get('mode')}"
         )
     typer.echo(f"run {result.run_id}")
 
