@@ -226,7 +226,7 @@ def test_idle_server_exits_and_off_switch_stays_cold(warm_env: dict[str, str]):
     assert run(off, "faces", "stats").returncode == 0
     time.sleep(1.0)
     assert not path.with_suffix(".pid").exists()  # FACE_CLI_WARM=0 started no server
-    assert not warm_cli.runs_warm(["faces", "backfill"])  # pipeline commands always start cold
+    assert not warm_cli.runs_warm(["faces", "cluster-dual"])  # the other pipeline commands start cold
 
 
 def test_a_socket_folder_others_can_write_is_never_used(warm_env: dict[str, str]):
@@ -247,3 +247,23 @@ def test_the_launcher_imports_only_the_standard_library():
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "[]", done.stdout  # what runs before every call stays ~30 ms
+
+
+def test_a_backfill_with_nothing_to_do_runs_warm_as_the_named_job(warm_env: dict[str, str], capfd):
+    import dagster as dg
+
+    run(warm_env, "faces", "stats")
+    path = wait_for_server(warm_env)
+    server = int(path.with_suffix(".pid").read_text())
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in warm_env.items():
+            patch.setenv(key, value)
+        assert warm_cli.run_warm(["faces", "backfill"], path) == 0  # served warm
+    out = capfd.readouterr()
+    assert "0 new" in out.out and "detected: 0 faces" in out.out, out
+    with dg.DagsterInstance.from_config(warm_env["DAGSTER_HOME"]) as instance:
+        latest = instance.get_runs(limit=1)[0]
+    assert latest.job_name == "ingest" and latest.status == dg.DagsterRunStatus.SUCCESS
+    assert latest.tags["launched_by"] == "face-pipeline CLI"
+    # The run names the process that ran it (dead-run recovery reads it): the server's child, not the server.
+    assert int(latest.tags["face_pipeline/pid"]) not in (server, os.getpid())
