@@ -249,12 +249,9 @@ def _serve_one(conn: socket.socket, server_files: tuple[Any, ...], fingerprint: 
 
 
 def _run_child(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> int:
-    from face_pipeline.deferred import deferring
-
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    server_log = os.dup(2)  # the server's stderr: its .log
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
@@ -270,28 +267,13 @@ def _run_child(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> 
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), errors="backslashreplace", line_buffering=True)
     sys.argv = ["face-pipeline", *request["argv"]]
     conn.sendall(STARTED + struct.pack("!I", os.getpid()))
-    with deferring() as after_reply:
-        code = _run_command()
-    _flush_output()
-    # The caller gets its status and its terminal back (a pipe it reads sees EOF); the work the command left
-    # for after the reply (payload mirroring) runs next, its messages going to the server's log.
-    with contextlib.suppress(OSError):  # the caller may be gone; the command itself has finished
-        conn.sendall(EXITED + struct.pack("!i", code))
-    conn.close()
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    for target, fd in ((0, devnull), (1, server_log), (2, server_log)):
-        os.dup2(fd, target)
-    for task in after_reply:
-        try:
-            task()
-        except Exception:
-            import traceback
-
-            traceback.print_exc()
+    code = _run_command()
     import atexit
 
     atexit._run_exitfuncs()  # what a cold process runs at exit (the child leaves by os._exit)
     _flush_output()
+    with contextlib.suppress(OSError):  # the caller may be gone; the command itself has finished
+        conn.sendall(EXITED + struct.pack("!i", code))
     return code
 
 

@@ -20,7 +20,6 @@ import numpy as np
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from face_pipeline.deferred import after_reply
 from face_pipeline.domain.naming import PERSON_REF_PATTERN, noise_cluster_id, person_cluster_id
 from face_pipeline.errors import Conflict, InvalidInput, NotFound
 from face_pipeline.storage.models import (
@@ -548,13 +547,12 @@ EditedFaces = dict[int, tuple[str | None, str]]  # face id -> (person_id, cluste
 @contextmanager
 def user_edit(library: Library) -> Iterator[Session]:
     """A session for one user edit; after its commit, the faces it moved get their new person_id / cluster_id
-    in the vector-store payloads too (`_write_payloads`; after the reply where the process outlives it,
-    `face_pipeline.deferred`)."""
+    in the vector-store payloads too (`_write_payloads`)."""
     with library.db.session() as session:
         yield session
         edited: EditedFaces = dict(session.info.pop(_EDITED, {}))
     if edited:
-        after_reply(lambda: _write_payloads(library, edited))
+        _write_payloads(library, edited)
 
 
 def note_moved(session: Session, face_ids: Sequence[int], person_id: str | None, cluster_id: str) -> None:
