@@ -25,7 +25,7 @@ from face_pipeline_tests.test_api import group_faces, sqlite_library
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
-MAX_EXAMPLES = 200
+MAX_EXAMPLES = 100
 BUDGET_S = 80.0
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 BASE_URL = "http://127.0.0.1"  # the app admits loopback host names only
