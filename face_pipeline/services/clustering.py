@@ -467,13 +467,7 @@ def cluster_unknown_faces(
             matrix = _vectors_for(library, vectors, params.space, table, keep=False)[pool]
             labels = cluster_unknown(matrix, method=method, min_cluster_size=min_size, eps=eps)  # type: ignore[arg-type]
             cluster_ids = _stable_names(session, table, pool, labels)
-            changes = FaceChanges(
-                pool,
-                np.full(pool.size, None, dtype=object),
-                cluster_ids,
-                np.where(labels == NOISE, AssignmentSource.NOISE, AssignmentSource.UNSUPERVISED).astype(object),
-                np.full(pool.size, np.nan),
-            )
+            changes = _grouping_changes(pool, cluster_ids, labels)
             written = apply_changes(session, table, changes, action="cluster", run_id=run_id)
             if rule.is_link_rule:  # indexed after the commit: the build must not hold the database's write lock
                 to_index = matrix
@@ -569,13 +563,7 @@ def _extend_groups(
         ],
         dtype=object,
     )
-    changes = FaceChanges(
-        rows,
-        np.full(rows.size, None, dtype=object),
-        cluster_ids,
-        np.where(numbers == NOISE, AssignmentSource.NOISE, AssignmentSource.UNSUPERVISED).astype(object),
-        np.full(rows.size, np.nan),
-    )
+    changes = _grouping_changes(rows, cluster_ids, numbers)
     written = apply_changes(session, table, changes, action="cluster", run_id=run_id)
     kept.index.add(new_vectors)
     grown = replace(kept, row_face_ids=np.r_[kept.row_face_ids, table.ids[adding]])
@@ -613,6 +601,17 @@ def _renumber_fresh(session: Session, labels: np.ndarray, fresh_from: int) -> np
     else:
         state.value = {"next": int(next_free)}
     return out
+
+
+def _grouping_changes(rows: np.ndarray, cluster_ids: np.ndarray, labels: np.ndarray) -> FaceChanges:
+    """The unknown pool's grouping as face changes: nobody's, in a group, or alone (NOISE labels)."""
+    return FaceChanges(
+        rows,
+        np.full(rows.size, None, dtype=object),
+        cluster_ids,
+        np.where(labels == NOISE, AssignmentSource.NOISE, AssignmentSource.UNSUPERVISED).astype(object),
+        np.full(rows.size, np.nan),
+    )
 
 
 def _stable_names(session: Session, table: FaceTable, pool: np.ndarray, labels: np.ndarray) -> np.ndarray:
