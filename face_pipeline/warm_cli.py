@@ -108,9 +108,9 @@ def run_warm(argv: list[str], path: Path) -> int | None:
         request = json.dumps({"argv": argv, "env": dict(os.environ), "cwd": os.getcwd()}).encode()
         socket.send_fds(conn, [struct.pack("!I", len(request)) + request], [0, 1, 2])
         if _recv_exact(conn, 1) != STARTED:
-            return None  # the code changed since the server started: it exits, this call runs cold
+            raise EOFError  # the code changed since the server started: it exits, this call runs cold
         (child,) = struct.unpack("!I", _recv_exact(conn, 4))
-    except (OSError, EOFError):  # no server, a closed stdin, a server that just exited
+    except (OSError, EOFError):  # no server, a closed stdin, a server that just exited or stepped aside
         conn.close()
         return None
     # From here the command runs in the child: never run it a second time.
