@@ -146,6 +146,7 @@ def main() -> None:
     parser.add_argument("--synthetic", type=int, metavar="N", help="a library of N generated photos instead")
     parser.add_argument("--warm", action="store_true", help="also time this checkout through its warm server")
     args = parser.parse_args()
+    (REPO / ".cache").mkdir(exist_ok=True)  # absent on a fresh clone before the tests built their caches
     with tempfile.TemporaryDirectory(prefix="noop-backfill-", dir=REPO / ".cache") as tmp:
         root = Path(tmp)
         photos = root / "photos" if args.synthetic else (args.photos or default_dataset("lfw-mini")).resolve()
