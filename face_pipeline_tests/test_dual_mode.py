@@ -21,6 +21,7 @@ from sqlalchemy import func, select, update
 from face_pipeline.domain.clustering import NOISE
 from face_pipeline.domain.naming import UNKNOWN_PREFIX, noise_cluster_id, parse_cluster_id, person_cluster_id
 from face_pipeline.services import clustering as clustering_service
+from face_pipeline.services import known_people as known_people_service
 from face_pipeline.services.cluster_dual import run_cluster_dual
 from face_pipeline.services.clustering import assign_known_faces, cluster_unknown_faces, compute_person_centroids
 from face_pipeline.services.integrity import user_label_overrides
@@ -289,7 +290,7 @@ def test_a_rejection_made_while_assigning_is_kept(library: Library, monkeypatch:
         compute_person_centroids(library, vectors)
     alice = faces(library)[faces_of(state, people[0])[0]]["person"]
     ruled_out: list[int] = []
-    original = clustering_service._assignment_changes
+    original = known_people_service._assignment_changes
 
     def user_rejects_a_match_meanwhile(table, candidates, matched, scores):  # type: ignore[no-untyped-def]
         face_id = int(table.ids[candidates[matched == alice]][0])
@@ -297,7 +298,7 @@ def test_a_rejection_made_while_assigning_is_kept(library: Library, monkeypatch:
         ruled_out.append(face_id)
         return original(table, candidates, matched, scores)
 
-    monkeypatch.setattr(clustering_service, "_assignment_changes", user_rejects_a_match_meanwhile)
+    monkeypatch.setattr(known_people_service, "_assignment_changes", user_rejects_a_match_meanwhile)
     with library.vectors() as vectors:
         assign_known_faces(library, vectors, person_threshold=0.3, person_margin=0.0)
     state = faces(library)

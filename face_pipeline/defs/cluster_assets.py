@@ -6,7 +6,8 @@ from face_pipeline.defs.jobs import CLUSTERING_GROUP
 from face_pipeline.defs.metadata import bar_chart_md, markdown_table
 from face_pipeline.defs.resources import VECTOR_STORE_POOL, DatabaseResource, VectorStoreResource, library_of
 from face_pipeline.defs.training_assets import FACE_LABELS, regenerated_embeddings
-from face_pipeline.services.clustering import assign_known_faces, cluster_unknown_faces, compute_person_centroids
+from face_pipeline.services.clustering import cluster_unknown_faces
+from face_pipeline.services.known_people import assign_known_faces, compute_person_centroids
 from face_pipeline.services.stats import library_stats
 
 GROUP = CLUSTERING_GROUP

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from face_pipeline.services.clustering import (
+from face_pipeline.services.clustering import ClusterReport, cluster_unknown_faces
+from face_pipeline.services.known_people import (
     AssignReport,
     CentroidReport,
-    ClusterReport,
     assign_known_faces,
-    cluster_unknown_faces,
     compute_person_centroids,
 )
 from face_pipeline.services.library import Library
