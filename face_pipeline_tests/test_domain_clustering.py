@@ -15,6 +15,7 @@ from face_pipeline.domain.clustering import (
     NOISE,
     UnknownFaceClusterer,
     cluster_unknown,
+    cluster_unknown_indexed,
     drop_weak_members,
     extend_clusters,
     relabel_by_size,
@@ -108,6 +109,23 @@ def test_knn_graph_is_deterministic_for_a_seed(library) -> None:
     vectors, _ = library
     first, again = knn_graph(vectors, 8, method="ivf", seed=3), knn_graph(vectors, 8, method="ivf", seed=3)
     np.testing.assert_array_equal(first.indices, again.indices)
+
+
+@pytest.mark.parametrize("knn_method", ["auto", "ivf"])  # 3,000 faces: 'auto' searches exhaustively
+def test_clustering_hands_over_the_index_a_later_run_would_otherwise_build(library, knn_method) -> None:
+    # A full run keeps an index of the pool it grouped; the inverted file the k-NN graph searched is that
+    # index already, so handing it over must change neither the groups nor what the index answers.
+    vectors, _ = library
+    eps = thresholds_for_space("arcface").cluster_eps
+    labels, index = cluster_unknown_indexed(vectors, "dbscan", 2, eps, knn_method=knn_method)
+    np.testing.assert_array_equal(labels, cluster_unknown(vectors, "dbscan", 2, eps, knn_method=knn_method))
+    built = FaceIndex.build(vectors, method="ivf" if knn_method == "ivf" else "auto")
+    assert index.size == built.size == len(vectors)
+    queries = vectors[::7] * 0.9 + vectors[1::7][: len(vectors[::7])] * 0.1
+    found, sims = index.search(queries, 10)
+    expected, expected_sims = built.search(queries, 10)
+    np.testing.assert_array_equal(found, expected)
+    np.testing.assert_allclose(sims, expected_sims, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["exact", "ivf"])

@@ -39,7 +39,7 @@ import scipy.sparse as sp
 from scipy.sparse import csgraph
 
 from face_pipeline.domain.naming import NOISE
-from face_pipeline.domain.neighbors import MISSING, NeighborGraph, knn_graph
+from face_pipeline.domain.neighbors import MISSING, FaceIndex, NeighborGraph, knn_graph
 
 __all__ = [
     "METHODS",
@@ -47,6 +47,7 @@ __all__ = [
     "ClusterExtension",
     "UnknownFaceClusterer",
     "cluster_unknown",
+    "cluster_unknown_indexed",
     "drop_weak_members",
     "extend_clusters",
     "relabel_by_size",
@@ -87,6 +88,8 @@ class UnknownFaceClusterer:
         Inverted-file lists searched per face (see `neighbors.knn_graph`).
     seed : int, default=0
         Seeds the approximate neighbour search; results are deterministic for a seed.
+    keep_index : bool, default=False
+        Keep the inverted file the graph was searched with as `graph_.index` (see `neighbors.knn_graph`).
 
     Attributes
     ----------
@@ -110,6 +113,7 @@ class UnknownFaceClusterer:
         knn_method: Literal["auto", "exact", "ivf"] = "auto",
         n_probe: int = 6,
         seed: int = 0,
+        keep_index: bool = False,
     ) -> None:
         self.method = method
         self.min_cluster_size = min_cluster_size
@@ -121,6 +125,7 @@ class UnknownFaceClusterer:
         self.knn_method = knn_method
         self.n_probe = n_probe
         self.seed = seed
+        self.keep_index = keep_index
 
     def _validate(self) -> None:
         if self.method not in METHODS:
@@ -158,7 +163,9 @@ class UnknownFaceClusterer:
         vectors = vectors.astype(np.float32, copy=False)
         n = len(vectors)
         k = max(int(self.n_neighbors), int(self.min_samples))
-        self.graph_ = knn_graph(vectors, k, method=self.knn_method, n_probe=self.n_probe, seed=self.seed)
+        self.graph_ = knn_graph(
+            vectors, k, method=self.knn_method, n_probe=self.n_probe, seed=self.seed, keep_index=self.keep_index
+        )
         if n < max(self.min_cluster_size, self.min_samples):
             labels = np.full(n, NOISE, dtype=np.int64)
         elif self.method == "hdbscan":
@@ -191,10 +198,33 @@ def cluster_unknown(
     Unless given, a member needs min(2, min_cluster_size - 1) fellow members within eps (with groups of two
     allowed, its one fellow is all there is) and density counts min(3, min_cluster_size) faces.
     """
+    return _clusterer(method, min_cluster_size, eps, params).fit_predict(vectors)
+
+
+def cluster_unknown_indexed(
+    vectors: np.ndarray,
+    method: Method = "hdbscan",
+    min_cluster_size: int = 3,
+    eps: float | None = None,
+    **params: object,
+) -> tuple[np.ndarray, FaceIndex]:
+    """`cluster_unknown`'s labels, and an index of the same faces (face i = entry i) for a later run to ask
+    for the neighbours of new faces: the inverted file the k-NN graph was searched with where there was one
+    (building it again would cost as much as the search: k-means training and assigning every face), else
+    `FaceIndex.build(vectors, method="auto")`'s exhaustive one."""
+    clusterer = _clusterer(method, min_cluster_size, eps, {**params, "keep_index": True}).fit(vectors)
+    index = clusterer.graph_.index
+    if index is None:
+        index = FaceIndex.build(vectors, method="auto")
+    return clusterer.labels_, index
+
+
+def _clusterer(
+    method: Method, min_cluster_size: int, eps: float | None, params: dict[str, object]
+) -> UnknownFaceClusterer:
     params.setdefault("min_links", min(2, min_cluster_size - 1))
     params.setdefault("min_samples", min(3, min_cluster_size))
-    clusterer = UnknownFaceClusterer(method, min_cluster_size=min_cluster_size, eps=eps, **params)  # type: ignore[arg-type]
-    return clusterer.fit_predict(vectors)
+    return UnknownFaceClusterer(method, min_cluster_size=min_cluster_size, eps=eps, **params)  # type: ignore[arg-type]
 
 
 def relabel_by_size(labels: np.ndarray, min_cluster_size: int = 1) -> np.ndarray:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -46,11 +46,14 @@ class NeighborGraph:
     indices : (n, k) int64, neighbour face indices, best first; `MISSING` where fewer were found
     similarities : (n, k) float32, cosine similarities aligned with `indices`; -inf where missing
     exact : whether the search was exhaustive
+    index : with `knn_graph(..., keep_index=True)` and the inverted-file search, the `FaceIndex` searched,
+        holding face i as entry i: what a run keeps for later runs, so it need not build the same index again
     """
 
     indices: np.ndarray
     similarities: np.ndarray
     exact: bool
+    index: FaceIndex | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_neighbors(self) -> int:
@@ -85,6 +88,7 @@ def knn_graph(
     n_probe: int = 6,
     seed: int = 0,
     n_threads: int | None = 1,
+    keep_index: bool = False,
 ) -> NeighborGraph:
     """The `n_neighbors` most similar other faces of every face.
 
@@ -107,6 +111,8 @@ def knn_graph(
     n_threads : int or None
         FAISS (OpenMP) threads during the search, restored afterwards; None keeps FAISS's setting. One by
         default: on a shared 2-core machine two threads waiting on each other were slower than one.
+    keep_index : keep the inverted file searched (`NeighborGraph.index`; None after an exact search)
+        instead of freeing it: `FaceIndex.build(vectors)` with the same lists, seed and probes, ready.
 
     Returns
     -------
@@ -141,9 +147,8 @@ def knn_graph(
         return NeighborGraph(idx, sims, exact=True)
     ivf = FaceIndex.build(x[:0], n_lists=n_lists, n_probe=n_probe, seed=seed, n_threads=n_threads, train_on=x)
     idx, _ = ivf.add_and_search(x, k + 1)
-    del ivf
     idx, _ = _without_self(idx, np.zeros(idx.shape, np.float32), k)
-    return NeighborGraph(*_rescored(x, idx), exact=False)
+    return NeighborGraph(*_rescored(x, idx), exact=False, index=ivf if keep_index else None)
 
 
 class FaceIndex:
