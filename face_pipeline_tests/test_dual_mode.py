@@ -20,6 +20,7 @@ from sqlalchemy import func, select, update
 
 from face_pipeline.domain.clustering import NOISE
 from face_pipeline.domain.naming import UNKNOWN_PREFIX, noise_cluster_id, parse_cluster_id, person_cluster_id
+from face_pipeline.domain.neighbors import FaceIndex
 from face_pipeline.services import clustering as clustering_service
 from face_pipeline.services import known_people as known_people_service
 from face_pipeline.services.cluster_dual import run_cluster_dual
@@ -221,14 +222,14 @@ def test_a_name_given_while_clustering_computes_is_kept(library: Library, monkey
     state = faces(library)
     group = next(str(f["cluster"]) for f in state.values() if str(f["cluster"]).startswith(UNKNOWN_PREFIX))
     members = sorted(i for i, f in state.items() if f["cluster"] == group)
-    original = clustering_service.cluster_unknown
+    original = clustering_service.cluster_unknown_indexed  # the ArcFace spaces group by the link rule
 
-    def user_names_the_group_meanwhile(matrix: np.ndarray, **kwargs: object) -> np.ndarray:
-        original(matrix, **kwargs)
+    def user_names_the_group_meanwhile(matrix: np.ndarray, **kwargs: object) -> tuple[np.ndarray, FaceIndex]:
+        _, index = original(matrix, **kwargs)
         label_cluster(library, group, "Named Meanwhile")
-        return np.full(matrix.shape[0], NOISE, dtype=np.int64)
+        return np.full(matrix.shape[0], NOISE, dtype=np.int64), index
 
-    monkeypatch.setattr(clustering_service, "cluster_unknown", user_names_the_group_meanwhile)
+    monkeypatch.setattr(clustering_service, "cluster_unknown_indexed", user_names_the_group_meanwhile)
     with library.db.session() as session:
         before = session.scalar(select(func.max(FaceAssignmentEvent.id)))
     with library.vectors() as vectors:
@@ -260,14 +261,14 @@ def test_a_face_ignored_while_clustering_computes_stays_alone(library: Library, 
     # the merged group keeps the number of the first group: a face of the last one would change group
     last = max(groups, key=lambda c: (-groups[c], int(parse_cluster_id(c)[1])))
     ignored = next(i for i, f in state.items() if f["cluster"] == last)
-    original = clustering_service.cluster_unknown
+    original = clustering_service.cluster_unknown_indexed  # the ArcFace spaces group by the link rule
 
-    def user_ignores_a_face_meanwhile(matrix: np.ndarray, **kwargs: object) -> np.ndarray:
-        original(matrix, **kwargs)
+    def user_ignores_a_face_meanwhile(matrix: np.ndarray, **kwargs: object) -> tuple[np.ndarray, FaceIndex]:
+        _, index = original(matrix, **kwargs)
         assert set_ignored(library, [ignored], True) == [ignored]
-        return np.zeros(matrix.shape[0], dtype=np.int64)  # one big group
+        return np.zeros(matrix.shape[0], dtype=np.int64), index  # one big group
 
-    monkeypatch.setattr(clustering_service, "cluster_unknown", user_ignores_a_face_meanwhile)
+    monkeypatch.setattr(clustering_service, "cluster_unknown_indexed", user_ignores_a_face_meanwhile)
     with library.vectors() as vectors:
         cluster_unknown_faces(library, vectors, full=True)  # the full run's computation is where the user acts
     with library.db.session() as session:

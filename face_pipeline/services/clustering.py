@@ -17,7 +17,7 @@ from datetime import datetime
 import numpy as np
 from sqlalchemy.orm import Session
 
-from face_pipeline.domain.clustering import NOISE, cluster_unknown, extend_clusters
+from face_pipeline.domain.clustering import NOISE, cluster_unknown, cluster_unknown_indexed, extend_clusters
 from face_pipeline.domain.naming import (
     ClusterKind,
     cluster_ids,
@@ -121,8 +121,6 @@ def cluster_unknown_faces(
             plan = incremental.RunPlan(RunMode.FULL, "full: the kept index could not be read")
         report.mode, report.reason = plan.mode, plan.reason
         token = incremental.record_clustering(session, params.space, rule)
-        to_index: np.ndarray | None = None  # a full run's pool vectors, for a new kept index
-        fingerprint = ""
         if kept is not None:
             library.snapshots.forget()  # no whole-collection read in this run
             labels, written, kept = _extend_groups(
@@ -130,14 +128,16 @@ def cluster_unknown_faces(
             )
         elif pool.size:
             matrix = _vectors_for(library, vectors, params.space, table, keep=False)[pool]
-            labels = cluster_unknown(matrix, method=method, min_cluster_size=min_size, eps=eps)  # type: ignore[arg-type]
+            if rule.is_link_rule:  # a later run extends these groups through the index of this pool
+                labels, index = cluster_unknown_indexed(matrix, method=method, min_cluster_size=min_size, eps=eps)  # type: ignore[arg-type]
+                fingerprint = incremental.last_assignment_fingerprint(session, params.space) or ""
+                kept = _fresh_index(params.space, rule, fingerprint, index, table.ids[pool], read_at)
+            else:
+                labels = cluster_unknown(matrix, method=method, min_cluster_size=min_size, eps=eps)  # type: ignore[arg-type]
+            del matrix
             cluster_ids = _stable_names(session, table, pool, labels)
             changes = _grouping_changes(pool, cluster_ids, labels)
             written = apply_changes(session, table, changes, action="cluster", run_id=run_id)
-            if rule.is_link_rule:  # indexed after the commit: the build must not hold the database's write lock
-                to_index = matrix
-                fingerprint = incremental.last_assignment_fingerprint(session, params.space) or ""
-            del matrix
         else:
             library.snapshots.forget()  # the assignment step's read has no later reader in this run
             labels, written = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
@@ -147,9 +147,6 @@ def cluster_unknown_faces(
     crash_point("cluster_before_payloads")
     sync_payloads(vectors, params.space, table, written)
     store = incremental.index_store(library.settings)
-    if to_index is not None:
-        kept = _fresh_index(params.space, rule, fingerprint, to_index, table.ids[pool], read_at)
-        del to_index
     if kept is not None:
         store.save(replace(kept, run_token=token, read_at=read_at.isoformat(), seen_ids=seen))
     else:
@@ -171,12 +168,12 @@ def _fresh_index(
     space: str,
     rule: incremental.GroupingRule,
     fingerprint: str,
-    matrix: np.ndarray,
+    index: FaceIndex,
     face_ids: np.ndarray,
     read_at: datetime,
 ) -> KeptIndex:
-    """The index of the pool a full run grouped (exhaustive for a small pool, FAISS IVF above)."""
-    index = FaceIndex.build(matrix, method="auto")
+    """What a full run keeps of the pool it grouped: its index (exhaustive for a small pool, FAISS IVF above,
+    from `cluster_unknown_indexed`), face ids in index order, the rule and the assignment it followed."""
     no_ids = np.empty(0, dtype=np.int64)  # the run fills in its token and what it saw when it saves
     return KeptIndex(
         space, rule.as_dict(), "", fingerprint, read_at.isoformat(), len(face_ids), face_ids.copy(), no_ids, index
