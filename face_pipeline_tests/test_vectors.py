@@ -446,3 +446,23 @@ def test_open_vector_store_picks_the_back_end_from_the_url(tmp_path: Path) -> No
         memory.close()
     with pytest.raises(VectorStoreError, match="unsupported Qdrant URL 'ftp://x'"):
         open_vector_store("ftp://x", tmp_path)
+
+
+@pytest.mark.parametrize("expected", [0, 3, 5, 50])  # none, too few (grows), exact, too many
+def test_record_pages_gather_into_one_id_sorted_pair_whatever_the_size_announced(expected: int) -> None:
+    from types import SimpleNamespace
+
+    from face_pipeline.storage.vector_backends._common import RecordArrays
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((5, 4)).astype(np.float32)
+    ids = np.array([9, 2, 7, 4, 1])  # pages out of id order: a retrieve answers in the order asked
+    pages = RecordArrays(4, expected)
+    for part in (slice(0, 2), slice(2, 2), slice(2, 5)):
+        records = zip(ids[part], vectors[part], strict=True)
+        pages.add([SimpleNamespace(id=int(i), vector=v.tolist()) for i, v in records])
+    found, rows = pages.sorted()
+    order = np.argsort(ids)
+    np.testing.assert_array_equal(found, ids[order])
+    np.testing.assert_array_equal(rows, vectors[order])
+    assert found.dtype == np.int64 and rows.dtype == np.float32 and rows.shape == (5, 4)

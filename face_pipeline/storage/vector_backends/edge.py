@@ -329,16 +329,16 @@ class EdgeVectorStore:
 
     def fetch_all(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         entry = self._entry(name)
-        pages: list[tuple[np.ndarray, np.ndarray]] = []
         offset: Any = None
         with _engine_errors("scroll", self._path(name)):
+            pages = common.RecordArrays(entry.dim, int(entry.shard.count(CountRequest(exact=True))))
             while True:
                 request = ScrollRequest(offset=offset, limit=SCROLL_PAGE, with_payload=False, with_vector=True)
                 records, offset = entry.shard.scroll(request)
-                pages.append(common.records_to_arrays(records, entry.dim))
+                pages.add(records)
                 if offset is None:
                     break
-        return common.concat_sorted(pages, entry.dim)
+        return pages.sorted()
 
     def fetch_payloads(self, name: str, keys: Sequence[str] = PAYLOAD_KEYS) -> dict[int, dict[str, Any]]:
         entry = self._entry(name)
@@ -356,11 +356,11 @@ class EdgeVectorStore:
         entry = self._entry(name)
         wanted = common.as_ids(face_ids)
         id_list = wanted.tolist()
-        pages: list[tuple[np.ndarray, np.ndarray]] = []
+        pages = common.RecordArrays(entry.dim, len(id_list))
         with _engine_errors("retrieve", self._path(name)):
             for part in common.batches(len(id_list), common.READ_BATCH):
-                pages.append(common.records_to_arrays(entry.shard.retrieve(id_list[part], False, True), entry.dim))
-        found, vectors = common.concat_sorted(pages, entry.dim)
+                pages.add(entry.shard.retrieve(id_list[part], False, True))
+        found, vectors = pages.sorted()
         return common.order_fetched(wanted, found, vectors, name)
 
     def search(

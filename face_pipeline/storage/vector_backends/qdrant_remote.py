@@ -184,17 +184,17 @@ class QdrantClientVectorStore:
 
     def fetch_all(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         dim = self._dim(name)
-        pages: list[tuple[np.ndarray, np.ndarray]] = []
         offset: Any = None
         with self._errors("scroll", name):
+            pages = common.RecordArrays(dim, int(self._client.count(name, exact=True).count))
             while True:
                 records, offset = self._client.scroll(
                     name, limit=SCROLL_PAGE, offset=offset, with_payload=False, with_vectors=True
                 )
-                pages.append(common.records_to_arrays(records, dim))
+                pages.add(records)
                 if offset is None:
                     break
-        return common.concat_sorted(pages, dim)
+        return pages.sorted()
 
     def fetch_payloads(self, name: str, keys: Sequence[str] = PAYLOAD_KEYS) -> dict[int, dict[str, Any]]:
         self._dim(name)
@@ -213,12 +213,11 @@ class QdrantClientVectorStore:
         dim = self._dim(name)
         wanted = common.as_ids(face_ids)
         id_list = wanted.tolist()
-        pages: list[tuple[np.ndarray, np.ndarray]] = []
+        pages = common.RecordArrays(dim, len(id_list))
         with self._errors("retrieve", name):
             for part in common.batches(len(id_list), common.READ_BATCH):
-                records = self._client.retrieve(name, ids=id_list[part], with_payload=False, with_vectors=True)
-                pages.append(common.records_to_arrays(records, dim))
-        found, vectors = common.concat_sorted(pages, dim)
+                pages.add(self._client.retrieve(name, ids=id_list[part], with_payload=False, with_vectors=True))
+        found, vectors = pages.sorted()
         return common.order_fetched(wanted, found, vectors, name)
 
     def search(
