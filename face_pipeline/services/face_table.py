@@ -22,8 +22,11 @@ from face_pipeline.storage.vectors import VectorStore
 _ID_CHUNK = 10_000  # ids per IN (...) list: under SQLite's 32,766 bound variables
 
 # Core statements, not the ORM's bulk paths: at 50K changed faces the ORM's per-row bookkeeping cost more
-# than SQLite's own work (benchmarks/cluster.py).
+# than SQLite's own work (benchmarks/cluster.py). On SQLite the rows go to the driver's executemany as
+# tuples (`_execute_many`): SQLAlchemy's per-row parameter processing cost as much again as SQLite's writing.
 _FACES = cast(Table, FaceInstance.__table__)
+_EVENTS = cast(Table, FaceAssignmentEvent.__table__)
+_ASSIGNMENT_PARAMS = ("person", "cluster", "source", "confidence", "now", "face")  # the order rows come in
 _UPDATE_ASSIGNMENT = (
     update(_FACES)
     .where(_FACES.c.id == bindparam("face"))
@@ -35,6 +38,19 @@ _UPDATE_ASSIGNMENT = (
         updated_at=bindparam("now"),
     )
 )
+_EVENT_COLUMNS = (
+    "face_id",
+    "action",
+    "source",
+    "old_person_id",
+    "new_person_id",
+    "old_cluster_id",
+    "new_cluster_id",
+    "confidence",
+    "run_id",
+    "created_at",
+)
+_INSERT_EVENT = insert(_EVENTS).values({name: bindparam(name) for name in _EVENT_COLUMNS})
 
 
 @dataclass
@@ -130,39 +146,64 @@ def apply_changes(
     clusters = changes.cluster_ids[picked].tolist()
     sources = changes.sources[picked].tolist()
     confidences = [None if np.isnan(c) else round(float(c), 5) for c in changes.confidences[picked]]
-    session.execute(
+    _execute_many(
+        session,
         _UPDATE_ASSIGNMENT,
-        [
-            {"face": i, "person": p, "cluster": c, "source": s, "confidence": f, "now": now}
-            for i, p, c, s, f in zip(ids, people, clusters, sources, confidences, strict=True)
-        ],
+        _ASSIGNMENT_PARAMS,
+        list(zip(people, clusters, sources, confidences, [now] * len(ids), ids, strict=True)),
     )
     old_people = table.person_ids[rows[picked]].tolist()
     old_clusters = table.cluster_ids[rows[picked]].tolist()
-    session.execute(
-        insert(cast(Table, FaceAssignmentEvent.__table__)),
-        [
-            {
-                "face_id": i,
-                "action": action,
-                "source": s,
-                "old_person_id": op,
-                "new_person_id": p,
-                "old_cluster_id": oc,
-                "new_cluster_id": c,
-                "confidence": f,
-                "run_id": run_id,
-                "created_at": now,
-            }
-            for i, s, op, p, oc, c, f in zip(
-                ids, sources, old_people, people, old_clusters, clusters, confidences, strict=True
+    n = len(ids)
+    _execute_many(
+        session,
+        _INSERT_EVENT,
+        _EVENT_COLUMNS,
+        list(
+            zip(
+                ids,
+                [action] * n,
+                sources,
+                old_people,
+                people,
+                old_clusters,
+                clusters,
+                confidences,
+                [run_id] * n,
+                [now] * n,
+                strict=True,
             )
-        ],
+        ),
     )
     table.person_ids[rows[picked]] = changes.person_ids[picked]
     table.cluster_ids[rows[picked]] = changes.cluster_ids[picked]
     table.sources[rows[picked]] = changes.sources[picked]
     return rows[picked]
+
+
+def _execute_many(session: Session, statement: Any, names: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    """Run `statement` once per row (values in the order of `names`, its bind parameters). On SQLite the
+    driver gets the statement compiled for it and the rows as tuples, each value through its column type's
+    own conversion (datetimes as SQLAlchemy stores them); elsewhere SQLAlchemy's executemany."""
+    if not rows:
+        return
+    connection = session.connection()
+    if connection.dialect.name != "sqlite":
+        connection.execute(statement, [dict(zip(names, row, strict=True)) for row in rows])
+        return
+    compiled = statement.compile(dialect=connection.dialect)
+    order = [names.index(name) for name in compiled.positiontup]
+    dialect = connection.dialect
+    convert = [compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in compiled.positiontup]
+    if any(convert):
+        rows = [tuple(row) for row in rows]  # converted below, column by column
+        columns = list(zip(*rows, strict=True))
+        for i, processor in enumerate(convert):
+            if processor is not None:
+                column = columns[order[i]]
+                columns[order[i]] = tuple(None if v is None else processor(v) for v in column)
+        rows = list(zip(*columns, strict=True))
+    connection.exec_driver_sql(str(compiled), [tuple(row[i] for i in order) for row in rows])
 
 
 def _lock_current(session: Session, face_ids: np.ndarray) -> list[Any]:
