@@ -59,6 +59,14 @@ class Settings(BaseSettings):
         "`faces train-matching` and manual runs work either way.",
     )
 
+    learned_matching: bool = Field(
+        False,
+        description="Match faces to the named people with a matcher learned from the labels (adaptive score "
+        "normalisation, domain/learned_matching.py), refitted when the labels change and used only where its "
+        "cross-fitted gate finds fewer errors without more strangers named; `faces reassign` (raw pinned) "
+        "never uses it. Off by default.",
+    )
+
     # --- training (seed) ------------------------------------------------------------------------------
     triplet_margin: float = Field(0.2, gt=0, le=2)
     training_epochs: int = Field(20, ge=1, le=10_000)

@@ -14,11 +14,15 @@ prototypes. A face is assigned to its best person when
 
 Thresholds belong to an embedding space (`SpaceThresholds`, `thresholds_for_space`): cosine scales differ
 wildly between models (dlib: strangers at 0.84; ArcFace: strangers at 0.1).
+
+A learned matcher (`domain/learned_matching.py`) may replace the score: `assign_to_known_people(...,
+scorer=...)` takes each face's (m, p) scores from it instead of the best prototype cosines, with a threshold and
+margin on the scorer's own scale; rules 2-4 (margin, rejected people, one face per person per photo) stay.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import IntEnum, StrEnum
 
@@ -29,6 +33,7 @@ __all__ = [
     "NO_PERSON",
     "Assignment",
     "Outcome",
+    "PersonScorer",
     "PrototypeKind",
     "Prototypes",
     "SpaceThresholds",
@@ -38,6 +43,10 @@ __all__ = [
 ]
 
 NO_PERSON = -1  # person index of a face that was not assigned
+
+# (r, d) face vectors -> (r, p) float32 scores, column j for Prototypes.person_ids[j] (higher: more likely that
+# person; -inf: never that person). Threshold and margin are then on the scorer's scale.
+PersonScorer = Callable[[np.ndarray], np.ndarray]
 
 _SCORE_BLOCK = 1 << 24  # float32 scores per chunk (64 MB) when the chunk size is automatic
 
@@ -370,6 +379,7 @@ def assign_to_known_people(
     *,
     occupied: Iterable[tuple[object, object]] | None = None,
     chunk_size: int | None = None,
+    scorer: PersonScorer | None = None,
 ) -> Assignment:
     """Assign each face to a known person, or to nobody (see the module docstring for the rules).
 
@@ -382,6 +392,9 @@ def assign_to_known_people(
     occupied : pairs (image id, person id) of people already confirmed in a photo: no other face of that
         photo is given the person.
     chunk_size : faces scored at a time; default keeps each block of scores near 64 MB.
+    scorer : a learned matcher's scores (`PersonScorer`) instead of the best prototype cosine; `threshold` and
+        `margin` are then on its scale (any finite threshold, margin >= 0). Columns follow
+        `prototypes.person_ids`; rejected people, occupied pairs and photo conflicts are applied as always.
 
     Scores are computed in chunks of faces x prototypes, so memory stays bounded for any m.
     """
@@ -392,10 +405,12 @@ def assign_to_known_people(
     m = len(vectors)
     if image_ids.shape != (m,):
         raise ValueError(f"image_ids must have shape ({m},), got {image_ids.shape!r}")
-    if not -1.0 <= threshold <= 1.0:
+    if scorer is None and not -1.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be a cosine in [-1, 1], got {threshold!r}")
-    if not 0.0 <= margin <= 2.0:
+    if scorer is None and not 0.0 <= margin <= 2.0:
         raise ValueError(f"margin must be in [0, 2], got {margin!r}")
+    if scorer is not None and not (np.isfinite(threshold) and 0.0 <= margin < np.inf):
+        raise ValueError(f"a scorer's threshold must be finite and its margin >= 0, got {threshold!r}, {margin!r}")
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
     if len(prototypes.vectors) and vectors.shape[1] != prototypes.vectors.shape[1]:
@@ -407,7 +422,7 @@ def assign_to_known_people(
         [_pairs_to_indices(rejected, prototypes, "rejected"), _occupied_to_pairs(occupied, image_ids, prototypes)]
     )
     masked = masked[masked[:, 0] < m]
-    best_person, best, second = _top_two_people(vectors, prototypes, masked, chunk_size)
+    best_person, best, second = _top_two_people(vectors, prototypes, masked, chunk_size, scorer)
 
     outcome = np.full(m, Outcome.ASSIGNED, dtype=np.int8)
     with np.errstate(invalid="ignore"):  # -inf - -inf: no person at all, caught as NO_CANDIDATE below
@@ -423,7 +438,11 @@ def assign_to_known_people(
 
 
 def _top_two_people(
-    vectors: np.ndarray, prototypes: Prototypes, masked: np.ndarray, chunk_size: int | None
+    vectors: np.ndarray,
+    prototypes: Prototypes,
+    masked: np.ndarray,
+    chunk_size: int | None,
+    scorer: PersonScorer | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per face: best allowed person, their score, and the second-best person's score."""
     m, p = len(vectors), prototypes.n_people
@@ -443,9 +462,14 @@ def _top_two_people(
     for start in range(0, m, rows):
         stop = min(start + rows, m)
         chunk = np.ascontiguousarray(vectors[start:stop], dtype=np.float32)
-        proto_scores = chunk @ protos.T
-        scores = np.full((stop - start, p), -np.inf, dtype=np.float32)
-        scores[:, present] = np.maximum.reduceat(proto_scores, segment_starts, axis=1)  # max per person
+        if scorer is not None:
+            scores = np.array(scorer(chunk), dtype=np.float32)  # a copy: masked entries are overwritten
+            if scores.shape != (stop - start, p):
+                raise ValueError(f"the scorer returned shape {scores.shape!r}, expected {(stop - start, p)!r}")
+        else:
+            proto_scores = chunk @ protos.T
+            scores = np.full((stop - start, p), -np.inf, dtype=np.float32)
+            scores[:, present] = np.maximum.reduceat(proto_scores, segment_starts, axis=1)  # max per person
         lo, hi = np.searchsorted(masked[:, 0], [start, stop])
         scores[masked[lo:hi, 0] - start, masked[lo:hi, 1]] = -np.inf
         if p == 1:

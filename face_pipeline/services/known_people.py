@@ -9,8 +9,9 @@ never changed. The faces nobody is matched to are grouped by services/clustering
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 from sqlalchemy import delete, func, insert, select
@@ -33,6 +34,7 @@ from face_pipeline.services.face_table import (
     read_rejections,
     sync_payloads,
 )
+from face_pipeline.services.learned_matcher import RunMatcher, matcher_for_run, refresh_matcher
 from face_pipeline.services.library import Library
 from face_pipeline.services.run_params import SpaceParams, space_params
 from face_pipeline.services.run_params import ignored_faces as _ignored
@@ -51,6 +53,8 @@ class CentroidReport:
     labelled_faces: int = 0
     seconds: float = 0.0
     reused: bool = False  # the labels had not changed: the prototypes were kept
+    matcher: str = ""  # the learned matcher's verdict (services/learned_matcher.py); "" when it is off
+    matcher_figures: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -65,6 +69,7 @@ class AssignReport:
     seconds: float = 0.0
     mode: str = RunMode.FULL
     reason: str = ""
+    matching: str = "raw matching"  # raw or the learned matcher, and why
 
 
 # --- person_centroids ----------------------------------------------------------------------------------
@@ -95,6 +100,7 @@ def compute_person_centroids(library: Library, vectors: VectorStore) -> Centroid
         }:
             report.people, report.prototypes = _prototype_counts(session, params.space)
             report.reused = True
+            _refresh_matcher(library, session, vectors, params, report)
             report.seconds = time.perf_counter() - started
             return report
         session.execute(delete(PersonPrototype).where(PersonPrototype.embedding_space == params.space))
@@ -107,8 +113,20 @@ def compute_person_centroids(library: Library, vectors: VectorStore) -> Centroid
         incremental.record_prototypes(
             session, {"space": params.space, "labels": labels, **_prototype_rows(session, params.space)}
         )
+        _refresh_matcher(library, session, vectors, params, report)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _refresh_matcher(
+    library: Library, session: Session, vectors: VectorStore, params: SpaceParams, report: CentroidReport
+) -> None:
+    """With FACE_LEARNED_MATCHING on: fit and gate the learned matcher when the labels changed (seconds)."""
+    if not library.settings.learned_matching:
+        return
+    verdict = refresh_matcher(library, session, vectors, params.space, params.person_threshold, params.person_margin)
+    report.matcher = str(verdict["reason"])
+    report.matcher_figures = {k: verdict.get(k) for k in ("use", "raw", "learned", "threshold", "seconds", "reused")}
 
 
 def _prototype_rows(session: Session, space: str) -> dict[str, int]:
@@ -196,8 +214,22 @@ def assign_known_faces(
         report = AssignReport(params.space, params.person_threshold, params.person_margin)
         table = read_faces(session)
         prototypes = load_prototypes(session, params.space)
+        explicit = person_threshold is not None or person_margin is not None
+        matching = (
+            RunMatcher(None, params.person_threshold, params.person_margin, "raw matching: thresholds given")
+            if explicit
+            else matcher_for_run(
+                library, session, params.space, prototypes, params.person_threshold, params.person_margin
+            )
+        )
+        report.matching = matching.reason
+        # the matcher in use decides every old face too: a change of matcher makes the run a full one
         fingerprint = incremental.assignment_fingerprint(
-            params.space, params.person_threshold, params.person_margin, prototypes, table
+            f"{params.space}|{matching.tag}" if matching.tag else params.space,
+            params.person_threshold,
+            params.person_margin,
+            prototypes,
+            table,
         )
         plan = incremental.plan_run(session, library.settings, params.space, _rule(params), fingerprint, full=full)
         ignored = _ignored(session, table)
@@ -224,8 +256,9 @@ def assign_known_faces(
                 matrix,
                 table.image_ids[candidates],
                 prototypes,
-                threshold=params.person_threshold,
-                margin=params.person_margin,
+                threshold=matching.threshold,
+                margin=matching.margin,
+                scorer=matching.scorer,
                 rejected=rejected,
                 # a person already in a photo (named by a user, or matched and not matched again now) is not
                 # given a second face of it

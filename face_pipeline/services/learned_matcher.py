@@ -1,0 +1,201 @@
+"""The learned matcher of the active space: refitted and gated by the person_centroids step when the labels
+change, used by the supervised_assignments step when the gate allows it and no pin forbids it.
+
+Why here and not as a checkpoint of the retrain job: the matcher is a function of the labels themselves (no
+vector is regenerated), it takes seconds to fit, and a matcher trained at the last retrain would not know the
+people named since. So every person_centroids run whose labels (confirmed faces, rejections) or raw threshold
+changed fits it on all of them and judges it (`domain/learned_matching.judge_matcher`, cross-fitted on the
+labels). The verdict (used or kept raw, the reason, the held-out figures) is kept in pipeline_state under
+`learned_matcher:<space>` and the fitted matcher under `$FACE_DATA_DIR/matchers`.
+
+Used only when FACE_LEARNED_MATCHING is on, the gate said so for exactly the labels and raw threshold in
+force, and the user has not pinned the raw space (`faces reassign` without `--use-trained-model`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from face_pipeline.domain.assignment import PersonScorer, Prototypes
+from face_pipeline.domain.learned_matching import NO_PERSON, judge_matcher
+from face_pipeline.domain.person_matching import PersonMatcher
+from face_pipeline.services.library import Library
+from face_pipeline.services.space_switch import read_pin
+from face_pipeline.storage.models import FaceInstance, FaceRejection, PipelineState, utcnow
+from face_pipeline.storage.vectors import VectorStore
+
+log = logging.getLogger(__name__)
+
+STATE_PREFIX = "learned_matcher:"  # pipeline_state key prefix; the space name follows
+MATCHER_KIND = "adaptive score normalisation (PersonMatcher)"
+_VERSION = "1"  # bump when the fit or the gate changes: stored verdicts are then judged again
+
+
+@dataclass(frozen=True)
+class RunMatcher:
+    """What one supervised_assignments run matches with: a scorer on its own scale, or raw (scorer None)."""
+
+    scorer: PersonScorer | None
+    threshold: float
+    margin: float
+    reason: str  # one line: which matching and why
+    tag: str = ""  # digest of the matcher in use ("" for raw): part of the assignment fingerprint
+
+
+def _key(space: str) -> str:
+    return f"{STATE_PREFIX}{space}"
+
+
+def _labels(session: Session) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    """(face ids, person ids or None, image ids) of the confirmed faces and of the faces with a rejection,
+    ids ascending, and the rejections (face id, person id)."""
+    rejections = [
+        (int(f), str(p)) for f, p in session.execute(select(FaceRejection.face_id, FaceRejection.person_id)).all()
+    ]
+    rows = session.execute(
+        select(FaceInstance.id, FaceInstance.person_id, FaceInstance.image_id, FaceInstance.user_confirmed)
+        .where(
+            or_(
+                (FaceInstance.user_confirmed.is_(True)) & FaceInstance.person_id.is_not(None),
+                FaceInstance.id.in_(select(FaceRejection.face_id)),
+            )
+        )
+        .order_by(FaceInstance.id)
+    ).all()
+    face_ids = np.array([r.id for r in rows], dtype=np.int64)
+    people = np.array([r.person_id if r.user_confirmed else None for r in rows], dtype=object)
+    images = np.array([r.image_id for r in rows], dtype=np.int64)
+    return face_ids, people, images, rejections
+
+
+def _digest(
+    space: str,
+    threshold: float,
+    margin: float,
+    face_ids: np.ndarray,
+    people: np.ndarray,
+    rejections: list[tuple[int, str]],
+) -> str:
+    digest = hashlib.sha256(f"{_VERSION}\x00{space}\x00{threshold!r}\x00{margin!r}\x00".encode())
+    digest.update(face_ids.tobytes())
+    digest.update("\x00".join(map(str, people.tolist())).encode())
+    digest.update("\x00".join(f"{f}:{p}" for f, p in sorted(rejections)).encode())
+    return digest.hexdigest()
+
+
+def _matcher_dir(library: Library) -> Path:
+    return library.settings.data_dir / "matchers"
+
+
+def refresh_matcher(
+    library: Library, session: Session, vectors: VectorStore, space: str, threshold: float, margin: float
+) -> dict[str, Any]:
+    """Fit and judge the matcher when the labels or the raw threshold changed since the last verdict; returns
+    the stored verdict (`use`, `reason`, figures, `seconds`, `reused`)."""
+    started = time.perf_counter()
+    face_ids, people, images, rejections = _labels(session)
+    digest = _digest(space, threshold, margin, face_ids, people, rejections)
+    row = session.get(PipelineState, _key(space))
+    if row is not None and row.value.get("digest") == digest:
+        return {**row.value, "reused": True}
+    names = np.array(sorted({p for p in people.tolist() if p is not None}), dtype=object)
+    labels = np.full(len(face_ids), NO_PERSON, dtype=np.int64)
+    named = people != None  # noqa: E711
+    labels[named] = np.searchsorted(names, people[named].astype(str).astype(object))
+    row_of = {int(f): i for i, f in enumerate(face_ids.tolist())}
+    column = {str(p): i for i, p in enumerate(names.tolist())}
+    rej = np.array(
+        [(row_of[f], column[p]) for f, p in rejections if f in row_of and p in column], dtype=np.int64
+    ).reshape(-1, 2)
+    matrix = vectors.fetch(space, face_ids) if len(face_ids) else np.zeros((0, 0), np.float32)
+    verdict = judge_matcher(matrix, labels, images, rej, threshold, margin) if len(face_ids) else None
+    value: dict[str, Any] = {
+        "digest": digest,
+        "space": space,
+        "kind": MATCHER_KIND,
+        "raw_threshold": threshold,
+        "raw_margin": margin,
+        "at": f"{utcnow():%Y-%m-%d %H:%M} UTC",
+        "labelled_faces": int(named.sum()),
+        "people": len(names),
+        "rejections": len(rej),
+    }
+    if verdict is None:
+        value.update(use=False, reason="kept raw matching: no labels yet", file=None)
+    else:
+        value.update(verdict.as_json(), file=None)
+        if verdict.use and verdict.matcher is not None:
+            matcher = verdict.matcher
+            directory = _matcher_dir(library)
+            directory.mkdir(parents=True, exist_ok=True)
+            path = directory / f"{space}-{digest[:16]}.npz"
+            np.savez(path, **{**matcher.to_dict(), "names": names.astype(str)})  # type: ignore[arg-type]
+            for old in directory.glob(f"{space}-*.npz"):
+                if old != path:
+                    old.unlink(missing_ok=True)
+            value["file"] = path.name
+    value["seconds"] = round(time.perf_counter() - started, 2)
+    if row is None:
+        session.add(PipelineState(key=_key(space), value=value))
+    else:
+        row.value = value
+    log.info("learned matcher (%s): %s (%.1f s)", space, value["reason"], value["seconds"])
+    return {**value, "reused": False}
+
+
+def stored_verdict(session: Session, space: str) -> dict[str, Any] | None:
+    row = session.get(PipelineState, _key(space))
+    return None if row is None else dict(row.value)
+
+
+def matcher_for_run(
+    library: Library,
+    session: Session,
+    space: str,
+    prototypes: Prototypes | None,
+    threshold: float,
+    margin: float,
+) -> RunMatcher:
+    """The matching a supervised_assignments run uses (raw unless everything allows the learned matcher)."""
+    if not library.settings.learned_matching:
+        return RunMatcher(None, threshold, margin, "raw matching (FACE_LEARNED_MATCHING off)")
+    if prototypes is None:
+        return RunMatcher(None, threshold, margin, "raw matching: nobody named yet")
+    pin = read_pin(session)
+    if pin is not None and pin.pins_raw:
+        return RunMatcher(None, threshold, margin, f"raw matching: raw space pinned by `faces reassign` ({pin.at})")
+    value = stored_verdict(session, space)
+    if value is None:
+        return RunMatcher(None, threshold, margin, "raw matching: no learned matcher fitted yet")
+    if not value.get("use") or not value.get("file"):
+        return RunMatcher(None, threshold, margin, str(value.get("reason", "raw matching")))
+    face_ids, people, _, rejections = _labels(session)
+    if value.get("digest") != _digest(space, threshold, margin, face_ids, people, rejections):
+        return RunMatcher(
+            None, threshold, margin, "raw matching: the labels or threshold changed since the matcher was judged"
+        )
+    with np.load(_matcher_dir(library) / str(value["file"]), allow_pickle=False) as state:
+        arrays = {k: state[k] for k in state.files}
+    matcher = PersonMatcher.from_dict(arrays)
+    names = arrays["names"].astype(object)[matcher.people_]
+    columns = prototypes.index_of(names.tolist())
+    keep = columns >= 0
+    width = prototypes.n_people
+
+    def scorer(chunk: np.ndarray) -> np.ndarray:
+        out = np.full((len(chunk), width), -np.inf, dtype=np.float32)
+        out[:, columns[keep]] = matcher.scores(chunk)[:, keep]
+        return out
+
+    return RunMatcher(
+        scorer, float(value["threshold"]), float(value["margin"]), str(value["reason"]), str(value["digest"])[:16]
+    )
