@@ -9,6 +9,7 @@ decided while the run was computing.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -192,18 +193,16 @@ def _execute_many(session: Session, statement: Any, names: tuple[str, ...], rows
         connection.execute(statement, [dict(zip(names, row, strict=True)) for row in rows])
         return
     compiled = statement.compile(dialect=connection.dialect)
-    order = [names.index(name) for name in compiled.positiontup]
     dialect = connection.dialect
-    convert = [compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in compiled.positiontup]
-    if any(convert):
-        rows = [tuple(row) for row in rows]  # converted below, column by column
-        columns = list(zip(*rows, strict=True))
-        for i, processor in enumerate(convert):
-            if processor is not None:
-                column = columns[order[i]]
-                columns[order[i]] = tuple(None if v is None else processor(v) for v in column)
-        rows = list(zip(*columns, strict=True))
-    connection.exec_driver_sql(str(compiled), [tuple(row[i] for i in order) for row in rows])
+    order = [names.index(name) for name in compiled.positiontup]
+    as_given = list(zip(*rows, strict=True))
+    columns: list[Sequence[Any]] = [as_given[i] for i in order]
+    for position, name in enumerate(compiled.positiontup):
+        processor = compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+        if processor is not None:  # e.g. datetimes as SQLAlchemy stores them; repeated values converted once
+            done: dict[Any, Any] = {None: None}
+            columns[position] = [done[v] if v in done else done.setdefault(v, processor(v)) for v in columns[position]]
+    connection.exec_driver_sql(str(compiled), list(zip(*columns, strict=True)))
 
 
 def _lock_current(session: Session, face_ids: np.ndarray) -> list[Any]:
