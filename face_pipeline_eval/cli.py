@@ -41,8 +41,10 @@ def evaluate_command(
         bool,
         typer.Option(
             "--train",
-            help="After each round: train a checkpoint on the labels, switch to it if promoted, reassign; "
-            "score each stage (baseline, after 1st training, ...) with its space and checkpoint verdict.",
+            help="After each round: train a checkpoint on the labels, switch to it if promoted, fit and gate the "
+            "learned matcher (FACE_LEARNED_MATCHING), reassign; score each stage (baseline, after 1st training, "
+            "...) with its space, checkpoint verdict and matching. 'round k' rows match raw on the same labels; "
+            "phase B is scored with raw matching, then with the learned matcher where its gate let it in.",
         ),
     ] = False,
 ) -> None:

@@ -214,11 +214,18 @@ class _Run:
             )
             self.report.user.append(actions)
             self.report.user_of_row[len(self.report.rows)] = len(self.report.user) - 1
+            if self.train:
+                self._learned_matching(False)  # "round k": the new labels, matched raw
             state = self._cluster_and_score(f"round {number}")
             if self.train:
+                self._learned_matching(True)  # "after k-th training": checkpoint and learned matcher
                 state = self._train_and_score(number)
         if phase_b:
             self._ingest(PHASE_B)
+            if self.train:  # the same library, labels and space matched raw first, then as trained
+                self._learned_matching(False)
+                self._cluster_and_score("phase B, raw matching")
+                self._learned_matching(True)
             state = self._cluster_and_score("phase B")
             self._baselines("phase B", state)
         return self.report
@@ -275,13 +282,21 @@ class _Run:
         started = time.perf_counter()
         with self.library.vectors() as vectors:
             # With training, new faces (phase B) get their vectors in the projected space too.
-            run_cluster_dual(self.library, vectors, space_mode="trained" if self.train else "auto")
+            dual = run_cluster_dual(self.library, vectors, space_mode="trained" if self.train else "auto")
         seconds = time.perf_counter() - started
         if not self.report.params:
             self.report.params = self._params()
         state = read_state(self.library.db, self.identity_of_path, self.identity_of_name)
-        self._add_row(score_pipeline(stage, state, self.dataset.strangers, seconds))
+        matching = StageTraining(matching=_short(dual.assignments.matching, 200))
+        self._add_row(score_pipeline(stage, state, self.dataset.strangers, seconds), matching)
         return state
+
+    def _learned_matching(self, on: bool) -> None:
+        """With --train: the learned matcher (FACE_LEARNED_MATCHING) is on for the stages after a training and
+        off for the rows that show the raw space on the same labels."""
+        if self.settings.learned_matching != on:
+            self.settings = self.settings.model_copy(update={"learned_matching": on})
+            self.library = Library(self.settings, self.library.db)
 
     def _add_row(self, row: StageFigures, training: StageTraining | None = None) -> None:
         self.report.rows.append(row)
@@ -289,7 +304,7 @@ class _Run:
             with self.library.db.session() as session:
                 space = active_space(session)
                 name = "–" if space is None else f"{space.kind} {space.name}"
-            self.report.training.append(training or StageTraining(space=name))
+            self.report.training.append(training or StageTraining())
             self.report.training[-1].space = name
         log.info(
             "%s: precision %.3f, unknown purity %.3f, recall %.3f, BCubed F %.3f",
@@ -305,13 +320,19 @@ class _Run:
         stage = f"after {_ordinal(number)} training"
         started = time.perf_counter()
         try:
-            report = train_and_reassign_stage(self.library).training
+            stage_report = train_and_reassign_stage(self.library)
         except TooFewLabels as exc:
             log.info("%s: not enough labels (%s)", stage, exc)
             training = StageTraining(checkpoint="not enough labels", reason=_short(str(exc), 80))
+            with self.library.vectors() as vectors:  # no checkpoint: the learned matcher may still help
+                dual = run_cluster_dual(self.library, vectors, space_mode="trained")
+            training.matching = _short(dual.assignments.matching, 200)
         else:
+            report = stage_report.training
             training = _stage_training(report)
+            training.matching = _short(stage_report.cluster_dual.assignments.matching, 200)
             log.info("%s: checkpoint %s (%s)", stage, training.checkpoint, report.reason)
+        log.info("%s: %s", stage, training.matching)
         seconds = time.perf_counter() - started
         state = read_state(self.library.db, self.identity_of_path, self.identity_of_name)
         self._add_row(score_pipeline(stage, state, self.dataset.strangers, seconds), training)

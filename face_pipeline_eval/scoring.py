@@ -76,8 +76,9 @@ def read_state(db: Database, identity_of_path: dict[str, str], identity_of_name:
         ).all()
         names = dict(session.execute(select(Person.id, Person.name)).tuples().all())
     main = set(
-        main_faces_of_photos((r.id for r in rows), (r.image_id for r in rows), (r.bbox_w * r.bbox_h for r in rows))
-        .values()
+        main_faces_of_photos(
+            (r.id for r in rows), (r.image_id for r in rows), (r.bbox_w * r.bbox_h for r in rows)
+        ).values()
     )
     clusters = [r.cluster_id or "" for r in rows]
     grouped = [c if c.startswith((PERSON_PREFIX, UNKNOWN_PREFIX)) else None for c in clusters]
@@ -112,6 +113,7 @@ class StageFigures:
     unknown_purity: float  # of the unknown clusters (multi-face)
     recall: float  # faces of named people the user did not label: share assigned to the right person
     recall_faces: int  # how many such faces there are
+    known_errors: int  # of them: left unnamed or given a wrong name (issue 12's known-people errors)
     bcubed_f: float  # over all scored faces: people, unknown clusters, singletons
     bcubed_p: float
     bcubed_r: float
@@ -155,6 +157,7 @@ def score_pipeline(stage: str, state: LibraryState, strangers: frozenset[str], s
         unknown_purity=cluster_purity(truth[unknown], labels[unknown]) if unknown.any() else float("nan"),
         recall=person_recall(person[~by_user], truth[~by_user], named) if named.size else float("nan"),
         recall_faces=int((np.isin(truth, named) & ~by_user).sum()) if named.size else 0,
+        known_errors=int((np.isin(truth, named) & ~by_user & (person != truth)).sum()) if named.size else 0,
         bcubed_f=b.f1 if b else float("nan"),
         bcubed_p=b.precision if b else float("nan"),
         bcubed_r=b.recall if b else float("nan"),

@@ -17,6 +17,7 @@ COLUMNS = (
     "assignment precision",
     "unknown purity",
     "person recall",
+    "known-people errors",
     "BCubed F (P / R)",
     "clusters / identities",
     "false accepts per 1,000",
@@ -26,7 +27,7 @@ COLUMNS = (
 )
 NOT_APPLICABLE = "–"
 # With --train: added after "seconds" (the pipeline's rows only; the baselines run on the raw space).
-TRAINING_COLUMNS = ("space", "checkpoint", "checkpoint reason", "training seconds")
+TRAINING_COLUMNS = ("space", "checkpoint", "checkpoint reason", "training seconds", "matching")
 
 
 @dataclass
@@ -40,13 +41,20 @@ class StageTraining:
     labels: int | None = None  # labelled faces trained on
     device: str | None = None
     checkpoint_space: str | None = None  # the checkpoint's space name (promoted or not)
+    matching: str = NOT_APPLICABLE  # raw or the learned matcher, and the gate's reason (services/learned_matcher.py)
 
     def as_json(self) -> dict[str, Any]:
         return {("checkpoint_reason" if k == "reason" else k): v for k, v in asdict(self).items()}
 
     def cells(self) -> list[str]:
         seconds = NOT_APPLICABLE if self.training_seconds is None else f"{self.training_seconds:.1f}"
-        return [self.space, self.checkpoint, self.reason.replace("|", "/") or NOT_APPLICABLE, seconds]
+        return [
+            self.space,
+            self.checkpoint,
+            self.reason.replace("|", "/") or NOT_APPLICABLE,
+            seconds,
+            self.matching.replace("|", "/"),
+        ]
 
 
 def _pct(value: float) -> str:
@@ -76,6 +84,7 @@ def pipeline_cells(row: StageFigures, user: Any | None) -> list[str]:
         _of(row.precision, row.automatic),
         _pct(row.unknown_purity),
         _of(row.recall, row.recall_faces),
+        str(row.known_errors),
         _bcubed(row.bcubed_f, row.bcubed_p, row.bcubed_r),
         f"{row.clusters} / {row.identities}",
         _num(row.false_accepts_per_1000, 1),
@@ -93,6 +102,7 @@ def baseline_cells(row: BaselineFigures) -> list[str]:
         NOT_APPLICABLE,
         NOT_APPLICABLE,
         _pct(row.unknown_purity),
+        NOT_APPLICABLE,
         NOT_APPLICABLE,
         _bcubed(row.bcubed_f, row.bcubed_p, row.bcubed_r),
         f"{row.clusters} / {row.identities}",

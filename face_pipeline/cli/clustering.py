@@ -98,7 +98,8 @@ def reassign(
         typer.Option(
             "--use-trained-model",
             help="Switch to FACE_MODEL_CHECKPOINT or the newest promoted checkpoint, and let automatic runs "
-            "activate checkpoints promoted later. Without it: the raw space, pinned.",
+            "activate checkpoints promoted later and use the learned matcher (FACE_LEARNED_MATCHING) where its "
+            "gate lets it in. Without it: the raw space and raw matching, pinned.",
         ),
     ] = False,
 ) -> None:
@@ -110,7 +111,9 @@ def reassign(
     checkpoint FACE_MODEL_CHECKPOINT names, else the newest promoted one, becomes active (if there is none,
     the raw space stays and the message says why) and the pin is lifted: a checkpoint a later retrain
     promotes is activated by that run. FACE_MODEL_CHECKPOINT set pins that checkpoint: automatic runs never
-    switch. Faces a user confirmed are never changed.
+    switch. With FACE_LEARNED_MATCHING on, the raw pin also means raw matching (prototype cosines): the
+    learned matcher is used again after `faces reassign --use-trained-model`. --person-threshold matches raw
+    (a cosine). Faces a user confirmed are never changed.
     """
     _run_clustering(
         {

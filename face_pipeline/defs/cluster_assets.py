@@ -29,6 +29,9 @@ def person_centroids(
             "labelled_faces": report.labelled_faces,
             "reused": report.reused,  # labels unchanged since the last build: prototypes kept
             "seconds": round(report.seconds, 3),
+            # FACE_LEARNED_MATCHING: the learned matcher's gate verdict, in words, and its held-out figures
+            "learned_matcher": report.matcher or "off (FACE_LEARNED_MATCHING=false)",
+            **({"learned_matcher_figures": report.matcher_figures} if report.matcher_figures else {}),
         }
     )
 
@@ -58,7 +61,7 @@ def supervised_assignments(
             run_id=context.run.run_id,
             full=config.full,
         )
-    context.log.info(f"supervised assignment: {report.reason or report.mode}")
+    context.log.info(f"supervised assignment: {report.reason or report.mode}; {report.matching}")
     return dg.MaterializeResult(metadata={k: _round(v) for k, v in vars(report).items()})
 
 
