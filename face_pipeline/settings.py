@@ -66,6 +66,12 @@ class Settings(BaseSettings):
         "cross-fitted gate finds fewer errors without more strangers named; `faces reassign` (raw pinned) "
         "never uses it. Off by default.",
     )
+    learned_matcher: Literal["library", "adaptive"] = Field(
+        "library",
+        description="Which learned matcher FACE_LEARNED_MATCHING fits: library (adaptive score normalisation "
+        "plus prototype cosines of faces averaged with their nearest library faces; reads the whole space and "
+        "builds its k-NN graph at each fit) or adaptive (score normalisation alone).",
+    )
 
     # --- training (seed) ------------------------------------------------------------------------------
     triplet_margin: float = Field(0.2, gt=0, le=2)

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from face_pipeline.domain.assignment import NO_PERSON, assign_to_known_people, build_prototypes
+from face_pipeline.domain.neighbour_averaging import LibraryMatcher
 from face_pipeline.domain.person_matching import PersonMatcher
 
 __all__ = [
@@ -43,10 +44,12 @@ __all__ = [
     "MIN_GAIN",
     "MIN_JUDGED_PEOPLE",
     "HeldOutFigures",
+    "LibraryScorer",
     "MatcherFit",
     "MatcherVerdict",
     "fit_person_matcher",
     "judge_matcher",
+    "library_matcher_fit",
 ]
 
 DEFAULT_FOLDS = 3
@@ -58,12 +61,15 @@ MIN_HELD_OUT_FACES = 20  # held-out faces of trained people (all folds) needed t
 STRANGER_SLACK = 500  # one more stranger named per this many strangers (at least one) ...
 PRECISION_SLACK = 0.002  # ... and precision may fall by this, or by one name's worth when fewer are given
 
-# (vectors (n, d), labels (n,) int with NO_PERSON, rejections (k, 2) (row, label)) -> a fitted matcher
-MatcherFit = Callable[[np.ndarray, np.ndarray, np.ndarray], PersonMatcher]
+# (vectors (n, d), labels (n,) int with NO_PERSON, rejections (k, 2) (row, label), rows (n,): which of the
+# judged faces these are) -> a fitted matcher: `people_`, `scores(vectors)`, `threshold_for`, `margin_for`
+MatcherFit = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], Any]
 
 
-def fit_person_matcher(vectors: np.ndarray, labels: np.ndarray, rejections: np.ndarray) -> PersonMatcher:
-    """The matcher the pipeline uses (PersonMatcher's defaults: 5 exemplars, cohort 50, weight 1)."""
+def fit_person_matcher(
+    vectors: np.ndarray, labels: np.ndarray, rejections: np.ndarray, rows: np.ndarray | None = None
+) -> PersonMatcher:
+    """The adaptive matcher (PersonMatcher's defaults: 5 exemplars, cohort 50, weight 1); `rows` unused."""
     return PersonMatcher().fit(vectors, labels, rejections)
 
 
@@ -98,7 +104,7 @@ class MatcherVerdict:
     raw: HeldOutFigures | None
     learned: HeldOutFigures | None
     folds: int
-    matcher: PersonMatcher | None = field(default=None, compare=False, repr=False)  # fitted on all, when used
+    matcher: Any = field(default=None, compare=False, repr=False)  # fitted on all the labels, when used
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -160,13 +166,30 @@ def judge_matcher(
     # at random (person uuids) nor on unrelated faces (a rejection elsewhere leaves them as they were).
     first_photo = {int(p): int(image_ids[labels == p].min()) for p in people.tolist()}
     person_key = np.array([first_photo.get(int(v), -1) for v in labels.tolist()], dtype=np.int64)
+    on_first = np.flatnonzero((image_ids == person_key) & (labels != NO_PERSON))
+    first_face = np.zeros(len(labels), dtype=bool)
+    first_face[on_first[np.unique(labels[on_first], return_index=True)[1]]] = True  # one face per person
     rounds: list[list[_FoldRun]] = []
     for repeat in range(repeats):
         draw = seed * 1009 + repeat
         person_fold = np.where(labels != NO_PERSON, _mix(person_key, 2 * draw) % folds, -1).astype(np.int64)
         photo_fold = (_mix(image_ids, 2 * draw + 1) % folds).astype(np.int64)
+        calibration = (_mix(person_key, 7 * draw + 3) % 2 == 0) & (labels != NO_PERSON)
         maybe = [
-            _fold_run(x, labels, image_ids, rej, person_fold, photo_fold, f, raw_threshold, raw_margin, fit)
+            _fold_run(
+                x,
+                labels,
+                image_ids,
+                rej,
+                person_fold,
+                photo_fold,
+                calibration,
+                first_face,
+                f,
+                raw_threshold,
+                raw_margin,
+                fit,
+            )
             for f in range(folds)
         ]
         rounds.append([r for r in maybe if r is not None])
@@ -179,24 +202,13 @@ def judge_matcher(
             folds,
         )
     raw = _sum_figures([r.raw for r in runs])
-    parts = []
-    for group in rounds:
-        for i, run in enumerate(group):  # each fold's offset is chosen on the other folds' strangers
-            others = [r for j, r in enumerate(group) if j != i]
-            offset = _offset(
-                np.concatenate([r.above_mapped for r in others]), sum(r.raw.strangers_named for r in others)
-            )
-            parts.append(run.learned_at(offset))
-    learned = _sum_figures(parts)
+    learned = _sum_figures([r.learned for r in runs])
     verdict = _verdict(raw, learned, float("nan"), float("nan"), folds, repeats)
     if not verdict.use:
         return verdict
-    matcher = fit(x, labels, rej)
-    offsets = [
-        _offset(np.concatenate([r.above_mapped for r in group]), sum(r.raw.strangers_named for r in group))
-        for group in rounds
-    ]
-    threshold, margin = matcher.threshold_for(raw_threshold) + max(offsets), matcher.margin_for(raw_margin)
+    matcher = fit(x, labels, rej, np.arange(len(x)))
+    offset = float(np.median([r.offset for r in runs]))
+    threshold, margin = matcher.threshold_for(raw_threshold) + offset, matcher.margin_for(raw_margin)
     return replace(verdict, threshold=threshold, margin=margin, matcher=matcher)
 
 
@@ -235,9 +247,9 @@ def _verdict(
 @dataclass
 class _FoldRun:
     query_truth: np.ndarray  # (q,) person labels of the held-out faces
-    raw: HeldOutFigures
-    above_mapped: np.ndarray  # (s,) each stranger's best allowed matcher score minus the mapped threshold
-    learned_at: Callable[[float], HeldOutFigures]  # offset over the mapped threshold -> figures
+    raw: HeldOutFigures  # on the held-out faces and the judging half of the held-out people
+    learned: HeldOutFigures  # the same faces, at the offset the calibration half asked for
+    offset: float  # the offset all this fold's held-out people ask for (for the threshold put in use)
 
 
 def _fold_run(
@@ -247,13 +259,17 @@ def _fold_run(
     rej: np.ndarray,
     face_person_fold: np.ndarray,
     photo_fold: np.ndarray,
+    calibration: np.ndarray,
+    first_face: np.ndarray,
     fold: int,
     raw_threshold: float,
     raw_margin: float,
     fit: MatcherFit,
 ) -> _FoldRun | None:
     named = labels != NO_PERSON
-    strangers = np.flatnonzero(named & (face_person_fold == fold))
+    # One face per held-out person (their first photo): strangers are mostly people seen once, and a held-out
+    # person with many photos who looks like a named one would otherwise count once per photo.
+    strangers = np.flatnonzero(named & (face_person_fold == fold) & first_face)
     known = named & (face_person_fold != fold)
     train = np.flatnonzero((known & (photo_fold != fold)) | ~named)
     trained_people = np.unique(labels[train][labels[train] != NO_PERSON])
@@ -264,13 +280,12 @@ def _fold_run(
     position[train] = np.arange(len(train))
     kept = rej[(position[rej[:, 0]] >= 0) & np.isin(rej[:, 1], trained_people)]
     train_rej = np.stack([position[kept[:, 0]], kept[:, 1]], axis=1) if len(kept) else np.zeros((0, 2), np.int64)
-    matcher = fit(x[train], labels[train], train_rej)
+    matcher = fit(x[train], labels[train], train_rej, train)
     if not np.array_equal(matcher.people_, trained_people):
         raise ValueError("the matcher's people differ from the labels it was fitted on")
     names = train[labels[train] != NO_PERSON]
     prototypes = build_prototypes(x[names], labels[names])
     scored = np.concatenate([queries, strangers])
-    s = len(strangers)
     column = {int(p): i for i, p in enumerate(trained_people.tolist())}
     positions = {int(r): i for i, r in enumerate(scored.tolist())}
     masked = np.array(
@@ -283,16 +298,22 @@ def _fold_run(
         )
         return np.where(result.person_index == NO_PERSON, NO_PERSON, trained_people[np.maximum(result.person_index, 0)])
 
-    raw = _figures(decide(raw_threshold, raw_margin, None), labels[queries], s)
+    raw_pred = decide(raw_threshold, raw_margin, None)
     threshold, margin = matcher.threshold_for(raw_threshold), matcher.margin_for(raw_margin)
     stranger_scores = matcher.scores(x[strangers])
     local = masked[masked[:, 0] >= len(queries)]
     stranger_scores[local[:, 0] - len(queries), local[:, 1]] = -np.inf
+    above = _best_with_margin(stranger_scores, margin) - threshold
+    named_by_raw = raw_pred[len(queries) :] != NO_PERSON
+    calib = calibration[strangers]
+    offset = _offset(above[calib], int(named_by_raw[calib].sum()))
+    learned_pred = decide(threshold + offset, margin, matcher.scores)
+    judged = np.concatenate([np.arange(len(queries)), len(queries) + np.flatnonzero(~calib)])
     return _FoldRun(
         labels[queries],
-        raw,
-        _best_with_margin(stranger_scores, margin) - threshold,
-        lambda offset: _figures(decide(threshold + offset, margin, matcher.scores), labels[queries], s),
+        _figures(raw_pred[judged], labels[queries], int((~calib).sum())),
+        _figures(learned_pred[judged], labels[queries], int((~calib).sum())),
+        _offset(above, int(named_by_raw.sum())),
     )
 
 
@@ -334,3 +355,45 @@ def _sum_figures(parts: list[HeldOutFigures]) -> HeldOutFigures:
     return HeldOutFigures(
         **{name: sum(getattr(p, name) for p in parts) for name in HeldOutFigures.__dataclass_fields__}
     )
+
+
+class LibraryScorer:
+    """`neighbour_averaging.LibraryMatcher` behind the matcher interface the gate and the pipeline use:
+    `scores(vectors)` scores faces with their nearest library faces (`scores_of`), and the raw threshold and
+    margin are mapped onto its score as its two parts' mappings mixed by `context_share`."""
+
+    def __init__(self, matcher: LibraryMatcher) -> None:
+        self.matcher = matcher
+        self.people_ = matcher.people_
+
+    def scores(self, vectors: np.ndarray) -> np.ndarray:
+        return self.matcher.scores_of(vectors)
+
+    def threshold_for(self, raw_threshold: float) -> float:
+        share = self.matcher.context_share
+        raw, context = self.matcher.parts
+        return (1 - share) * raw.threshold_for(raw_threshold) + share * context.threshold_for(raw_threshold)
+
+    def margin_for(self, raw_margin: float) -> float:
+        share = self.matcher.context_share
+        raw, context = self.matcher.parts
+        return (1 - share) * raw.margin_for(raw_margin) + share * context.margin_for(raw_margin)
+
+
+def library_matcher_fit(
+    library: np.ndarray, library_rows: np.ndarray, neighbours: np.ndarray | None = None
+) -> MatcherFit:
+    """A MatcherFit for `LibraryMatcher`: the judged faces are rows `library_rows` ((n,) int) of `library`
+    ((N, d), every face of the library, labelled or not); each fit labels only the faces it is given (the
+    held-out ones stay in the library, unlabelled, as they are in a real library). `neighbours`: the
+    library's k-NN graph ((N, >= k) int), computed once."""
+    library_rows = np.asarray(library_rows, dtype=np.int64)
+
+    def fit(x: np.ndarray, labels: np.ndarray, rejections: np.ndarray, rows: np.ndarray) -> LibraryScorer:
+        at = library_rows[rows]
+        everyone = np.full(len(library), NO_PERSON, dtype=np.int64)
+        everyone[at] = labels
+        rej = np.stack([at[rejections[:, 0]], rejections[:, 1]], axis=1) if len(rejections) else rejections
+        return LibraryScorer(LibraryMatcher().fit(library, everyone, rej, neighbours=neighbours))
+
+    return fit

@@ -226,6 +226,12 @@ class LibraryMatcher:
         if not hasattr(self, "people_"):
             raise ValueError("this LibraryMatcher is not fitted: call fit(...) first")
 
+    @property
+    def parts(self) -> tuple[PersonMatcher, PersonMatcher]:
+        """The fitted raw-space matcher and the neighbour-averaged space's one (for mapping thresholds)."""
+        self._check_fitted()
+        return self._raw, self._context
+
     def _mix(self, raw: np.ndarray, averaged: np.ndarray) -> np.ndarray:
         a = self.context_share
         return ((1 - a) * self._raw.scores(raw) + a * self._context.scores(averaged)).astype(np.float32)

@@ -219,7 +219,7 @@ def assign_known_faces(
             RunMatcher(None, params.person_threshold, params.person_margin, "raw matching: thresholds given")
             if explicit
             else matcher_for_run(
-                library, session, params.space, prototypes, params.person_threshold, params.person_margin
+                library, session, vectors, params.space, prototypes, params.person_threshold, params.person_margin
             )
         )
         report.matching = matching.reason

@@ -26,7 +26,15 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from face_pipeline.domain.assignment import PersonScorer, Prototypes
-from face_pipeline.domain.learned_matching import NO_PERSON, judge_matcher
+from face_pipeline.domain.learned_matching import (
+    NO_PERSON,
+    MatcherFit,
+    fit_person_matcher,
+    judge_matcher,
+    library_matcher_fit,
+)
+from face_pipeline.domain.neighbors import knn_graph
+from face_pipeline.domain.neighbour_averaging import DEFAULT_NEIGHBOURS
 from face_pipeline.domain.person_matching import PersonMatcher
 from face_pipeline.services.library import Library
 from face_pipeline.services.space_switch import read_pin
@@ -36,8 +44,11 @@ from face_pipeline.storage.vectors import VectorStore
 log = logging.getLogger(__name__)
 
 STATE_PREFIX = "learned_matcher:"  # pipeline_state key prefix; the space name follows
-MATCHER_KIND = "adaptive score normalisation (PersonMatcher)"
-_VERSION = "1"  # bump when the fit or the gate changes: stored verdicts are then judged again
+KINDS = {
+    "library": "adaptive score normalisation + library neighbour averaging (LibraryMatcher)",
+    "adaptive": "adaptive score normalisation (PersonMatcher)",
+}
+_VERSION = "2"  # bump when the fit or the gate changes: stored verdicts are then judged again
 
 
 @dataclass(frozen=True)
@@ -78,6 +89,7 @@ def _labels(session: Session) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[
 
 
 def _digest(
+    kind: str,
     space: str,
     threshold: float,
     margin: float,
@@ -85,7 +97,7 @@ def _digest(
     people: np.ndarray,
     rejections: list[tuple[int, str]],
 ) -> str:
-    digest = hashlib.sha256(f"{_VERSION}\x00{space}\x00{threshold!r}\x00{margin!r}\x00".encode())
+    digest = hashlib.sha256(f"{_VERSION}\x00{kind}\x00{space}\x00{threshold!r}\x00{margin!r}\x00".encode())
     digest.update(face_ids.tobytes())
     digest.update("\x00".join(map(str, people.tolist())).encode())
     digest.update("\x00".join(f"{f}:{p}" for f, p in sorted(rejections)).encode())
@@ -103,7 +115,8 @@ def refresh_matcher(
     the stored verdict (`use`, `reason`, figures, `seconds`, `reused`)."""
     started = time.perf_counter()
     face_ids, people, images, rejections = _labels(session)
-    digest = _digest(space, threshold, margin, face_ids, people, rejections)
+    kind = library.settings.learned_matcher
+    digest = _digest(kind, space, threshold, margin, face_ids, people, rejections)
     row = session.get(PipelineState, _key(space))
     if row is not None and row.value.get("digest") == digest:
         return {**row.value, "reused": True}
@@ -117,11 +130,13 @@ def refresh_matcher(
         [(row_of[f], column[p]) for f, p in rejections if f in row_of and p in column], dtype=np.int64
     ).reshape(-1, 2)
     matrix = vectors.fetch(space, face_ids) if len(face_ids) else np.zeros((0, 0), np.float32)
-    verdict = judge_matcher(matrix, labels, images, rej, threshold, margin) if len(face_ids) else None
+    fit = _fitter(kind, vectors, space, face_ids) if len(face_ids) else fit_person_matcher
+    verdict = judge_matcher(matrix, labels, images, rej, threshold, margin, fit=fit) if len(face_ids) else None
     value: dict[str, Any] = {
         "digest": digest,
         "space": space,
-        "kind": MATCHER_KIND,
+        "kind": kind,
+        "matcher": KINDS[kind],
         "raw_threshold": threshold,
         "raw_margin": margin,
         "at": f"{utcnow():%Y-%m-%d %H:%M} UTC",
@@ -133,7 +148,7 @@ def refresh_matcher(
         value.update(use=False, reason="kept raw matching: no labels yet", file=None)
     else:
         value.update(verdict.as_json(), file=None)
-        if verdict.use and verdict.matcher is not None:
+        if verdict.use and isinstance(verdict.matcher, PersonMatcher):  # a library matcher is refitted when used
             matcher = verdict.matcher
             directory = _matcher_dir(library)
             directory.mkdir(parents=True, exist_ok=True)
@@ -152,6 +167,15 @@ def refresh_matcher(
     return {**value, "reused": False}
 
 
+def _fitter(kind: str, vectors: VectorStore, space: str, face_ids: np.ndarray) -> MatcherFit:
+    """The fit of this kind of matcher for `judge_matcher`, whose faces are `face_ids` (ascending)."""
+    if kind == "adaptive":
+        return fit_person_matcher
+    library_ids, library = vectors.fetch_all(space)  # ids ascending
+    graph = knn_graph(library, n_neighbors=min(DEFAULT_NEIGHBOURS, len(library) - 1)).indices
+    return library_matcher_fit(library, np.searchsorted(library_ids, face_ids), graph)
+
+
 def stored_verdict(session: Session, space: str) -> dict[str, Any] | None:
     row = session.get(PipelineState, _key(space))
     return None if row is None else dict(row.value)
@@ -160,6 +184,7 @@ def stored_verdict(session: Session, space: str) -> dict[str, Any] | None:
 def matcher_for_run(
     library: Library,
     session: Session,
+    vectors: VectorStore,
     space: str,
     prototypes: Prototypes | None,
     threshold: float,
@@ -176,17 +201,32 @@ def matcher_for_run(
     value = stored_verdict(session, space)
     if value is None:
         return RunMatcher(None, threshold, margin, "raw matching: no learned matcher fitted yet")
-    if not value.get("use") or not value.get("file"):
+    if not value.get("use"):
         return RunMatcher(None, threshold, margin, str(value.get("reason", "raw matching")))
     face_ids, people, _, rejections = _labels(session)
-    if value.get("digest") != _digest(space, threshold, margin, face_ids, people, rejections):
+    kind = library.settings.learned_matcher
+    if value.get("digest") != _digest(kind, space, threshold, margin, face_ids, people, rejections):
         return RunMatcher(
-            None, threshold, margin, "raw matching: the labels or threshold changed since the matcher was judged"
+            None, threshold, margin, "raw matching: the labels, matcher or threshold changed since it was judged"
         )
-    with np.load(_matcher_dir(library) / str(value["file"]), allow_pickle=False) as state:
-        arrays = {k: state[k] for k in state.files}
-    matcher = PersonMatcher.from_dict(arrays)
-    names = arrays["names"].astype(object)[matcher.people_]
+    names_of = np.array(sorted({p for p in people.tolist() if p is not None}), dtype=object)
+    if kind == "library":  # refitted on the labels it was judged on, with today's library as context
+        labels = np.full(len(face_ids), NO_PERSON, dtype=np.int64)
+        named = people != None  # noqa: E711
+        labels[named] = np.searchsorted(names_of, people[named])
+        row_of = {int(f): i for i, f in enumerate(face_ids.tolist())}
+        column = {str(p): i for i, p in enumerate(names_of.tolist())}
+        rej = np.array(
+            [(row_of[f], column[p]) for f, p in rejections if f in row_of and p in column], dtype=np.int64
+        ).reshape(-1, 2)
+        fit = _fitter(kind, vectors, space, face_ids)
+        matcher: Any = fit(vectors.fetch(space, face_ids), labels, rej, np.arange(len(face_ids)))
+        names = names_of[matcher.people_]
+    else:
+        with np.load(_matcher_dir(library) / str(value["file"]), allow_pickle=False) as state:
+            arrays = {k: state[k] for k in state.files}
+        matcher = PersonMatcher.from_dict(arrays)
+        names = arrays["names"].astype(object)[matcher.people_]
     columns = prototypes.index_of(names.tolist())
     keep = columns >= 0
     width = prototypes.n_people
