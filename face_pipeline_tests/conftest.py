@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +21,51 @@ POSTGRES_ADMIN_URL = os.environ.get("FACE_TEST_POSTGRES_URL", "postgresql://post
 def pytest_configure(config: pytest.Config) -> None:
     # insightface's norm_crop calls scikit-image's deprecated SimilarityTransform.estimate on every face.
     config.addinivalue_line("filterwarnings", "ignore:`estimate` is deprecated:FutureWarning:insightface.*")
+
+
+# Session fixtures whose embedding caches are built in the background once a collected test needs them:
+# fixture name -> (model, identity stride), in the order the builder takes them (the suite needs buffalo_s first).
+_CACHED_EMBEDDINGS = {"lfw_dev_arcface": ("buffalo_s", 1), "lfw_dev_embeddings": ("dlib", 3)}
+_cache_builder: subprocess.Popen[bytes] | None = None
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection: only the tests that will run count
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Start building the lfw-dev embedding caches the collected tests will need, in a background process at
+    the lowest CPU priority (face_pipeline_tests/lfw_cache.py): on a fresh clone the builds (~4 minutes on
+    2 cores) then overlap the tests before them instead of stopping the suite. FACE_TEST_BACKGROUND_CACHE=0:
+    each cache is built when its first test needs it."""
+    global _cache_builder
+    from face_pipeline_tests.lfw_cache import BUILD_LOG, cache_path
+
+    lfw_dev = datasets_root() / "lfw-dev"
+    if os.environ.get("FACE_TEST_BACKGROUND_CACHE", "1") == "0" or not lfw_dev.is_dir():
+        return
+    needed = {name for item in items for name in getattr(item, "fixturenames", ()) if name in _CACHED_EMBEDDINGS}
+    specs = [
+        f"{model}:{stride}"
+        for name, (model, stride) in _CACHED_EMBEDDINGS.items()
+        if name in needed and not cache_path(REPO / ".cache", lfw_dev, model, stride).is_file()
+    ]
+    if not specs:
+        return
+    (REPO / ".cache").mkdir(exist_ok=True)
+    with open(REPO / ".cache" / BUILD_LOG, "ab") as log:
+        _cache_builder = subprocess.Popen(
+            [sys.executable, "-m", "face_pipeline_tests.lfw_cache", str(lfw_dev), str(REPO / ".cache"), *specs],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a Ctrl-C of the suite is handled below, not sent to the pool mid-write
+        )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A suite that ends (or is interrupted) before the background build does stops it: a half-built cache is
+    never kept (lfw_cache writes it under another name and renames it when complete)."""
+    if _cache_builder is not None and _cache_builder.poll() is None:
+        os.killpg(_cache_builder.pid, 15)
+        _cache_builder.wait(timeout=30)
 
 
 def datasets_root() -> Path:

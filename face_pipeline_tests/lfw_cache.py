@@ -4,14 +4,24 @@ Tests that need thousands of real faces (lfw-dev) load them from here; on a fres
 builds the cache with the project's own loader and embedder, in a pool of processes. Measured on 2 cores
 for lfw-dev (5,029 photos): buffalo_s (SCRFD-500M + MobileFaceNet) ~1.5 minutes (a face in all 5,029); dlib
 4-7 minutes (5,004 faces), so its tests take every third person (1,842 faces, about a third of the time).
+
+The suite starts those builds in the background as soon as it knows a collected test needs them
+(conftest.pytest_collection_modifyitems runs `python -m face_pipeline_tests.lfw_cache DATASET CACHE_DIR
+MODEL[:STRIDE] ...` at the lowest CPU priority), so they use what the earlier tests leave of 2 cores instead of
+stopping the suite for minutes. A lock file beside each cache lets one process build it while any other that
+needs it waits (`load_or_build`).
 """
 
 from __future__ import annotations
 
+import argparse
+import fcntl
 import multiprocessing
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -122,9 +132,45 @@ def load_or_build(
     min_face_size: int | None = None,
     workers: int = 2,
 ) -> dict[str, np.ndarray]:
-    """The cached embeddings of `dataset` by model `choice`, built first when the cache is missing."""
+    """The cached embeddings of `dataset` by model `choice`, built first when the cache is missing (by this
+    process, or by another one that is building it already: then this one waits for it)."""
     cache = cache_path(cache_dir, dataset, choice, identity_stride, min_face_size)
     if not cache.is_file():
-        build_embeddings(dataset, cache, choice, workers, identity_stride, min_face_size)
+        with _building(cache):
+            if not cache.is_file():
+                build_embeddings(dataset, cache, choice, workers, identity_stride, min_face_size)
     with np.load(cache) as data:
         return {key: data[key] for key in data.files}
+
+
+@contextmanager
+def _building(cache: Path) -> Iterator[None]:
+    """Hold `cache`'s build lock (an flock on <cache>.lock, released if the holder dies)."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache.with_suffix(".lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _progress(f"{cache.name}: waiting for the process building it (log: {cache.parent / BUILD_LOG})")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+BUILD_LOG = "test-cache-build.log"  # the background builder's output, in the cache folder
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Build the missing caches named on the command line, one after the other (see the module docstring)."""
+    parser = argparse.ArgumentParser(description="Build test embedding caches (at the lowest CPU priority).")
+    parser.add_argument("dataset", type=Path)
+    parser.add_argument("cache_dir", type=Path)
+    parser.add_argument("models", nargs="+", metavar="MODEL[:STRIDE]", help="e.g. buffalo_s dlib:3")
+    args = parser.parse_args(argv)
+    os.nice(19)  # the pool's processes inherit it: the tests running meanwhile come first
+    for spec in args.models:
+        model, _, stride = spec.partition(":")
+        load_or_build(args.dataset, args.cache_dir, model, identity_stride=int(stride or 1))
+
+
+if __name__ == "__main__":
+    main()
