@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from face_pipeline.errors import InvalidInput
-from face_pipeline.services.catalog import PHOTO_EXTENSIONS
+from face_pipeline.services.library_walk import PHOTO_EXTENSIONS
 
 PHASE_A = "a"  # the library as first ingested
 PHASE_B = "b"  # photos that arrive after the labelling rounds

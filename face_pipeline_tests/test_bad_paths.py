@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from face_pipeline.services.catalog import BAD_NAME, scan_photos
+from face_pipeline.services.catalog import scan_photos
+from face_pipeline.services.library_walk import BAD_NAME
 from face_pipeline.storage.db import Database
 from face_pipeline.storage.models import Image, ImageStatus
 

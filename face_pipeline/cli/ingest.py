@@ -51,7 +51,7 @@ def backfill(
         f"(space {detected.get('space') or '-'}; run {result.run_id})"
     )
     if not catalog.get("files_seen"):
-        from face_pipeline.services.catalog import PHOTO_EXTENSIONS
+        from face_pipeline.services.library_walk import PHOTO_EXTENSIONS
 
         kinds = ", ".join(sorted(PHOTO_EXTENSIONS))
         where = f"no photos under {settings.photos_dir} (looked for {kinds})"

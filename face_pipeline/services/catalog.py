@@ -8,29 +8,33 @@ written into the file) keep its faces and names; anything else = pending detecti
 
 Every path the scan cannot use is recorded as a skipped row with its reason (symbolic-link loops, broken
 links, folders it may not list, names that are not UTF-8, formats it cannot decode, files it may not read)
-and the scan goes on. Files skipped because they could not be read are tried again on every scan.
+and the scan goes on (the walk itself: services/library_walk.py). Files skipped because they could not be read
+are tried again on every scan.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import os
-import stat as stat_mode
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from PIL import features
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from face_pipeline.errors import UserFacingError
+from face_pipeline.services.library_walk import (
+    LibraryWalk,
+    PhotoFile,
+    UnusablePath,
+    storable_path,
+    walk_library,
+)
 from face_pipeline.settings import Settings
 from face_pipeline.storage.db import Database
 from face_pipeline.storage.models import Image, ImageStatus, utcnow
@@ -38,14 +42,6 @@ from face_pipeline.vision.images import ImageRejected, is_unreadable_reason, loa
 
 log = logging.getLogger(__name__)
 
-_AVIF = frozenset({".avif"}) if features.check("avif") else frozenset()
-PHOTO_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}) | _AVIF
-# Image formats a library holds that Pillow cannot decode here: recorded as "unsupported format", not ignored.
-UNSUPPORTED_EXTENSIONS = (
-    frozenset({".heic", ".heif", ".avif", ".jxl", ".jp2", ".j2k", ".svg", ".psd", ".xcf"})
-    | frozenset({".dng", ".cr2", ".cr3", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".raf", ".pef"})
-    | frozenset({".srw", ".x3f", ".3fr", ".erf", ".kdc", ".mrw", ".raw", ".rwl", ".iiq"})
-) - PHOTO_EXTENSIONS
 _HASH_CHUNK = 1 << 20
 _WORKERS = 4
 _EXAMPLES = 20  # paths kept per kind in ScanReport.examples
@@ -53,14 +49,8 @@ _DEFAULTS = Settings.model_fields
 _MAX_PIXELS = int(_DEFAULTS["max_image_pixels"].default)
 _MAX_BYTES = int(_DEFAULTS["max_file_bytes"].default)
 
-BAD_NAME = "file name is not valid UTF-8 (shown with \\x escapes); rename the file to include it"
-
 
 class PhotosDirNotFound(UserFacingError, FileNotFoundError):
-    pass
-
-
-class PhotosDirUnreadable(UserFacingError, PermissionError):
     pass
 
 
@@ -91,138 +81,6 @@ class ScanReport:
         kept = self.examples.setdefault(kind, [])
         if len(kept) < _EXAMPLES:
             kept.append(example)
-
-
-class _FileStat(NamedTuple):  # a tuple: one per photo, 100K+ per scan
-    path: str
-    size: int
-    mtime: float
-
-
-@dataclass(frozen=True)
-class UnusablePath:
-    """A path under the photos folder the scan could not use; `path` is safe to store (see `storable_path`)."""
-
-    path: str
-    reason: str
-
-
-@dataclass
-class LibraryWalk:
-    photos: list[_FileStat] = field(default_factory=list)
-    unusable: list[UnusablePath] = field(default_factory=list)
-    unlisted: list[str] = field(default_factory=list)  # folders that could not be listed: their rows are kept
-
-
-# --- the walk -----------------------------------------------------------------------------------------
-
-
-def storable_path(path: str) -> str:
-    """The path as valid UTF-8 text: itself, or for a name that is not UTF-8 its bytes with \\x escapes
-    (os.fsencode undoes Python's surrogate escapes); SQLite and PostgreSQL both store that."""
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return os.fsencode(path).decode("utf-8", "backslashreplace")
-    return path
-
-
-def walk_library(root: Path) -> LibraryWalk:
-    """Every photo file under root (recursive, any extension case, hidden folders skipped), and every path
-    that looks like a photo or a folder but cannot be used, with its reason. Never raises for one path."""
-    walk = LibraryWalk()
-    root = root.resolve()  # absolute and normal: every path the walk builds from it is too
-    stack = [str(root)]
-    photos = walk.photos
-    as_stat = tuple.__new__  # builds a _FileStat without NamedTuple's Python-level __new__ (~0.1 s per 100K)
-    while stack:
-        folder = stack.pop()
-        try:
-            with os.scandir(folder) as listing:
-                entries = list(listing)
-        except OSError as exc:
-            if folder == str(root):
-                raise PhotosDirUnreadable(f"cannot read the photos folder {root}: {_why(exc)}") from exc
-            walk.unlisted.append(folder)
-            reason = f"cannot read folder {os.path.basename(folder)}: {_why(exc)}; the photos in it were not scanned"
-            walk.unusable.append(UnusablePath(storable_path(folder), reason))
-            continue
-        storable_folder = storable_path(folder) == folder
-        for entry in entries:
-            name = entry.name
-            if name[0] == ".":
-                continue
-            try:
-                # The common case in line (it runs once per file): a regular file, not a link; a photo with an
-                # ASCII name is one stat, another file none. The rest (links, folders, unusual names,
-                # unsupported formats) is looked at by `_classify`.
-                if storable_folder and entry.is_file(follow_symlinks=False):
-                    dot = name.rfind(".")
-                    ext = name[dot:].lower() if dot > 0 else ""
-                    if ext in PHOTO_EXTENSIONS and name.isascii():
-                        info = entry.stat(follow_symlinks=False)
-                        photos.append(as_stat(_FileStat, (entry.path, info.st_size, info.st_mtime)))
-                        continue
-                    if ext not in UNSUPPORTED_EXTENSIONS and ext not in PHOTO_EXTENSIONS:
-                        continue  # not a photo
-                _classify(entry, stack, walk)
-            except OSError as exc:  # a failure no rule foresaw: this path is recorded, the scan goes on
-                walk.unusable.append(UnusablePath(storable_path(entry.path), unreadable_reason(name, exc)))
-    return walk
-
-
-def iter_photos(root: Path) -> Iterator[_FileStat]:
-    """Every usable photo file under root (see `walk_library`)."""
-    yield from walk_library(root).photos
-
-
-def _classify(entry: os.DirEntry[str], stack: list[str], walk: LibraryWalk) -> None:
-    if entry.is_dir(follow_symlinks=False):
-        stack.append(entry.path)
-        return
-    ext = os.path.splitext(entry.name)[1].lower()
-    link = entry.is_symlink()
-    looks_like_photo = ext in PHOTO_EXTENSIONS or ext in UNSUPPORTED_EXTENSIONS
-    if not looks_like_photo and not (link and ext == ""):
-        return  # not a photo (a link without an extension may be a link to a folder: looked at below)
-    path = entry.path  # the walk starts from the resolved root, so this is already absolute and normal
-    stored = storable_path(path)
-    if stored != path:
-        walk.unusable.append(UnusablePath(stored, BAD_NAME))
-        return
-    reason = _unusable_reason(entry, ext, link)
-    if reason is not None:
-        walk.unusable.append(UnusablePath(stored, reason))
-    elif looks_like_photo:
-        info = entry.stat()
-        walk.photos.append(_FileStat(path, info.st_size, info.st_mtime))
-
-
-def _unusable_reason(entry: os.DirEntry[str], ext: str, link: bool) -> str | None:
-    """Why this photo-like path cannot be catalogued, or None when it is a regular photo file."""
-    try:
-        info = entry.stat()  # follows a symbolic link
-    except FileNotFoundError:
-        target = os.readlink(entry.path) if link else "?"
-        return f"broken symbolic link: {entry.name} points to {storable_path(target)}, which does not exist"
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return f"symbolic link loop: {entry.name} (too many levels of symbolic links)"
-        return unreadable_reason(entry.name, exc)
-    if stat_mode.S_ISDIR(info.st_mode):
-        return f"symbolic link to a folder: {entry.name} is not followed (add the folder itself to the library)"
-    if not stat_mode.S_ISREG(info.st_mode):
-        return f"{entry.name} is not a regular file"
-    if ext in UNSUPPORTED_EXTENSIONS:
-        return f"unsupported format ({ext[1:].upper()}): convert {entry.name} to JPEG or PNG to include it"
-    return None
-
-
-def _why(exc: OSError) -> str:
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return "permission denied"
-    text = exc.strerror or str(exc)
-    return text[:1].lower() + text[1:]
 
 
 # --- hashing ------------------------------------------------------------------------------------------
@@ -402,18 +260,18 @@ def _rows_where(session: Session, column: Any, values: list[Any]) -> dict[str, A
     return {row.path: row for row in rows}
 
 
-def _needs_hash(row: Any, stat: _FileStat) -> bool:
+def _needs_hash(row: Any, stat: PhotoFile) -> bool:
     """A new file, a catalogued one whose size or mtime changed, or one skipped as unreadable (tried again)."""
     return row is None or _differs(row, stat) or _retry(row)
 
 
 def _catalog_changes(
     session: Session,
-    to_hash: list[_FileStat],
+    to_hash: list[PhotoFile],
     hashes: dict[str, tuple[str | None, str | None]],
     same_pixels: set[str],
     known: dict[str, Any],
-    on_disk: dict[str, _FileStat],
+    on_disk: dict[str, PhotoFile],
     vanished: dict[str, Any],
     under_root: str,
     inserts: list[dict[str, Any]],
@@ -457,7 +315,7 @@ def _catalog_changes(
 
 
 def _pixels_unchanged(
-    known: dict[str, Any], to_hash: list[_FileStat], hashes: dict[str, tuple[str | None, str | None]]
+    known: dict[str, Any], to_hash: list[PhotoFile], hashes: dict[str, tuple[str | None, str | None]]
 ) -> set[str]:
     """Paths of detected photos whose bytes changed but whose decoded pixels are the ones detected."""
     candidates = [
@@ -498,7 +356,7 @@ def _moved_from(digest: str, vanished: dict[str, Any], elsewhere: dict[str, Any]
     return None
 
 
-def _differs(row: Any, stat: _FileStat) -> bool:
+def _differs(row: Any, stat: PhotoFile) -> bool:
     return row.size_bytes != stat.size or abs(row.mtime - stat.mtime) > 1e-6
 
 
@@ -510,7 +368,7 @@ def _restored(row: Any) -> str:
 
 
 def _new_row(
-    stat: _FileStat, digest: str | None, original: int | None, *, skip_reason: str | None = None
+    stat: PhotoFile, digest: str | None, original: int | None, *, skip_reason: str | None = None
 ) -> dict[str, object]:
     now = utcnow()
     row: dict[str, object] = {
@@ -561,7 +419,7 @@ def _insert_new(session: Session, rows: list[dict[str, Any]]) -> None:
 def _update_known(
     session: Session,
     row: Any,
-    stat: _FileStat,
+    stat: PhotoFile,
     digest: str | None,
     why: str | None,
     same_pixels: bool,
@@ -641,7 +499,7 @@ def _mark_missing(session: Session, vanished: dict[str, Any], report: ScanReport
     report.missing = len(ids)
 
 
-def _restore_reappeared(session: Session, known: dict[str, Any], on_disk: dict[str, _FileStat]) -> None:
+def _restore_reappeared(session: Session, known: dict[str, Any], on_disk: dict[str, PhotoFile]) -> None:
     """A file marked missing that is back unchanged gets its old state back (faces were kept)."""
     for path, row in known.items():
         if path in on_disk and row.status == ImageStatus.MISSING and not _differs(row, on_disk[path]):

@@ -19,9 +19,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from face_pipeline.errors import InvalidInput
-from face_pipeline.services.catalog import hash_files, iter_photos
+from face_pipeline.services.catalog import hash_files
 from face_pipeline.services.labels import clean_name, name_faces, person_by_name, user_edit
 from face_pipeline.services.library import Library
+from face_pipeline.services.library_walk import iter_photos
 from face_pipeline.storage.models import FaceInstance, Image
 
 DOMINANCE = 2.0  # a face must have this many times the area of the next to be the photo's subject
