@@ -342,9 +342,7 @@ def test_sensor_never_starts_a_second_retrain_while_one_is_queued_or_running(lib
         assert isinstance(tick(instance, library), dg.SensorResult)
 
 
-def test_sensor_measures_growth_from_the_last_promoted_checkpoint(
-    library: Library, monkeypatch: pytest.MonkeyPatch
-):
+def test_sensor_measures_growth_from_the_last_promoted_checkpoint(library: Library, monkeypatch: pytest.MonkeyPatch):
     label_people(library, 0, 6)  # 30 labels
     promote(library, 25)
     monkeypatch.setenv("FACE_RETRAIN_MIN_NEW_LABELS", "5")

@@ -20,9 +20,7 @@ from face_pipeline.domain.projection_head import ProjectionHead
 CHECKPOINT_FORMAT = 1
 
 
-def save_checkpoint(
-    path: str | Path, state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]
-) -> Path:
+def save_checkpoint(path: str | Path, state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> Path:
     """Write the weights to `path` (a torch state dict) and `metadata` (plus the file format, the head's
     dimensions and the time) to `path` with a .json suffix. Returns the metadata path."""
     path = Path(path)

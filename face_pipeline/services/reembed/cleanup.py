@@ -29,10 +29,10 @@ from face_pipeline.storage.vectors import VectorStore, VectorStoreError
 
 log = logging.getLogger(__name__)
 
+
 def discard_staging(library: Library, vectors: VectorStore, run: Run) -> None:
     vectors.drop_collection(run.staging_collection)
     shutil.rmtree(run.staging_dir(library.settings), ignore_errors=True)
-
 
 
 def finish_run(library: Library, vectors: VectorStore, run_id: int) -> ReembedReport:

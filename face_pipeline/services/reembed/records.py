@@ -94,7 +94,6 @@ class Run:
         return cls(row.id, row.source_space, row.target_space, row.target_model, row.dim)
 
 
-
 def report_json(report: ReembedReport) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(report).items() if k not in ("seconds", "message")}
 

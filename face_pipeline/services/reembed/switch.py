@@ -43,7 +43,6 @@ from face_pipeline.vision.types import EmbeddingSpaceInfo
 _PAGE = 4096  # vectors per fetch/upsert when filling the new collection
 
 
-
 @dataclass
 class _Snapshot:
     """What the switch reads, in one transaction."""
