@@ -1,28 +1,32 @@
 """Learning from labels where it pays: a matcher learned from the users' decisions, used only to match faces to
 the named people, and the gate that decides whether it may.
 
-The matcher is `person_matching.PersonMatcher` (adaptive score normalisation of the prototype cosines, with the
-named people as the cohort and the faces users rejected as extra impostors). Unknown faces keep being grouped
-in the raw space, so nothing unseen is distorted. It is refitted whenever the labels change (seconds: 10,000
-faces of 1,000 people in ~3 s), so it always knows every named person.
+Two matchers (services/learned_matcher.py picks one, FACE_LEARNED_MATCHER):
+- `LibraryScorer` (default, "library"): `neighbour_averaging.LibraryMatcher`, 0.2 x the adaptive score below in
+  the raw space + 0.8 x prototype cosines in a space where every face is averaged with its 6 nearest library
+  faces (labelled or not), so a blurred or small face is scored with the faces around it;
+- `person_matching.PersonMatcher` ("adaptive"): adaptive score normalisation of the prototype cosines, the
+  named people as the cohort and the faces users rejected as extra impostors.
+Unknown faces keep being grouped in the raw space, so nothing unseen is distorted. Both are refitted whenever
+the labels change (seconds), so they always know every named person.
 
-The gate (`judge_matcher`) compares like with like on the labels alone, cross-fitted over `folds` folds: in
-fold f the people of fold f are held out whole (strangers: they must stay unnamed) and the other people's
-photos of fold f are held out (the faces the matcher is meant to find); raw prototypes and the matcher are
-fitted on the rest. Raw matching decides at the space's own threshold and margin, the matcher at the same
-threshold and margin mapped onto its scale (`PersonMatcher.threshold_for` / `margin_for`: exact for the
-score's pooled part), raised where needed: in fold f by the smallest offset at which the *other* folds'
-held-out strangers are named no more often than raw matching named them (cross-fitted; never lowered).
-Why anchored at the mapped threshold rather than calibrated to the raw stranger rate alone: at the product's
-thresholds raw matching names almost no stranger (sharp buffalo_s: 0-1 of ~1,600 held-out strangers), so a
-threshold matched to that rate sits on the single highest of a few hundred impostor scores; tried (out of
-fold, on a held-out half of the strangers, on held-out faces with their own person ruled out), it swung from
-naming 3x raw's strangers to missing 79% more faces between label draws. The threshold put in use is the
-mapped one raised by the offset that all folds' strangers ask for. The matcher is used
-only if, over all folds, it makes at least `MIN_GAIN` fewer known-people errors (held-out faces left unnamed
-or given a wrong name), names no more strangers and loses no precision; otherwise raw matching stays and the
-verdict says why (calibration noise allowed: one more stranger named per 500 strangers, at least one, and
-precision lower by at most 0.002 or one name's worth).
+The gate (`judge_matcher`) compares like with like on the labels alone, cross-fitted: `repeats` draws of
+`folds` folds, summed. In fold f the people of fold f are held out whole (strangers: they must stay unnamed;
+one face each, their first photo, because a held-out person with many photos who looks like a named one
+would otherwise count once per photo) and the other people's photos of fold f are held out (the faces the
+matcher is meant to find); raw prototypes and the matcher are fitted on the rest. Raw matching decides at the
+space's own threshold and margin, the matcher at the same threshold and margin mapped onto its scale
+(`threshold_for` / `margin_for`), raised by the smallest offset (never lowered) at which it names no more of
+one half of the held-out people than raw matching does; the other half and the held-out faces judge it.
+Why anchored at the mapped threshold rather than matched to the raw stranger rate alone: at the product's
+thresholds raw matching names almost no stranger, so a threshold matched to that rate sits on the highest of
+a few hundred impostor scores; tried (out of fold, on held-out faces with their own person ruled out), it
+swung from naming 3x raw's strangers to missing 79% more faces between label draws.
+The matcher is used only if it makes at least `MIN_GAIN` fewer known-people errors (held-out faces left
+unnamed or given a wrong name), names no more strangers and loses no precision; otherwise raw matching stays
+and the verdict says why (noise allowed: one more stranger named per 500, at least one; precision lower by
+at most 0.002 or one name's worth). The threshold put in use is the mapped one raised by the median offset
+the folds' held-out people asked for.
 
 Shapes: n labelled faces, m faces to score, p people, d dimensions.
 """
@@ -48,6 +52,7 @@ __all__ = [
     "MatcherFit",
     "MatcherVerdict",
     "fit_person_matcher",
+    "isolated_face_offset",
     "judge_matcher",
     "library_matcher_fit",
 ]
@@ -397,3 +402,15 @@ def library_matcher_fit(
         return LibraryScorer(LibraryMatcher().fit(library, everyone, rej, neighbours=neighbours))
 
     return fit
+
+
+def isolated_face_offset(matcher_scores: np.ndarray, threshold: float, margin: float, raw_named: int) -> float:
+    """How far to raise a matcher's `threshold` so that it names at most `raw_named` of these faces.
+
+    matcher_scores : (m, p) the matcher's scores of the library's *isolated* unnamed faces (no other library
+        face within the space's grouping distance): mostly people seen once, whom no label covers, so the
+        gate's held-out people (all photographed several times) do not stand for them
+    raw_named : how many of them raw matching names at its own threshold and margin
+    Returns an offset >= 0 (0: the threshold names no more of them than raw matching does).
+    """
+    return _offset(_best_with_margin(np.asarray(matcher_scores, dtype=np.float32), margin) - threshold, raw_named)

@@ -124,7 +124,9 @@ def _refresh_matcher(
     """With FACE_LEARNED_MATCHING on: fit and gate the learned matcher when the labels changed (seconds)."""
     if not library.settings.learned_matching:
         return
-    verdict = refresh_matcher(library, session, vectors, params.space, params.person_threshold, params.person_margin)
+    verdict = refresh_matcher(
+        library, session, vectors, params.space, params.person_threshold, params.person_margin, params.cluster_eps
+    )
     report.matcher = str(verdict["reason"])
     report.matcher_figures = {k: verdict.get(k) for k in ("use", "raw", "learned", "threshold", "seconds", "reused")}
 
