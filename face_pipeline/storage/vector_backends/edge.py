@@ -40,6 +40,7 @@ from qdrant_edge import (
     IsEmptyCondition,
     MatchAny,
     MatchValue,
+    Memory,
     PayloadSchemaType,
     Point,
     Query,
@@ -230,7 +231,12 @@ class EdgeVectorStore:
     def _create(self, path: Path, dim: int) -> _OpenShard:
         self._room()
         path.parent.mkdir(parents=True, exist_ok=True)
-        config = EdgeConfig(vectors=EdgeVectorParams(size=dim, distance=Distance.Cosine))
+        # Vectors "cold": mapped, read from the page cache when touched, not loaded whole when the collection
+        # opens. Every edit and run opens it, and most touch few vectors: at 200K faces opening took 0.48 s
+        # and 485 MB of RSS "cached", 0.18 s and 94 MB cold; the price is ~0.1 ms per vector on its first read
+        # after opening (5,000 random vectors: 0.05 -> 0.5 s). Set at creation; older collections keep theirs.
+        vectors = EdgeVectorParams(size=dim, distance=Distance.Cosine, memory=Memory.Cold)
+        config = EdgeConfig(vectors=vectors)
         with _engine_errors("create collection", path):
             shard = EdgeShard.create(str(path), config)
             _ensure_indexes(shard)
