@@ -154,6 +154,24 @@ def test_chunking_does_not_change_the_result() -> None:
     np.testing.assert_allclose(whole.best_score, parts.best_score, atol=1e-6)
 
 
+def test_a_subset_is_assigned_as_a_copy_of_those_rows_would_be() -> None:
+    # cluster-dual passes the whole library's vectors and the rows to assign instead of copying them
+    vectors, identities = synthetic_faces(1500, dim=64, seed=2)
+    labelled = np.arange(len(vectors)) % 2 == 0
+    protos = build_prototypes(vectors[labelled], identities[labelled])
+    rows = np.flatnonzero(~labelled)[::-1].copy()  # any order
+    images = np.arange(rows.size) // 3
+    rejected = np.array([[0, 0], [5, 3]])
+    copied = assign_to_known_people(vectors[rows], images, protos, 0.45, 0.05, rejected, chunk_size=100)
+    read = assign_to_known_people(vectors, images, protos, 0.45, 0.05, rejected, chunk_size=100, subset=rows)
+    np.testing.assert_array_equal(copied.person_index, read.person_index)
+    np.testing.assert_array_equal(copied.outcome, read.outcome)
+    np.testing.assert_allclose(copied.best_score, read.best_score, atol=1e-6)
+    assert (copied.person_index != -1).sum() > 100  # the comparison is about real assignments
+    with pytest.raises(ValueError, match="outside"):
+        assign_to_known_people(vectors, images[:1], protos, 0.45, subset=np.array([len(vectors)]))
+
+
 def test_synthetic_library_quality_with_arcface_defaults() -> None:
     vectors, identities = synthetic_faces(6000, dim=512, seed=4)
     ids, counts = np.unique(identities, return_counts=True)

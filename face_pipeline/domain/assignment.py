@@ -380,10 +380,12 @@ def assign_to_known_people(
     occupied: Iterable[tuple[object, object]] | None = None,
     chunk_size: int | None = None,
     scorer: PersonScorer | None = None,
+    subset: np.ndarray | None = None,
 ) -> Assignment:
     """Assign each face to a known person, or to nobody (see the module docstring for the rules).
 
-    vectors : (m, d) float, L2-normalised faces to assign (never the user-confirmed ones)
+    vectors : (m, d) float, L2-normalised faces to assign (never the user-confirmed ones); with `subset`,
+        (n, d) of which the faces to assign are vectors[subset]
     image_ids : (m,) the photo of each face (any comparable values)
     prototypes : from `build_prototypes` (same embedding space as `vectors`)
     threshold, margin : cosine; see `SpaceThresholds`
@@ -395,6 +397,9 @@ def assign_to_known_people(
     scorer : a learned matcher's scores (`PersonScorer`) instead of the best prototype cosine; `threshold` and
         `margin` are then on its scale (any finite threshold, margin >= 0). Columns follow
         `prototypes.person_ids`; rejected people, occupied pairs and photo conflicts are applied as always.
+    subset : (m,) int rows of `vectors`: the faces to assign, gathered a chunk at a time, so a caller holding
+        the whole library's vectors need not copy most of them (face i of the result is vectors[subset[i]];
+        image_ids, rejected rows and the result follow subset's order)
 
     Scores are computed in chunks of faces x prototypes, so memory stays bounded for any m.
     """
@@ -402,7 +407,13 @@ def assign_to_known_people(
     image_ids = np.asarray(image_ids)
     if vectors.ndim != 2:
         raise ValueError(f"vectors must be a 2-D array (m, d), got shape {vectors.shape!r}")
-    m = len(vectors)
+    if subset is not None:
+        subset = np.asarray(subset)
+        if subset.ndim != 1 or not np.issubdtype(subset.dtype, np.integer):
+            raise ValueError(f"subset must be a 1-D integer array of rows, got {subset.dtype} {subset.shape!r}")
+        if subset.size and (subset.min() < 0 or subset.max() >= len(vectors)):
+            raise ValueError(f"subset names rows outside 0..{len(vectors) - 1}")
+    m = len(vectors) if subset is None else len(subset)
     if image_ids.shape != (m,):
         raise ValueError(f"image_ids must have shape ({m},), got {image_ids.shape!r}")
     if scorer is None and not -1.0 <= threshold <= 1.0:
@@ -422,7 +433,7 @@ def assign_to_known_people(
         [_pairs_to_indices(rejected, prototypes, "rejected"), _occupied_to_pairs(occupied, image_ids, prototypes)]
     )
     masked = masked[masked[:, 0] < m]
-    best_person, best, second = _top_two_people(vectors, prototypes, masked, chunk_size, scorer)
+    best_person, best, second = _top_two_people(vectors, subset, prototypes, masked, chunk_size, scorer)
 
     outcome = np.full(m, Outcome.ASSIGNED, dtype=np.int8)
     with np.errstate(invalid="ignore"):  # -inf - -inf: no person at all, caught as NO_CANDIDATE below
@@ -439,13 +450,14 @@ def assign_to_known_people(
 
 def _top_two_people(
     vectors: np.ndarray,
+    subset: np.ndarray | None,
     prototypes: Prototypes,
     masked: np.ndarray,
     chunk_size: int | None,
     scorer: PersonScorer | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per face: best allowed person, their score, and the second-best person's score."""
-    m, p = len(vectors), prototypes.n_people
+    m, p = len(vectors) if subset is None else len(subset), prototypes.n_people
     best_person = np.full(m, NO_PERSON, dtype=np.int64)
     best = np.full(m, -np.inf, dtype=np.float32)
     second = np.full(m, -np.inf, dtype=np.float32)
@@ -461,7 +473,8 @@ def _top_two_people(
     rows = chunk_size or max(1, min(4096, _SCORE_BLOCK // max(1, len(protos))))
     for start in range(0, m, rows):
         stop = min(start + rows, m)
-        chunk = np.ascontiguousarray(vectors[start:stop], dtype=np.float32)
+        faces = vectors[start:stop] if subset is None else vectors[subset[start:stop]]
+        chunk = np.ascontiguousarray(faces, dtype=np.float32)
         if scorer is not None:
             scores = np.array(scorer(chunk), dtype=np.float32)  # a copy: masked entries are overwritten
             if scores.shape != (stop - start, p):

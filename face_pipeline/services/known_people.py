@@ -247,9 +247,9 @@ def assign_known_faces(
             report.seconds = time.perf_counter() - started
             return report
         if plan.incremental:
-            matrix = vectors.fetch(params.space, table.ids[candidates])
-        else:
-            matrix = _vectors_for(library, vectors, params.space, table, keep=True)[candidates]
+            matrix, subset = vectors.fetch(params.space, table.ids[candidates]), None
+        else:  # every face's vector, kept for the clustering step: the candidates are read from it, not copied
+            matrix, subset = _vectors_for(library, vectors, params.space, table, keep=True), candidates
         people = np.full(candidates.size, None, dtype=object)
         scores = np.full(candidates.size, np.nan)
         if prototypes is not None:
@@ -261,6 +261,7 @@ def assign_known_faces(
                 threshold=matching.threshold,
                 margin=matching.margin,
                 scorer=matching.scorer,
+                subset=subset,
                 rejected=rejected,
                 # a person already in a photo (named by a user, or matched and not matched again now) is not
                 # given a second face of it
@@ -269,7 +270,7 @@ def assign_known_faces(
             hit = result.person_index != NO_PERSON
             people[hit] = prototypes.person_ids[result.person_index[hit]]
             scores[hit] = result.best_score[hit]
-        del matrix  # 2 KB a face (100 MB at 50K): not held through the writes
+        del matrix  # the incremental run's vectors (the full run's stay in the snapshot for clustering)
         changes = _assignment_changes(table, candidates, people, scores)
         report.assigned = int((people != None).sum())  # noqa: E711
         report.unassigned_again = int(
