@@ -31,6 +31,7 @@ test-fast:
 
 lint: install
 	$(PYTHON) -m ruff check face_pipeline face_pipeline_eval face_pipeline_tests benchmarks
+	$(PYTHON) -m ruff format --check face_pipeline face_pipeline_eval face_pipeline_tests benchmarks
 	$(PYTHON) -m mypy face_pipeline face_pipeline_eval
 
 faces-backfill:

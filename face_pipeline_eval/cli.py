@@ -51,7 +51,7 @@ def evaluate_command(
     """Play DATASET as a growing library with a simulated user and score every stage against its folders."""
     missing = [name for name in EVAL_EXTRA if importlib.util.find_spec(name) is None]
     if missing:
-        raise InvalidInput(f"faces evaluate needs the eval extra ({', '.join(missing)}): pip install -e \".[eval]\"")
+        raise InvalidInput(f'faces evaluate needs the eval extra ({", ".join(missing)}): pip install -e ".[eval]"')
     from face_pipeline_eval.evaluation import evaluate
 
     report = evaluate(dataset, rounds=rounds, clusters_per_round=clusters_per_round, data_dir=data_dir, train=train)

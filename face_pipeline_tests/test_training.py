@@ -425,9 +425,7 @@ def test_switch_is_one_statement_and_a_reader_always_sees_exactly_one_active_spa
     db.dispose()
 
 
-def test_same_checkpoint_again_is_a_no_op_that_writes_nothing(
-    dlib_library: Library, monkeypatch: pytest.MonkeyPatch
-):
+def test_same_checkpoint_again_is_a_no_op_that_writes_nothing(dlib_library: Library, monkeypatch: pytest.MonkeyPatch):
     library = dlib_library
     space = switch_to_projection(library)
     writes: list[str] = []

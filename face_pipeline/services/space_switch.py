@@ -261,9 +261,7 @@ def _raw_pages(vectors: VectorStore, raw: str, table: FaceTable) -> Iterator[tup
             raise InvalidInput(f"faces without a raw vector in {raw} ({exc}); re-run `faces backfill`") from None
 
 
-def sync_projection(
-    library: Library, vectors: VectorStore, space: Space, raw: str, report: RegenerateReport
-) -> None:
+def sync_projection(library: Library, vectors: VectorStore, space: Space, raw: str, report: RegenerateReport) -> None:
     """Bring the projection's collection in step with SQL, writing only what differs."""
     if space.checkpoint_path is None:
         raise InvalidInput(f"embedding space {space.name} has no checkpoint file")

@@ -278,9 +278,7 @@ def new_space_name(base_space: str) -> str:
     return f"{base_space}.proj-{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
 
 
-def train_checkpoint(
-    library: Library, data: TrainingSet, params: TrainingParams | None = None
-) -> TrainingReport:
+def train_checkpoint(library: Library, data: TrainingSet, params: TrainingParams | None = None) -> TrainingReport:
     """Train, gate, choose the projected space's thresholds, save the checkpoint, register the row."""
     params = params or training_params(library.settings)
     try:
