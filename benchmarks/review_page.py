@@ -53,7 +53,7 @@ def build(data_dir: Path, groups: int, singletons: int, seed: int = 0) -> dict[s
     from sqlalchemy import insert
 
     from face_pipeline.domain.naming import noise_cluster_id, person_cluster_id, unknown_cluster_id
-    from face_pipeline.services.clustering import compute_person_centroids
+    from face_pipeline.services.known_people import compute_person_centroids
     from face_pipeline.services.library import Library
     from face_pipeline.services.space_registry import register_raw_space
     from face_pipeline.settings import load_settings

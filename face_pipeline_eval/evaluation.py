@@ -39,9 +39,9 @@ from face_pipeline.domain.assignment import thresholds_for_space
 from face_pipeline.errors import InvalidInput
 from face_pipeline.services.catalog import scan_photos
 from face_pipeline.services.cluster_dual import run_cluster_dual
-from face_pipeline.services.clustering import space_params
 from face_pipeline.services.detection import detect_pending_faces
 from face_pipeline.services.library import Library
+from face_pipeline.services.run_params import space_params
 from face_pipeline.services.space_registry import active_space, set_thresholds
 from face_pipeline.services.training import TooFewLabels, TrainingReport, train_and_reassign_stage
 from face_pipeline.settings import Settings, load_settings

@@ -24,8 +24,9 @@ from face_pipeline.domain.neighbors import FaceIndex
 from face_pipeline.services import clustering as clustering_service
 from face_pipeline.services import known_people as known_people_service
 from face_pipeline.services.cluster_dual import run_cluster_dual
-from face_pipeline.services.clustering import assign_known_faces, cluster_unknown_faces, compute_person_centroids
+from face_pipeline.services.clustering import cluster_unknown_faces
 from face_pipeline.services.integrity import user_label_overrides
+from face_pipeline.services.known_people import assign_known_faces, compute_person_centroids
 from face_pipeline.services.labels import label_cluster, label_face, reject_face
 from face_pipeline.services.library import Library
 from face_pipeline.services.person_edits import set_ignored

@@ -22,15 +22,9 @@ from sqlalchemy import insert, select
 from face_pipeline.domain.assignment import SpaceThresholds
 from face_pipeline.domain.naming import UNKNOWN_PREFIX, parse_cluster_id
 from face_pipeline.services import space_registry
-from face_pipeline.services.clustering import (
-    NEXT_CLUSTER_KEY,
-    AssignReport,
-    ClusterReport,
-    assign_known_faces,
-    cluster_unknown_faces,
-    compute_person_centroids,
-)
+from face_pipeline.services.clustering import NEXT_CLUSTER_KEY, ClusterReport, cluster_unknown_faces
 from face_pipeline.services.detection import insert_faces
+from face_pipeline.services.known_people import AssignReport, assign_known_faces, compute_person_centroids
 from face_pipeline.services.labels import label_cluster, label_face, reject_face
 from face_pipeline.services.library import Library
 from face_pipeline.services.space_registry import GateResult, GateVerdict

@@ -1,7 +1,7 @@
 """Dual-mode clustering, unknown half: group the faces no known person was matched to (asset unknown_clusters).
 
-The supervised half (person prototypes, supervised assignment) lives in services/known_people.py; its names
-are re-exported here for the code that imports them from this module.
+The supervised half (person prototypes, supervised assignment) lives in services/known_people.py, what both
+halves read (the space's thresholds, the vectors of a run) in services/run_params.py.
 
 Each step reads the active embedding space's vectors once, computes with the pure domain functions and
 writes back only what changed (bulk, with audit events). A user-confirmed face is never changed.
@@ -37,20 +37,9 @@ from face_pipeline.services.face_table import (
     read_faces,
     sync_payloads,
 )
-from face_pipeline.services.known_people import (  # noqa: F401  (re-exported: the supervised half moved)
-    AssignReport,
-    CentroidReport,
-    assign_known_faces,
-    compute_person_centroids,
-    load_prototypes,
-)
 from face_pipeline.services.library import Library
-from face_pipeline.services.run_params import (  # noqa: F401  (re-exported)
-    NoActiveSpace,
-    SpaceParams,
-    space_params,
-)
 from face_pipeline.services.run_params import ignored_faces as _ignored
+from face_pipeline.services.run_params import space_params
 from face_pipeline.services.run_params import vectors_for as _vectors_for
 from face_pipeline.storage.cluster_index import KeptIndex
 from face_pipeline.storage.models import AssignmentSource, PipelineState

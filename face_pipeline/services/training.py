@@ -47,9 +47,9 @@ from face_pipeline.domain.verification import UNLABELLED, l2_normalise
 from face_pipeline.errors import InvalidInput
 from face_pipeline.faults import crash_point
 from face_pipeline.services.cluster_dual import ClusterDualReport, run_cluster_dual
-from face_pipeline.services.clustering import NoActiveSpace
 from face_pipeline.services.label_growth import MIN_FACES_PER_PERSON, MIN_TRAINING_PEOPLE, LabelCounts, count_labels
 from face_pipeline.services.library import Library
+from face_pipeline.services.run_params import NoActiveSpace
 from face_pipeline.services.space_registry import (
     GateResult,
     GateVerdict,
