@@ -42,6 +42,7 @@ PRELOAD = (
     "face_pipeline.cli",
     "face_pipeline.services.export",  # pandas
     "face_pipeline.services.labels",
+    "face_pipeline.services.label_batches",
     "face_pipeline.services.library",
     "face_pipeline.services.space_registry",
     "face_pipeline.storage.vectors",

@@ -19,7 +19,7 @@ from face_pipeline.services import space_registry
 from face_pipeline.services.cluster_dual import run_cluster_dual
 from face_pipeline.services.detection import insert_faces
 from face_pipeline.services.known_people import assign_known_faces, compute_person_centroids
-from face_pipeline.services.labels import LabelRow, label_rows, reject_faces
+from face_pipeline.services.label_batches import LabelRow, label_rows, reject_faces
 from face_pipeline.services.learned_matcher import stored_verdict
 from face_pipeline.services.library import Library
 from face_pipeline.services.space_switch import SpaceMode

@@ -19,7 +19,7 @@ from face_pipeline.domain.naming import person_cluster_id
 from face_pipeline.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from face_pipeline.services.labels import LabelRow
+    from face_pipeline.services.label_batches import LabelRow
 
 
 @faces.command("label")
@@ -67,7 +67,7 @@ _HEADER_TARGETS = ("cluster_id", "face_id", "cluster", "face", "target", "id")
 
 def read_label_csv(path: Path) -> list[LabelRow]:
     """The rows of a `target,name` CSV file; InvalidInput naming the file and line of the first bad row."""
-    from face_pipeline.services.labels import LabelRow
+    from face_pipeline.services.label_batches import LabelRow
 
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -94,7 +94,7 @@ def read_label_csv(path: Path) -> list[LabelRow]:
 
 def _label_from_csv(path: Path) -> None:
     from face_pipeline.errors import NotFound
-    from face_pipeline.services.labels import label_rows
+    from face_pipeline.services.label_batches import label_rows
 
     rows = read_label_csv(path)
     try:
@@ -136,7 +136,7 @@ def reject(
     ] = None,
 ) -> None:
     """Not this person: the faces leave the person and are never assigned to them again (one transaction)."""
-    from face_pipeline.services.labels import reject_faces
+    from face_pipeline.services.label_batches import reject_faces
 
     with open_library() as library:
         rejections = reject_faces(library, face_ids, person)
