@@ -7,7 +7,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +64,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     """A suite that ends (or is interrupted) before the background build does stops it: a half-built cache is
     never kept (lfw_cache writes it under another name and renames it when complete)."""
     if _cache_builder is not None and _cache_builder.poll() is None:
-        os.killpg(_cache_builder.pid, 15)
+        with suppress(ProcessLookupError):  # it may have finished in between
+            os.killpg(_cache_builder.pid, 15)
         _cache_builder.wait(timeout=30)
 
 
