@@ -120,7 +120,7 @@ def cluster_unknown_faces(
             if rule.is_link_rule:  # a later run extends these groups through the index of this pool
                 labels, index = cluster_unknown_indexed(matrix, method=method, min_cluster_size=min_size, eps=eps)  # type: ignore[arg-type]
                 fingerprint = incremental.last_assignment_fingerprint(session, params.space) or ""
-                kept = _fresh_index(params.space, rule, fingerprint, index, table.ids[pool], read_at)
+                kept = _kept_index(params.space, rule, fingerprint, index, table.ids[pool], read_at)
             else:
                 labels = cluster_unknown(matrix, method=method, min_cluster_size=min_size, eps=eps)  # type: ignore[arg-type]
             del matrix
@@ -153,7 +153,7 @@ def _count_groups(report: ClusterReport, labels: np.ndarray) -> None:
     report.noise = int((labels == NOISE).sum())
 
 
-def _fresh_index(
+def _kept_index(
     space: str,
     rule: incremental.GroupingRule,
     fingerprint: str,
