@@ -398,3 +398,21 @@ def test_dual_mode_on_a_dlib_library(tmp_path: Path, lfw_mini: Path):
     named = [f for f in state.values() if f["person"] == erin and not f["confirmed"]]
     assert named and all(f["who"] == people[0] for f in named), named
     context.close()
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 4096])
+def test_gathering_rows_in_place_gives_the_fancy_indexed_rows(monkeypatch, chunk: int) -> None:
+    # the clustering step takes the pool's vectors out of the run's read in place (no second copy)
+    from face_pipeline.services import run_params
+
+    monkeypatch.setattr(run_params, "GATHER_CHUNK", chunk)
+    rng = np.random.default_rng(chunk)
+    matrix = rng.standard_normal((50, 4)).astype(np.float16)
+    for rows in (np.arange(50), np.sort(rng.choice(50, 31, replace=False)), np.array([49]), np.empty(0, int)):
+        expected = matrix[rows].copy()
+        work = matrix.copy()
+        gathered = run_params.gather_rows_in_place(work, rows)
+        np.testing.assert_array_equal(gathered, expected)
+        assert gathered.base is work or gathered is work or len(rows) == 0 or np.shares_memory(gathered, work)
+    with pytest.raises(ValueError, match="ascending"):
+        run_params.gather_rows_in_place(matrix.copy(), np.array([3, 2]))

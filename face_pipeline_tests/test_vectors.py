@@ -292,15 +292,16 @@ def test_a_kept_collection_read_is_reused_only_while_the_collection_holds_the_sa
     reads = []
     original = filled.fetch_all
 
-    def counted(name: str) -> tuple[np.ndarray, np.ndarray]:
+    def counted(name: str, dtype: type[np.floating] = np.float32) -> tuple[np.ndarray, np.ndarray]:
         reads.append(name)
-        return original(name)
+        return original(name, dtype)
 
     filled.fetch_all = counted  # type: ignore[method-assign]  # a spy on the real store's reads
     first = snapshots.read(filled, SPACE, ids)
     again = snapshots.read(filled, SPACE, ids)
     assert len(reads) == 1 and again[1] is first[1]
-    np.testing.assert_array_equal(first[1], vectors)
+    assert first[1].dtype == np.float16  # the run's working copy: half the memory of float32
+    np.testing.assert_array_equal(first[1], vectors.astype(np.float16))
     filled.delete(SPACE, ids[:1])  # SQL now lists one face fewer: the kept read no longer fits
     fewer, _ = snapshots.read(filled, SPACE, ids[1:], keep=False)
     assert len(reads) == 2 and np.array_equal(fewer, ids[1:])
@@ -466,3 +467,32 @@ def test_record_pages_gather_into_one_id_sorted_pair_whatever_the_size_announced
     np.testing.assert_array_equal(found, ids[order])
     np.testing.assert_array_equal(rows, vectors[order])
     assert found.dtype == np.int64 and rows.dtype == np.float32 and rows.shape == (5, 4)
+
+
+def test_a_whole_collection_read_as_float16_holds_the_float32_vectors_rounded(filled: VectorStore) -> None:
+    ids, vectors = filled.fetch_all(SPACE)
+    half_ids, half = filled.fetch_all(SPACE, np.float16)
+    np.testing.assert_array_equal(half_ids, ids)
+    assert half.dtype == np.float16 and vectors.dtype == np.float32
+    np.testing.assert_array_equal(half, vectors.astype(np.float16))
+    with pytest.raises((ValueError, VectorStoreError), match="float32 or float16"):
+        filled.fetch_all(SPACE, np.float64)
+
+
+def test_a_whole_collection_read_lets_go_of_the_engine_and_the_store_goes_on(tmp_path: Path, data) -> None:
+    # the scroll maps every vector page into the process; the shard is closed after it (RSS) and reopened
+    # by the next call, which must find everything as it was
+    from face_pipeline.storage.vector_backends import edge
+
+    ids, vectors, payloads = data
+    with EdgeVectorStore(tmp_path / "vectors") as store:
+        store.ensure_collection(SPACE, DIM)
+        store.upsert(SPACE, ids, vectors, payloads)
+        path = store.root / SPACE
+        assert path in edge._REGISTRY._open
+        before = store.fetch(SPACE, ids[:3])  # as stored (the cosine engine keeps them normalised)
+        store.fetch_all(SPACE)
+        assert path not in edge._REGISTRY._open  # closed: nobody else in the process held it
+        store.set_payload(SPACE, ids[:2], {"person_id": "after"})
+        np.testing.assert_array_equal(store.fetch(SPACE, ids[:3]), before)
+        assert store.fetch_payloads(SPACE)[int(ids[0])]["person_id"] == "after"

@@ -153,14 +153,16 @@ class UnknownFaceClusterer:
             raise ValueError(f"linkage must be 'average', 'complete' or 'single', got {self.linkage!r}")
 
     def fit(self, vectors: np.ndarray) -> UnknownFaceClusterer:
-        """Cluster `vectors`, shape (n, d), L2-normalised float32 (other floats are cast)."""
+        """Cluster `vectors`, shape (n, d), L2-normalised float32 or float16 (other floats are cast; float16,
+        a run's whole-library working copy, is searched a block at a time without a float32 copy)."""
         self._validate()
         vectors = np.asarray(vectors)
         if vectors.ndim != 2:
             raise ValueError(f"vectors must be a 2-D array (n, d), got shape {vectors.shape!r}")
-        if not np.isfinite(vectors).all():
+        if vectors.dtype != np.float16:
+            vectors = vectors.astype(np.float32, copy=False)
+        if not all(np.isfinite(vectors[i : i + 8192]).all() for i in range(0, len(vectors), 8192)):
             raise ValueError("vectors contain NaN or infinite values")
-        vectors = vectors.astype(np.float32, copy=False)
         n = len(vectors)
         k = max(int(self.n_neighbors), int(self.min_samples))
         self.graph_ = knn_graph(
@@ -173,7 +175,9 @@ class UnknownFaceClusterer:
         elif self.method == "dbscan":
             labels = _dbscan_on_graph(self.graph_, float(self.eps), self.min_samples)  # type: ignore[arg-type]
         else:
-            labels = _agglomerative_on_graph(vectors, self.graph_, float(self.eps), self.linkage)  # type: ignore[arg-type]
+            labels = _agglomerative_on_graph(
+                vectors.astype(np.float32, copy=False), self.graph_, float(self.eps), self.linkage
+            )  # type: ignore[arg-type]
         labels = relabel_by_size(labels, self.min_cluster_size)
         if self.eps is not None and self.min_links > 0:
             labels = drop_weak_members(labels, self.graph_, self.eps, self.min_links, self.min_cluster_size)

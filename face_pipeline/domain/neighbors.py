@@ -11,7 +11,9 @@ Two searches, both FAISS indexes (faiss-cpu, imported on first use: everyday com
   Faces of one person are close together, so they share lists: on 25K synthetic 512-d faces 99.5% of
   the neighbours above cosine 0.4 are found.
 
-Vectors stay float32 throughout (numpy's float64 BLAS segfaults on large products on this machine).
+Vectors are computed on in float32 (numpy's float64 BLAS segfaults on large products on this machine).
+float16 input (a run's whole-library working copy, storage/collection_snapshots.py) is kept as it is and
+converted a block at a time, so the search never holds a float32 copy of every face.
 The result is a `NeighborGraph`: per face its k most similar other faces (cosine), best first.
 """
 
@@ -37,6 +39,7 @@ _EXACT_MAX_WORK = 1e11
 _TRAIN_PER_LIST = 16  # k-means sample per list: lists only need to be roughly balanced and local
 _TRAIN_ITERATIONS = 4  # Lloyd iterations; 8 found no more neighbours on 25K synthetic faces
 _RESCORE_ROWS = 256  # faces whose neighbours are re-scored at once: 256 * k * d floats (8 MB at k 15, 512-d)
+_BLOCK_ROWS = 8192  # faces converted to float32 at once (16 MB at 512-d)
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,7 @@ def knn_graph(
         raise ValueError(f"n_lists must be >= 1, got {n_lists!r}")
     if n_threads is not None and n_threads < 1:
         raise ValueError(f"n_threads must be >= 1 or None, got {n_threads!r}")
-    x = _as_float32(vectors)
+    x = _as_matrix(vectors)
     n, d = x.shape
     k = min(int(n_neighbors), max(n - 1, 0))
     if k == 0:
@@ -138,6 +141,7 @@ def knn_graph(
     if method == "exact":
         import faiss  # a compiled library of ~30 MB: loaded only when a graph is built
 
+        x = _as_float32(x)  # exhaustive only up to ~14K faces of 512-d: the copy is small
         with _faiss_threads(n_threads):
             index = faiss.IndexFlatIP(d)
             index.add(x)
@@ -183,21 +187,22 @@ class FaceIndex:
         1e11 (`knn_graph`'s rule), so a small library's new faces find the neighbours a full run finds."""
         if method not in ("auto", "exact", "ivf"):
             raise ValueError(f"method must be 'auto', 'exact' or 'ivf', got {method!r}")
-        x = _as_float32(vectors)
-        sample = x if train_on is None else _as_float32(train_on)
-        n = len(sample)
+        x = _as_matrix(vectors)
+        train = x if train_on is None else _as_matrix(train_on)
+        n = len(train)
         if n == 0:
             raise ValueError("cannot build a face index from no vectors")
         if method == "auto":
-            method = "exact" if float(n) * n * sample.shape[1] <= _EXACT_MAX_WORK else "ivf"
+            method = "exact" if float(n) * n * train.shape[1] <= _EXACT_MAX_WORK else "ivf"
         with _faiss_threads(n_threads):
             if method == "exact":
-                index = _exhaustive_ivf(sample)
+                index = _exhaustive_ivf(_as_float32(train[:1]))
             else:
                 lists = min(n_lists if n_lists is not None else max(1, round(4 * math.sqrt(n))), n)
-                index = _trained_ivf(sample, lists, n_probe, seed)
-            index.add(x)
-        return cls(index, n_threads)
+                index = _trained_ivf(_training_sample(train, lists, seed), lists, n_probe, seed)
+        built = cls(index, n_threads)
+        built.add(x)
+        return built
 
     @property
     def size(self) -> int:
@@ -209,11 +214,12 @@ class FaceIndex:
 
     def add(self, vectors: np.ndarray) -> None:
         """Append faces (m, d); they are numbered size..size+m-1."""
-        x = _as_float32(vectors)
+        x = _as_matrix(vectors)
         if x.shape[1] != self.dim:
             raise ValueError(f"vectors must have {self.dim} columns, got shape {x.shape!r}")
         with _faiss_threads(self.n_threads):
-            self._index.add(x)
+            for _, block in _float32_blocks(x):
+                self._index.add(block)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k most similar indexed faces of each query (q, d): indices (q, k) int64, best first, MISSING
@@ -231,21 +237,28 @@ class FaceIndex:
 
     def add_and_search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """`add(vectors)`, then `search(vectors, k)` (each face finds itself too), sharing the one costly
-        step of both: comparing every face with every list's centre."""
+        step of both: comparing every face with every list's centre. A block at a time: every block is added
+        before any is searched, so the result is the one-shot one."""
         import faiss
 
-        x = _as_float32(vectors)
+        x = _as_matrix(vectors)
         if x.shape[1] != self.dim:
             raise ValueError(f"vectors must have {self.dim} columns, got shape {x.shape!r}")
-        first = self.size
+        n, n_probe, first = len(x), self._index.nprobe, self.size
+        centre_sims = np.empty((n, n_probe), dtype=np.float32)
+        lists = np.empty((n, n_probe), dtype=np.int64)
+        idx = np.empty((n, int(k)), dtype=np.int64)
+        sims = np.empty((n, int(k)), dtype=np.float32)
         with _faiss_threads(self.n_threads):
-            centre_sims, lists = self._index.quantizer.search(x, self._index.nprobe)  # best list first
-            home = np.ascontiguousarray(lists[:, 0])
-            ids = np.arange(first, first + len(x), dtype=np.int64)
-            self._index.add_core(len(x), faiss.swig_ptr(x), faiss.swig_ptr(ids), faiss.swig_ptr(home))
-            sims, idx = self._index.search_preassigned(x, int(k), lists, centre_sims)
-        idx = idx.astype(np.int64, copy=False)
-        sims = np.asarray(sims, dtype=np.float32)
+            for start, block in _float32_blocks(x):
+                rows = slice(start, start + len(block))
+                centre_sims[rows], lists[rows] = self._index.quantizer.search(block, n_probe)  # best list first
+                home = np.ascontiguousarray(lists[rows, 0])
+                ids = np.arange(first + start, first + start + len(block), dtype=np.int64)
+                self._index.add_core(len(block), faiss.swig_ptr(block), faiss.swig_ptr(ids), faiss.swig_ptr(home))
+            for start, block in _float32_blocks(x):
+                rows = slice(start, start + len(block))
+                sims[rows], idx[rows] = self._index.search_preassigned(block, int(k), lists[rows], centre_sims[rows])
         sims[idx == MISSING] = -np.inf
         return idx, sims
 
@@ -286,6 +299,28 @@ def _as_float32(vectors: np.ndarray) -> np.ndarray:
     if vectors.ndim != 2:
         raise ValueError(f"vectors must be a 2-D array (n, d), got shape {vectors.shape!r}")
     return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def _as_matrix(vectors: np.ndarray) -> np.ndarray:
+    """(n, d) float16 kept as it is (converted a block at a time where used), anything else as float32."""
+    vectors = np.asarray(vectors)
+    return vectors if vectors.dtype == np.float16 and vectors.ndim == 2 else _as_float32(vectors)
+
+
+def _float32_blocks(x: np.ndarray, rows: int = _BLOCK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, contiguous float32 block) over the rows of x, `rows` at a time."""
+    for start in range(0, len(x), rows):
+        yield start, _as_float32(x[start : start + rows])
+
+
+def _training_sample(x: np.ndarray, n_lists: int, seed: int) -> np.ndarray:
+    """The faces k-means learns the lists from, float32: `_TRAIN_PER_LIST` per list drawn at random (seeded),
+    the sample FAISS would draw itself, taken here so that only the sample is converted."""
+    size = n_lists * _TRAIN_PER_LIST
+    if len(x) <= size:
+        return _as_float32(x)
+    rows = np.sort(np.random.default_rng(seed).choice(len(x), size=size, replace=False))
+    return _as_float32(x[rows])
 
 
 def _trained_ivf(x: np.ndarray, n_lists: int, n_probe: int, seed: int) -> Any:
@@ -332,8 +367,8 @@ def _rescored(x: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     sims = np.full((n, k), -np.inf, dtype=np.float32)
     for start in range(0, n, _RESCORE_ROWS):
         rows = slice(start, min(start + _RESCORE_ROWS, n))
-        neighbours = x[np.maximum(idx[rows], 0)]  # (rows, k, d)
-        block = np.matmul(neighbours, x[rows, :, None])[:, :, 0]
+        neighbours = x[np.maximum(idx[rows], 0)].astype(np.float32, copy=False)  # (rows, k, d)
+        block = np.matmul(neighbours, x[rows, :, None].astype(np.float32, copy=False))[:, :, 0]
         sims[rows] = np.where(idx[rows] == MISSING, -np.inf, block)
     order = np.argsort(-sims, axis=1, kind="stable")
     return np.take_along_axis(idx, order, 1), np.take_along_axis(sims, order, 1)

@@ -116,7 +116,7 @@ def cluster_unknown_faces(
                 session, vectors, params.space, table, pool, kept, rule, report, run_id
             )
         elif pool.size:
-            matrix = _vectors_for(library, vectors, params.space, table, keep=False)[pool]
+            matrix = _vectors_for(library, vectors, params.space, table, keep=False, rows=pool)
             if rule.is_link_rule:  # a later run extends these groups through the index of this pool
                 labels, index = cluster_unknown_indexed(matrix, method=method, min_cluster_size=min_size, eps=eps)  # type: ignore[arg-type]
                 fingerprint = incremental.last_assignment_fingerprint(session, params.space) or ""

@@ -72,8 +72,9 @@ class VectorStore(Protocol):
 
     def count(self, name: str) -> int: ...
 
-    def fetch_all(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """All points: ((n,) int64 ids sorted ascending, (n, dim) float32 vectors)."""
+    def fetch_all(self, name: str, dtype: type[np.floating] = np.float32) -> tuple[np.ndarray, np.ndarray]:
+        """All points: ((n,) int64 ids sorted ascending, (n, dim) vectors as `dtype`: float32, or float16 for
+        a whole-library working copy at half the memory)."""
 
     def fetch_payloads(self, name: str, keys: Sequence[str] = PAYLOAD_KEYS) -> dict[int, dict[str, Any]]:
         """Every point's payload (these keys only), by face id: for checking payloads against SQL."""

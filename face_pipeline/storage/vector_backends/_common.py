@@ -225,10 +225,12 @@ class RecordArrays:
     list of lists, and it never holds n * dim Python floats (32 bytes each) at once.
     """
 
-    def __init__(self, dim: int, expected: int = 0) -> None:
+    def __init__(self, dim: int, expected: int = 0, dtype: type[np.floating] = np.float32) -> None:
+        if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float16)):
+            raise ValueError(f"vectors are read as float32 or float16, not {np.dtype(dtype)}")
         self.dim = dim
         self._ids = np.empty(max(expected, 0), dtype=np.int64)
-        self._vectors = np.empty((max(expected, 0), dim), dtype=np.float32)
+        self._vectors = np.empty((max(expected, 0), dim), dtype=dtype)
         self._n = 0
 
     def add(self, records: Sequence[Any]) -> None:
@@ -244,7 +246,7 @@ class RecordArrays:
         self._n += m
 
     def sorted(self) -> tuple[np.ndarray, np.ndarray]:
-        """(n,) int64 ids ascending and their (n, dim) float32 vectors (scrolls walk ids in order: usually
+        """(n,) int64 ids ascending and their (n, dim) vectors (scrolls walk ids in order: usually
         no sort, and no copy when `expected` was right)."""
         ids, vectors = self._ids[: self._n], self._vectors[: self._n]
         if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():

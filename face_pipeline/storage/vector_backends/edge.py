@@ -14,6 +14,8 @@ after bulk loads (see benchmarks/vectors.py for the figures).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import itertools
 import json
 import logging
@@ -132,6 +134,7 @@ class _ShardRegistry:
                 with _engine_errors("close", path):
                     entry.shard.flush()
                     entry.shard.close()
+                _return_freed_heap()
 
     def discard(self, path: Path) -> None:
         """Close the shard for every holder (the collection is being dropped)."""
@@ -151,6 +154,26 @@ class _ShardRegistry:
         # fork); it starts empty, and opening a shard the parent holds then fails as locked, as it should.
         self._lock = threading.RLock()
         self._open = {}
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None  # glibc only
+    except OSError:
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def _return_freed_heap() -> None:
+    """Give the C heap's free pages back to the system. Opening a shard replays its write-ahead log, and
+    after a backfill that is tens of MB of upserts read and freed again, left in the heap as holes that the
+    process keeps counted in its RSS (50K faces: 56 MB after opening, 21 MB trimmed); closing one frees more.
+    A few milliseconds; nothing where the C library has no malloc_trim."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 _REGISTRY = _ShardRegistry()
@@ -225,6 +248,7 @@ class EdgeVectorStore:
                 time.sleep(_LOCK_POLL_S)
         with _engine_errors("create payload indexes", path):
             _ensure_indexes(shard)
+        _return_freed_heap()
         log.debug("opened vector collection %s (dim %d)", path, dim)
         return _OpenShard(shard, dim)
 
@@ -333,17 +357,21 @@ class EdgeVectorStore:
         with _engine_errors("count", self._path(name)):
             return int(entry.shard.count(CountRequest(exact=True)))
 
-    def fetch_all(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+    def fetch_all(self, name: str, dtype: type[np.floating] = np.float32) -> tuple[np.ndarray, np.ndarray]:
         entry = self._entry(name)
         offset: Any = None
         with _engine_errors("scroll", self._path(name)):
-            pages = common.RecordArrays(entry.dim, int(entry.shard.count(CountRequest(exact=True))))
+            pages = common.RecordArrays(entry.dim, int(entry.shard.count(CountRequest(exact=True))), dtype)
             while True:
                 request = ScrollRequest(offset=offset, limit=SCROLL_PAGE, with_payload=False, with_vector=True)
                 records, offset = entry.shard.scroll(request)
                 pages.add(records)
                 if offset is None:
                     break
+        # The scroll mapped every page of the vectors into this process, and they stay counted in its RSS
+        # until the shard closes (at 50K faces ~100 MB on top of the ~100 MB array returned). Close it now
+        # when nobody else in the process holds it; the next call reopens it (~0.1 s).
+        self._release(name)
         return pages.sorted()
 
     def fetch_payloads(self, name: str, keys: Sequence[str] = PAYLOAD_KEYS) -> dict[int, dict[str, Any]]:
@@ -422,6 +450,12 @@ class EdgeVectorStore:
     def close(self) -> None:
         """Flush and close every shard this store opened (shared shards stay open for other stores)."""
         _REGISTRY.release_all(self._held, self._holder)
+
+    def _release(self, name: str) -> None:
+        """Let go of one collection's shard: flushed and closed unless another store holds it."""
+        path = self._path(name)
+        self._held.discard(path)
+        _REGISTRY.release(path, self._holder)
 
     def __enter__(self) -> EdgeVectorStore:
         return self

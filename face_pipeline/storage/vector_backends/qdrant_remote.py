@@ -182,11 +182,11 @@ class QdrantClientVectorStore:
         with self._errors("count", name):
             return int(self._client.count(name, exact=True).count)
 
-    def fetch_all(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+    def fetch_all(self, name: str, dtype: type[np.floating] = np.float32) -> tuple[np.ndarray, np.ndarray]:
         dim = self._dim(name)
         offset: Any = None
         with self._errors("scroll", name):
-            pages = common.RecordArrays(dim, int(self._client.count(name, exact=True).count))
+            pages = common.RecordArrays(dim, int(self._client.count(name, exact=True).count), dtype)
             while True:
                 records, offset = self._client.scroll(
                     name, limit=SCROLL_PAGE, offset=offset, with_payload=False, with_vectors=True
