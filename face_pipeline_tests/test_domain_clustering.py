@@ -107,14 +107,15 @@ def test_ivf_similarities_are_exact_float32_cosines_best_first(library) -> None:
 
 @pytest.mark.parametrize("method", ["exact", "ivf"])
 def test_float16_vectors_give_the_graph_and_groups_of_their_float32_values(library, method) -> None:
-    # a run's whole-library working copy is float16, searched a block at a time without a float32 copy:
-    # the result must be exactly that of the same values in float32 (blocks change nothing), and the groups
+    # a run's whole-library working copy is float16, searched a block at a time without a float32 copy and
+    # scored by the search itself (its codes hold float16 exactly): the graph must be that of the same values
+    # in float32, scored exactly (to float32 rounding: a near-tie may swap two neighbours), and the groups
     # those of the full-precision vectors
     vectors, _ = library
     half = vectors.astype(np.float16)
     blocked, whole = knn_graph(half, 10, method=method), knn_graph(half.astype(np.float32), 10, method=method)
-    np.testing.assert_array_equal(blocked.indices, whole.indices)
-    np.testing.assert_array_equal(blocked.similarities, whole.similarities)
+    np.testing.assert_allclose(blocked.similarities, whole.similarities, atol=1e-6)
+    assert (blocked.indices == whole.indices).mean() > 0.999
     eps = thresholds_for_space("arcface").cluster_eps
     labels, index = cluster_unknown_indexed(half, "dbscan", 2, eps, knn_method=method)
     np.testing.assert_array_equal(labels, cluster_unknown(vectors, "dbscan", 2, eps, knn_method=method))

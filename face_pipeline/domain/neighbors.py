@@ -7,7 +7,8 @@ Two searches, both FAISS indexes (faiss-cpu, imported on first use: everyday com
 - ivf: `IndexIVFScalarQuantizer` (FAISS's IVF with float16 codes). k-means (on a sample of 16 faces per
   list) splits the faces into ~4 sqrt(n) lists and each face is compared with the faces of its `n_probe`
   nearest lists. O(n^1.5 d). float16 codes halve the index's memory and scan faster than float32; the
-  similarities of the neighbours found are then recomputed in float32, so thresholds see exact values.
+  similarities of the neighbours found are then recomputed in float32, so thresholds see exact values
+  (float16 input is stored exactly in the codes, and its search's float32 products are already exact).
   Faces of one person are close together, so they share lists: on 25K synthetic 512-d faces 99.5% of
   the neighbours above cosine 0.4 are found.
 
@@ -150,9 +151,11 @@ def knn_graph(
         sims[idx == MISSING] = -np.inf
         return NeighborGraph(idx, sims, exact=True)
     ivf = FaceIndex.build(x[:0], n_lists=n_lists, n_probe=n_probe, seed=seed, n_threads=n_threads, train_on=x)
-    idx, _ = ivf.add_and_search(x, k + 1)
-    idx, _ = _without_self(idx, np.zeros(idx.shape, np.float32), k)
-    return NeighborGraph(*_rescored(x, idx), exact=False, index=ivf if keep_index else None)
+    idx, sims = _without_self(*ivf.add_and_search(x, k + 1), k)
+    if x.dtype != np.float16:  # float16 codes round float32 vectors: score the neighbours found exactly
+        idx, sims = _rescored(x, idx)
+    # (float16 vectors are their own codes: the search's float32 products are already exact, to ~3e-7)
+    return NeighborGraph(idx, sims, exact=False, index=ivf if keep_index else None)
 
 
 class FaceIndex:
@@ -327,8 +330,12 @@ def _trained_ivf(x: np.ndarray, n_lists: int, n_probe: int, seed: int) -> Any:
     """An empty IVF index with float16 codes whose lists are k-means cells of a sample of x."""
     import faiss
 
-    # IVF lists with a flat (exact) coarse quantizer, float16 codes; the index owns its quantizer.
+    # IVF lists with a flat (exact) coarse quantizer, float16 codes; the index owns its quantizer. The codes
+    # are the vectors themselves, not their offsets from the list centre (FAISS's default): float16 vectors
+    # are then stored exactly and scored with exact float32 products, so a graph of float16 vectors needs no
+    # re-scoring (which converted every neighbour again: k x the data).
     index: Any = faiss.index_factory(x.shape[1], f"IVF{n_lists},SQfp16", faiss.METRIC_INNER_PRODUCT)
+    index.by_residual = False
     index.cp.seed = seed
     index.cp.niter = _TRAIN_ITERATIONS
     index.cp.max_points_per_centroid = _TRAIN_PER_LIST  # FAISS samples this many faces per list ...
