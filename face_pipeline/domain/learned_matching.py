@@ -387,12 +387,13 @@ class LibraryScorer:
 
 
 def library_matcher_fit(
-    library: np.ndarray, library_rows: np.ndarray, neighbours: np.ndarray | None = None
+    library: np.ndarray, library_rows: np.ndarray, neighbours: np.ndarray | None = None, **matcher_params: Any
 ) -> MatcherFit:
     """A MatcherFit for `LibraryMatcher`: the judged faces are rows `library_rows` ((n,) int) of `library`
     ((N, d), every face of the library, labelled or not); each fit labels only the faces it is given (the
     held-out ones stay in the library, unlabelled, as they are in a real library). `neighbours`: the
-    library's k-NN graph ((N, >= k) int), computed once."""
+    library's k-NN graph ((N, >= k) int), computed once; `matcher_params`: LibraryMatcher's (its defaults
+    otherwise)."""
     library_rows = np.asarray(library_rows, dtype=np.int64)
 
     def fit(x: np.ndarray, labels: np.ndarray, rejections: np.ndarray, rows: np.ndarray) -> LibraryScorer:
@@ -400,7 +401,7 @@ def library_matcher_fit(
         everyone = np.full(len(library), NO_PERSON, dtype=np.int64)
         everyone[at] = labels
         rej = np.stack([at[rejections[:, 0]], rejections[:, 1]], axis=1) if len(rejections) else rejections
-        return LibraryScorer(LibraryMatcher().fit(library, everyone, rej, neighbours=neighbours))
+        return LibraryScorer(LibraryMatcher(**matcher_params).fit(library, everyone, rej, neighbours=neighbours))
 
     return fit
 

@@ -54,7 +54,7 @@ KINDS = {
     "library": "adaptive score normalisation + library neighbour averaging (LibraryMatcher)",
     "adaptive": "adaptive score normalisation (PersonMatcher)",
 }
-_VERSION = "2"  # bump when the fit or the gate changes: stored verdicts are then judged again
+_VERSION = "3"  # bump when the fit or the gate changes: stored verdicts are then judged again
 
 
 @dataclass(frozen=True)
@@ -133,16 +133,12 @@ def refresh_matcher(
     if row is not None and row.value.get("digest") == digest:
         return {**row.value, "reused": True}
     names = np.array(sorted({p for p in people.tolist() if p is not None}), dtype=object)
-    labels = np.full(len(face_ids), NO_PERSON, dtype=np.int64)
-    named = people != None  # noqa: E711
-    labels[named] = np.searchsorted(names, people[named].astype(str).astype(object))
-    row_of = {int(f): i for i, f in enumerate(face_ids.tolist())}
-    column = {str(p): i for i, p in enumerate(names.tolist())}
-    rej = np.array(
-        [(row_of[f], column[p]) for f, p in rejections if f in row_of and p in column], dtype=np.int64
-    ).reshape(-1, 2)
+    labels, rej = _label_rows(face_ids, people, rejections, names)
+    named = labels != NO_PERSON
     matrix = vectors.fetch(space, face_ids) if len(face_ids) else np.zeros((0, 0), np.float32)
-    fit = _fitter(kind, vectors, space, face_ids) if len(face_ids) else fit_person_matcher
+    guarded = len(face_ids) > 0 and (kind == "library" or cluster_eps is not None)
+    context = _library_context(vectors, space) if guarded else None  # read once: the fit and the guard use it
+    fit = _library_fit(context, face_ids) if context is not None and kind == "library" else fit_person_matcher
     verdict = judge_matcher(matrix, labels, images, rej, threshold, margin, fit=fit) if len(face_ids) else None
     value: dict[str, Any] = {
         "digest": digest,
@@ -160,17 +156,30 @@ def refresh_matcher(
         value.update(use=False, reason="kept raw matching: no labels yet", file=None)
     else:
         value.update(verdict.as_json(), file=None)
-        if verdict.use and cluster_eps is not None:
-            guard = _isolated_guard(vectors, space, face_ids, matrix, labels, verdict, threshold, margin, cluster_eps)
+        if verdict.use:
+            value["gate_threshold"] = float(verdict.threshold)
+        if verdict.use and cluster_eps is not None and context is not None:
+            guard = _isolated_guard(
+                context,
+                face_ids,
+                matrix,
+                labels,
+                verdict.matcher,
+                verdict.threshold,
+                verdict.margin,
+                threshold,
+                margin,
+                cluster_eps,
+            )
             value["threshold"] = float(verdict.threshold + guard["raised_by"])
+            value["cluster_eps"] = float(cluster_eps)
             value["isolated"] = guard
-            if guard["raised_by"] > 0:
-                value["reason"] += (
-                    f"; threshold raised by {guard['raised_by']:.2f} to name no more of the library's "
-                    f"{guard['faces']} isolated unnamed faces than raw matching ({guard['raw_named']}; "
-                    f"{guard['learned_named']} at the gate's threshold)"
-                )
-        if verdict.use and isinstance(verdict.matcher, PersonMatcher):  # a library matcher is refitted when used
+            refused = _no_gain(guard)
+            if refused:
+                value.update(use=False, reason=f"kept raw matching ({refused}); the gate: {value['reason']}")
+            else:
+                value["reason"] += f"; {_guard_words(guard)}"
+        if value["use"] and isinstance(verdict.matcher, PersonMatcher):  # a library matcher is refitted when used
             matcher = verdict.matcher
             directory = _matcher_dir(library)
             directory.mkdir(parents=True, exist_ok=True)
@@ -189,54 +198,82 @@ def refresh_matcher(
     return {**value, "reused": False}
 
 
+@dataclass(frozen=True)
+class _LibraryContext:
+    """Every face of the space (ids ascending), its k-NN graph (k = the library matcher's neighbours)."""
+
+    ids: np.ndarray
+    vectors: np.ndarray
+    neighbours: np.ndarray  # (N, k) int
+    nearest: np.ndarray  # (N,) cosine with the nearest other face (-inf: none)
+
+
+def _library_context(vectors: VectorStore, space: str) -> _LibraryContext:
+    ids, matrix = vectors.fetch_all(space)
+    if len(ids) < 2:
+        return _LibraryContext(ids, matrix, np.zeros((len(ids), 0), np.int64), np.full(len(ids), -np.inf))
+    graph = knn_graph(matrix, n_neighbors=min(DEFAULT_NEIGHBOURS, len(ids) - 1))
+    return _LibraryContext(ids, matrix, graph.indices, graph.similarities[:, 0])
+
+
 def _isolated_guard(
-    vectors: VectorStore,
-    space: str,
+    context: _LibraryContext,
     face_ids: np.ndarray,
     matrix: np.ndarray,
     labels: np.ndarray,
-    verdict: Any,
+    matcher: Any,
+    matcher_threshold: float,
+    matcher_margin: float,
     threshold: float,
     margin: float,
     cluster_eps: float,
 ) -> dict[str, Any]:
     """The offset that keeps the matcher from naming more of the library's isolated unnamed faces (mostly people
     seen once: the gate's held-out people, all photographed several times, do not stand for them) than raw
-    matching names at its threshold (`learned_matching.isolated_face_offset`)."""
-    library_ids, library_vectors = vectors.fetch_all(space)
-    graph = knn_graph(library_vectors, n_neighbors=1)
-    isolated = ~np.isin(library_ids, face_ids) & (graph.similarities[:, 0] < 1.0 - cluster_eps)
-    faces = library_vectors[isolated]
+    matching names at its threshold (`learned_matching.isolated_face_offset`); also how many of all the
+    library's unnamed faces each names (raw, and the matcher at the raised threshold)."""
+    unnamed = ~np.isin(context.ids, face_ids[labels != NO_PERSON])
+    isolated = ~np.isin(context.ids, face_ids) & (context.nearest < 1.0 - cluster_eps)
     named = labels != NO_PERSON
     unit = matrix[named] / np.maximum(np.linalg.norm(matrix[named], axis=1, keepdims=True), 1e-12)
     prototypes = build_prototypes(unit, labels[named])
+    faces = context.vectors[unnamed]
     photos = -1 - np.arange(len(faces))  # one photo each: no photo conflicts among them
-    raw = assign_to_known_people(faces, photos, prototypes, threshold, margin)
-    raw_named = int((raw.person_index != NO_PERSON).sum())
-    scores = verdict.matcher.scores(faces) if len(faces) else np.zeros((0, len(prototypes.person_ids)), np.float32)
-    offset = isolated_face_offset(scores, verdict.threshold, verdict.margin, raw_named) if len(faces) else 0.0
-    learned = (
-        assign_to_known_people(
-            faces, photos, prototypes, verdict.threshold, verdict.margin, scorer=verdict.matcher.scores
+    raw = assign_to_known_people(faces, photos, prototypes, threshold, margin).person_index != NO_PERSON
+    scores = matcher.scores(faces) if len(faces) else np.zeros((0, len(prototypes.person_ids)), np.float32)
+    alone = isolated[unnamed]
+    raw_named = int(raw[alone].sum())
+    offset = isolated_face_offset(scores[alone], matcher_threshold, matcher_margin, raw_named) if alone.any() else 0.0
+
+    def learned_at(raised: float) -> np.ndarray:
+        if not len(faces):
+            return raw
+        kept = assign_to_known_people(  # one chunk: the scores are already computed
+            faces,
+            photos,
+            prototypes,
+            matcher_threshold + raised,
+            matcher_margin,
+            scorer=lambda _: scores,
+            chunk_size=len(faces),
         )
-        if len(faces)
-        else raw
-    )
+        return kept.person_index != NO_PERSON
+
+    at_gate = learned_at(0.0)
+    in_use = learned_at(offset) if offset > 0 else at_gate
     return {
-        "faces": int(len(faces)),
+        "faces": int(alone.sum()),
         "raw_named": raw_named,
-        "learned_named": int((learned.person_index != NO_PERSON).sum()),
+        "learned_named": int(at_gate[alone].sum()),
         "raised_by": float(offset),
+        "unnamed_faces": int(len(faces)),
+        "unnamed_raw_named": int(raw.sum()),
+        "unnamed_learned_named": int(in_use.sum()),
     }
 
 
-def _fitter(kind: str, vectors: VectorStore, space: str, face_ids: np.ndarray) -> MatcherFit:
-    """The fit of this kind of matcher for `judge_matcher`, whose faces are `face_ids` (ascending)."""
-    if kind == "adaptive":
-        return fit_person_matcher
-    library_ids, library = vectors.fetch_all(space)  # ids ascending
-    graph = knn_graph(library, n_neighbors=min(DEFAULT_NEIGHBOURS, len(library) - 1)).indices
-    return library_matcher_fit(library, np.searchsorted(library_ids, face_ids), graph)
+def _library_fit(context: _LibraryContext, face_ids: np.ndarray) -> MatcherFit:
+    return library_matcher_fit(context.vectors, np.searchsorted(context.ids, face_ids), context.neighbours)
 
 
 def stored_verdict(session: Session, space: str) -> dict[str, Any] | None:
@@ -273,23 +310,40 @@ def matcher_for_run(
             None, threshold, margin, "raw matching: the labels, matcher or threshold changed since it was judged"
         )
     names_of = np.array(sorted({p for p in people.tolist() if p is not None}), dtype=object)
+    labels, rej = _label_rows(face_ids, people, rejections, names_of)
+    matrix = vectors.fetch(space, face_ids)
+    recheck = "cluster_eps" in value and "gate_threshold" in value
+    context = _library_context(vectors, space) if kind == "library" or recheck else None
     if kind == "library":  # refitted on the labels it was judged on, with today's library as context
-        labels = np.full(len(face_ids), NO_PERSON, dtype=np.int64)
-        named = people != None  # noqa: E711
-        labels[named] = np.searchsorted(names_of, people[named])
-        row_of = {int(f): i for i, f in enumerate(face_ids.tolist())}
-        column = {str(p): i for i, p in enumerate(names_of.tolist())}
-        rej = np.array(
-            [(row_of[f], column[p]) for f, p in rejections if f in row_of and p in column], dtype=np.int64
-        ).reshape(-1, 2)
-        fit = _fitter(kind, vectors, space, face_ids)
-        matcher: Any = fit(vectors.fetch(space, face_ids), labels, rej, np.arange(len(face_ids)))
+        assert context is not None
+        matcher: Any = _library_fit(context, face_ids)(matrix, labels, rej, np.arange(len(face_ids)))
         names = names_of[matcher.people_]
     else:
         with np.load(_matcher_dir(library) / str(value["file"]), allow_pickle=False) as state:
             arrays = {k: state[k] for k in state.files}
         matcher = PersonMatcher.from_dict(arrays)
         names = arrays["names"].astype(object)[matcher.people_]
+    in_use, reason = float(value["threshold"]), str(value["reason"])
+    if recheck:  # the library grew since the verdict: its isolated faces are judged again, every run
+        assert context is not None
+        gate_threshold = float(value["gate_threshold"])
+        guard = _isolated_guard(
+            context,
+            face_ids,
+            matrix,
+            labels,
+            matcher,
+            gate_threshold,
+            float(value["margin"]),
+            threshold,
+            margin,
+            float(value["cluster_eps"]),
+        )
+        refused = _no_gain(guard)
+        if refused:
+            return RunMatcher(None, threshold, margin, f"kept raw matching on today's library: {refused}")
+        in_use = gate_threshold + float(guard["raised_by"])
+        reason = f"{reason.split('; threshold raised', 1)[0]}; on today's library: {_guard_words(guard)}"
     columns = prototypes.index_of(names.tolist())
     keep = columns >= 0
     width = prototypes.n_people
@@ -299,6 +353,38 @@ def matcher_for_run(
         out[:, columns[keep]] = matcher.scores(chunk)[:, keep]
         return out
 
-    return RunMatcher(
-        scorer, float(value["threshold"]), float(value["margin"]), str(value["reason"]), str(value["digest"])[:16]
+    # the threshold is part of the tag: a re-checked guard that moves it makes the next run a full one
+    return RunMatcher(scorer, in_use, float(value["margin"]), reason, f"{str(value['digest'])[:16]}@{in_use:.6g}")
+
+
+def _label_rows(
+    face_ids: np.ndarray, people: np.ndarray, rejections: list[tuple[int, str]], names: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(labels (n,) int: column in `names` or NO_PERSON, rejections (k, 2) (row, column)) of `_labels`' faces."""
+    labels = np.full(len(face_ids), NO_PERSON, dtype=np.int64)
+    named = people != None  # noqa: E711
+    labels[named] = np.searchsorted(names, people[named].astype(str).astype(object))
+    row_of = {int(f): i for i, f in enumerate(face_ids.tolist())}
+    column = {str(p): i for i, p in enumerate(names.tolist())}
+    rej = np.array(
+        [(row_of[f], column[p]) for f, p in rejections if f in row_of and p in column], dtype=np.int64
+    ).reshape(-1, 2)
+    return labels, rej
+
+
+def _guard_words(guard: dict[str, Any]) -> str:
+    return (
+        f"threshold raised by {guard['raised_by']:.2f} to name no more of the library's {guard['faces']} isolated "
+        f"unnamed faces than raw matching ({guard['raw_named']}; {guard['learned_named']} at the gate's threshold); "
+        f"it names {guard['unnamed_learned_named']} of the {guard['unnamed_faces']} unnamed faces, raw matching "
+        f"{guard['unnamed_raw_named']}"
     )
+
+
+def _no_gain(guard: dict[str, Any]) -> str:
+    """Why the matcher cannot pay once the guard raised its threshold ("" when it may): a matcher that names no
+    more of the library's unnamed faces than raw matching does can only leave more faces of named people
+    unnamed (wrong names are rare for both), so it is not used."""
+    if guard["unnamed_faces"] and guard["unnamed_learned_named"] <= guard["unnamed_raw_named"]:
+        return f"no gain to expect: {_guard_words(guard)}"
+    return ""
