@@ -13,9 +13,19 @@ the winner must still be confirmed by `faces evaluate --train` (the labels of la
 earlier rounds were matched). Set the same FACE_* variables as the evaluation (FACE_EMBEDDER,
 FACE_MIN_FACE_SIZE): they decide nothing here but the settings must load the same way.
 
-Options: `raw` (learned matching off), the product's kinds (`library`, `adaptive`, and any other kind
-services/learned_matcher.py knows). Prints a markdown table and one JSON line per option:
-{"bench": "learning_replay", "option", figures...}.
+Options: `raw` (learned matching off), the product's kinds (`library`, `adaptive`), and VARIANTS (the library
+kind with other LibraryMatcher parameters, or `library-refit`: the default judged afresh). Prints a markdown
+table and one JSON line per option: {"bench": "learning_replay", "option", figures...}.
+
+--sweep: instead, fit each option on all the labels and match every face nobody confirmed at a range of
+thresholds (offsets over the raw threshold mapped onto its scale; margin mapped, rejections masked, photo
+conflicts ignored), printing known-people errors, one-off strangers named and false accepts at each, and the
+fewest errors at which it names no more strangers and makes no more false accepts than raw matching. That
+threshold is chosen with the truth: it says whether ANY threshold could reach the goal, i.e. whether the
+scores or the calibration fall short. Measured on the evaluations' final libraries (2026-11-27): dlib, no
+option at any threshold: at raw's 3 strangers / 13 false accepts the best was 45 errors (raw 41); degraded
+buffalo_s, the library kind reaches 48 errors (raw 72, -33%) with 0 strangers between offsets 0.8 and 1.0,
+but the guard's threshold sits at 1.2-1.7 (59-66 errors).
 """
 
 from __future__ import annotations
@@ -124,16 +134,107 @@ def _replay(data_dir: Path, dataset_dir: Path, option: str, kind: str) -> dict[s
     }
 
 
+def sweep(data_dir: Path, dataset_dir: Path, option: str) -> None:
+    """Print the oracle threshold sweep of one option (see --sweep in the module docstring)."""
+    from sqlalchemy import select
+
+    from face_pipeline.domain.learned_matching import _best_with_margin, fit_person_matcher
+    from face_pipeline.domain.person_matching import PersonMatcher
+    from face_pipeline.services.face_table import read_faces, read_rejections
+    from face_pipeline.services.run_params import space_params
+    from face_pipeline.storage.models import Person
+    from face_pipeline_eval.scoring import UNKNOWN_IDENTITY
+
+    dataset = load_dataset(dataset_dir)
+    settings = load_settings(
+        photos_dir=data_dir / "photos", data_dir=data_dir / "pipeline", database_url=None, qdrant_url=None
+    )
+    library = Library.from_settings(settings)
+    identity_of_name = {n: i for i, n in names_for(dataset.photos_per_identity).items()}
+    state = read_state(library.db, dataset.identity_of_library_path(data_dir / "photos"), identity_of_name)
+    with library.db.session() as session:
+        params = space_params(library, session)
+        table = read_faces(session)
+        rejections = read_rejections(session)
+        face_ids, people, _, rejection_pairs = learned_service._labels(session)
+        person_name = dict(session.execute(select(Person.id, Person.name)).tuples().all())
+    with library.vectors() as store:
+        context = learned_service._library_context(store, params.space)
+    library.close()
+    names = np.array(sorted({p for p in people.tolist() if p is not None}), dtype=object)
+    labels, rej = learned_service._label_rows(face_ids, people, rejection_pairs, names)
+    matrix = context.vectors[np.searchsorted(context.ids, face_ids)]
+    with _variant(option) as kind:
+        fit = fit_person_matcher if kind == "adaptive" else learned_service._library_fit(context, face_ids)
+        matcher = fit(matrix, labels, rej, np.arange(len(face_ids)))
+    prototype_cosines = PersonMatcher().fit(matrix, labels, rej)  # raw matching's scores, same columns
+    candidates = np.flatnonzero(~table.confirmed)
+    truth = state.truth[candidates]
+    named = {identity_of_name.get(person_name[p], "?") for p in names.tolist()}
+    identity = np.array([identity_of_name.get(person_name[p], "?") for p in names[matcher.people_]], dtype=object)
+    scored = truth != UNKNOWN_IDENTITY
+    of_named = np.isin(truth, list(named)) & scored
+    stranger = np.isin(truth, list(dataset.strangers)) & scored
+    ruled_out = np.zeros((len(candidates), len(matcher.people_)), dtype=bool)
+    column = {int(p): j for j, p in enumerate(matcher.people_.tolist())}
+    position = {int(f): i for i, f in enumerate(table.ids[candidates].tolist())}
+    row_person = {str(p): int(np.searchsorted(names, p)) for p in names.tolist()}
+    for face, person in rejections:
+        if face in position and person in row_person and row_person[person] in column:
+            ruled_out[position[face], column[row_person[person]]] = True
+
+    def figures(scores: np.ndarray, threshold: float, margin: float) -> tuple[int, int, int]:
+        scores = np.where(ruled_out, -np.inf, scores)
+        best = _best_with_margin(scores, margin)
+        given = np.where(best >= threshold, identity[scores.argmax(axis=1)], None)
+        right = (given != None) & (given == truth)  # noqa: E711
+        return (
+            int((of_named & ~right).sum()),
+            int(((given != None) & stranger).sum()),  # noqa: E711
+            int(((given != None) & scored & ~of_named).sum()),  # noqa: E711
+        )
+
+    vectors = context.vectors[np.searchsorted(context.ids, table.ids[candidates])]
+    raw_scores = prototype_cosines.cosine_scores(vectors)
+    raw = figures(raw_scores, params.person_threshold, params.person_margin)
+    print(
+        f"{option}: raw matching: errors {raw[0]} of {int(of_named.sum())}, strangers named {raw[1]} of "
+        f"{int(stranger.sum())}, false accepts {raw[2]}"
+    )
+    if option == "raw":
+        return
+    scores = matcher.scores(vectors)
+    mapped, margin = matcher.threshold_for(params.person_threshold), matcher.margin_for(params.person_margin)
+    best: tuple[float, int, int, int] | None = None
+    for offset in np.arange(-1.0, 3.0001, 0.05):
+        errors, strangers, false_accepts = figures(scores, mapped + offset, margin)
+        if offset.round(2) % 0.25 == 0:
+            print(
+                f"  offset {offset:+.2f}: errors {errors}, strangers named {strangers}, false accepts {false_accepts}"
+            )
+        if strangers <= raw[1] and false_accepts <= raw[2] and (best is None or errors < best[1]):
+            best = (float(offset), errors, strangers, false_accepts)
+    if best is not None:
+        change = best[1] / max(raw[0], 1) - 1
+        print(f"  fewest errors, strangers and false accepts <= raw: {best[1]} ({change:+.0%}) at {best[0]:+.2f}")
+    print(json.dumps({"bench": "learning_replay_sweep", "option": option, "raw": raw, "best": best}))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data_dir", type=Path, help="the --data-dir of a finished `faces evaluate --train`")
     parser.add_argument("dataset", type=Path, help="the photo set that evaluation played")
     parser.add_argument("--options", default="raw,library", help="comma-separated (default raw,library)")
+    parser.add_argument("--sweep", action="store_true", help="the oracle threshold sweep (see above)")
     args = parser.parse_args(argv)
     options = [o.strip() for o in args.options.split(",") if o.strip()]
     unknown = [o for o in options if o != "raw" and o not in learned_service.KINDS and o not in VARIANTS]
     if unknown:
         sys.exit(f"unknown options {unknown}: raw or one of {sorted(learned_service.KINDS)}")
+    if args.sweep:
+        for option in options:
+            sweep(args.data_dir, args.dataset, "library" if option == "raw" else option)
+        return
     print("| option | precision | unknown purity | recall | known-people errors | strangers named | FA/1000 | s |")
     print("|---|---|---|---|---|---|---|---|")
     rows = []
