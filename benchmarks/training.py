@@ -5,6 +5,10 @@
     .venv/bin/python benchmarks/training.py lfw        # real dlib vectors of lfw-dev (.cache/lfw-dev-dlib.npz)
     .venv/bin/python benchmarks/training.py options [--quick]   # ways of learning from labels side by side
                                                               # (benchmarks/learning_options.py, issue 12)
+    .venv/bin/python benchmarks/training.py product DATA_DIR DATASET [--options raw,library,adaptive] [--sweep]
+        # the product's learned-matcher gate, raw vs learned, on the library a `faces evaluate --train
+        # --data-dir DATA_DIR` left (benchmarks/learning_replay.py): precision, purity, recall, known-people
+        # errors, strangers named, false accepts and the seconds of the run (fit + gate + guard + matching)
 
 Goal (issue 5): 20 epochs on 10K labelled faces in <= 30 s on the shared 2-core box (training uses one
 torch thread by design: domain.projection.TrainingParams.num_threads measured two threads slower).
@@ -187,6 +191,13 @@ if __name__ == "__main__":
         from benchmarks.learning_options import main as learning_options
 
         learning_options(sys.argv[2:])
+        sys.exit(0)
+    if sys.argv[1:2] == ["product"]:  # the product's matcher gate, raw vs learned (issue 12)
+        from benchmarks.learning_replay import main as learning_replay
+
+        learning_replay(
+            sys.argv[2:] if "--options" in sys.argv else [*sys.argv[2:], "--options", "raw,library,adaptive"]
+        )
         sys.exit(0)
     parts = sys.argv[1:] or ["speed", "lfw"]
     if "speed" in parts:

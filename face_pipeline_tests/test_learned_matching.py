@@ -23,6 +23,7 @@ from face_pipeline.services.label_batches import LabelRow, label_rows, reject_fa
 from face_pipeline.services.learned_matcher import stored_verdict
 from face_pipeline.services.library import Library
 from face_pipeline.services.space_switch import SpaceMode
+from face_pipeline.services.stats import library_stats
 from face_pipeline.storage.models import AssignmentSource, FaceInstance, Image, Person
 from face_pipeline.vision.types import EmbeddingSpaceInfo
 from face_pipeline_tests.test_incremental_clustering import open_library
@@ -197,6 +198,8 @@ def test_the_library_matcher_is_used_where_it_pays_and_cuts_the_errors_on_held_o
     print(f"raw {raw}, learned {learned}; {report.matching}")
     assert centroids.matcher.startswith("learned matcher in use"), centroids.matcher
     assert "isolated unnamed faces" in report.matching, report.matching  # the guard, checked by the run too
+    shown = library_stats(library.db).learned_matcher  # what `faces stats` prints
+    assert shown["use"] and shown["kind"] == "library" and shown["reason"] == centroids.matcher
     assert learned[0] <= 0.75 * raw[0], (raw, learned)  # measured 16 -> 9
     assert learned[1] <= raw[1] + 2  # measured 3 -> 5 of ~3,400 faces of never-named people, as above
     library.close()

@@ -66,6 +66,7 @@ def stats(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable
 
     with open_library() as library:
         result = library_stats(library.db)
+        learned_on = library.settings.learned_matching
     if as_json:
         typer.echo(json.dumps(result.as_dict(), indent=2, default=str))
         return
@@ -93,6 +94,11 @@ def stats(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable
             f"last training: {result.last_training_space} ({verdict}, {result.last_training_label_count} labels, "
             f"{result.last_training_at:%Y-%m-%d %H:%M}): {result.last_training_reason}"
         )
+    verdict_of = result.learned_matcher
+    if learned_on or verdict_of:
+        state = f"on ({verdict_of.get('kind') or 'not judged yet'})" if learned_on else "off (FACE_LEARNED_MATCHING)"
+        judged = f" judged {verdict_of['at']}: {verdict_of['reason']}" if verdict_of else ""
+        typer.echo(f"learned matching: {state};{judged}" if judged else f"learned matching: {state}")
     for name, count in result.people_counts:
         typer.echo(f"  {name}: {count} faces")
     if result.largest_unknown:

@@ -42,6 +42,7 @@ from face_pipeline.domain.learned_matching import (
 from face_pipeline.domain.neighbors import knn_graph
 from face_pipeline.domain.neighbour_averaging import DEFAULT_NEIGHBOURS
 from face_pipeline.domain.person_matching import PersonMatcher
+from face_pipeline.services.learned_matcher_state import state_key, stored_verdict
 from face_pipeline.services.library import Library
 from face_pipeline.services.space_switch import read_pin
 from face_pipeline.storage.models import FaceInstance, FaceRejection, PipelineState, utcnow
@@ -49,7 +50,6 @@ from face_pipeline.storage.vectors import VectorStore
 
 log = logging.getLogger(__name__)
 
-STATE_PREFIX = "learned_matcher:"  # pipeline_state key prefix; the space name follows
 KINDS = {
     "library": "adaptive score normalisation + library neighbour averaging (LibraryMatcher)",
     "adaptive": "adaptive score normalisation (PersonMatcher)",
@@ -66,10 +66,6 @@ class RunMatcher:
     margin: float
     reason: str  # one line: which matching and why
     tag: str = ""  # digest of the matcher in use ("" for raw): part of the assignment fingerprint
-
-
-def _key(space: str) -> str:
-    return f"{STATE_PREFIX}{space}"
 
 
 def _labels(session: Session) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, str]]]:
@@ -129,7 +125,7 @@ def refresh_matcher(
     face_ids, people, images, rejections = _labels(session)
     kind = library.settings.learned_matcher
     digest = _digest(kind, space, threshold, margin, face_ids, people, rejections)
-    row = session.get(PipelineState, _key(space))
+    row = session.get(PipelineState, state_key(space))
     if row is not None and row.value.get("digest") == digest:
         return {**row.value, "reused": True}
     names = np.array(sorted({p for p in people.tolist() if p is not None}), dtype=object)
@@ -191,7 +187,7 @@ def refresh_matcher(
             value["file"] = path.name
     value["seconds"] = round(time.perf_counter() - started, 2)
     if row is None:
-        session.add(PipelineState(key=_key(space), value=value))
+        session.add(PipelineState(key=state_key(space), value=value))
     else:
         row.value = value
     log.info("learned matcher (%s): %s (%.1f s)", space, value["reason"], value["seconds"])
@@ -274,11 +270,6 @@ def _isolated_guard(
 
 def _library_fit(context: _LibraryContext, face_ids: np.ndarray) -> MatcherFit:
     return library_matcher_fit(context.vectors, np.searchsorted(context.ids, face_ids), context.neighbours)
-
-
-def stored_verdict(session: Session, space: str) -> dict[str, Any] | None:
-    row = session.get(PipelineState, _key(space))
-    return None if row is None else dict(row.value)
 
 
 def matcher_for_run(

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import case, func, select
 
 from face_pipeline.domain.naming import LIKE_ESCAPE, ClusterKind, like_pattern
+from face_pipeline.services.learned_matcher_state import stored_verdict
 from face_pipeline.services.space_registry import Space, active_space, latest_checkpoint, raw_space_of
 from face_pipeline.storage.db import Database
 from face_pipeline.storage.models import FaceInstance, Image, ImageStatus, Person, PersonStatus
@@ -38,6 +39,8 @@ class LibraryStats:
     last_training_promoted: bool | None = None
     last_training_reason: str | None = None
     last_training_label_count: int | None = None
+    # The learned matcher's last verdict in the active space (services/learned_matcher.py): use, reason, kind, at
+    learned_matcher: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,6 +77,7 @@ def library_stats(db: Database, *, skipped_examples: int = 10, top: int = 10) ->
             stats.person_margin = space.person_margin
             stats.active_space_kind = space.kind
             stats.face_model = _face_model(session, space)
+            stats.learned_matcher = _learned_matcher(session, space.name)
         _add_last_training(session, stats)
         stats.people_counts = [
             (r[0], r[1])
@@ -108,6 +112,11 @@ def library_stats(db: Database, *, skipped_examples: int = 10, top: int = 10) ->
 def _face_model(session: Any, space: Space) -> dict[str, Any]:
     raw = raw_space_of(session, space)
     return raw.model_facts or {"space": raw.name, "model": raw.model_name, "dim": raw.dim}
+
+
+def _learned_matcher(session: Any, space: str) -> dict[str, Any]:
+    value = stored_verdict(session, space) or {}
+    return {k: value.get(k) for k in ("use", "reason", "kind", "at", "labelled_faces", "seconds")} if value else {}
 
 
 def _add_last_training(session: Any, stats: LibraryStats) -> None:
