@@ -175,9 +175,8 @@ class UnknownFaceClusterer:
         elif self.method == "dbscan":
             labels = _dbscan_on_graph(self.graph_, float(self.eps), self.min_samples)  # type: ignore[arg-type]
         else:
-            labels = _agglomerative_on_graph(
-                vectors.astype(np.float32, copy=False), self.graph_, float(self.eps), self.linkage
-            )  # type: ignore[arg-type]
+            eps = float(self.eps)  # type: ignore[arg-type]  # _validate: agglomerative needs eps
+            labels = _agglomerative_on_graph(vectors.astype(np.float32, copy=False), self.graph_, eps, self.linkage)
         labels = relabel_by_size(labels, self.min_cluster_size)
         if self.eps is not None and self.min_links > 0:
             labels = drop_weak_members(labels, self.graph_, self.eps, self.min_links, self.min_cluster_size)
