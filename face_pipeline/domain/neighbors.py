@@ -374,8 +374,8 @@ def _rescored(x: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     sims = np.full((n, k), -np.inf, dtype=np.float32)
     for start in range(0, n, _RESCORE_ROWS):
         rows = slice(start, min(start + _RESCORE_ROWS, n))
-        neighbours = x[np.maximum(idx[rows], 0)].astype(np.float32, copy=False)  # (rows, k, d)
-        block = np.matmul(neighbours, x[rows, :, None].astype(np.float32, copy=False))[:, :, 0]
+        neighbours = x[np.maximum(idx[rows], 0)]  # (rows, k, d)
+        block = np.matmul(neighbours, x[rows, :, None])[:, :, 0]
         sims[rows] = np.where(idx[rows] == MISSING, -np.inf, block)
     order = np.argsort(-sims, axis=1, kind="stable")
     return np.take_along_axis(idx, order, 1), np.take_along_axis(sims, order, 1)

@@ -15,7 +15,6 @@ after bulk loads (see benchmarks/vectors.py for the figures).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import itertools
 import json
 import logging
@@ -157,9 +156,8 @@ class _ShardRegistry:
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    try:
-        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None  # glibc only
+    try:  # the symbols already loaded into the process: glibc's malloc_trim where the C library is glibc
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)
     except OSError:
         return None
 
