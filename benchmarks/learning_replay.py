@@ -2,7 +2,7 @@
 
     FACE_EMBEDDER=dlib .venv/bin/face-pipeline faces evaluate ../shared/datasets/lfw-dev --train --data-dir D
     FACE_EMBEDDER=dlib .venv/bin/python benchmarks/learning_replay.py D ../shared/datasets/lfw-dev \
-        [--options raw,library,adaptive,...]
+        [--options raw,boundaries,library,adaptive,...]
 
 An evaluation with `--data-dir D` leaves its final library (phase B ingested, the simulated user's labels and
 rejections) in D/pipeline. For each option this copies that library, refits and gates the matcher through the
@@ -247,8 +247,6 @@ class _SweepSetup:
 
 def sweep(data_dir: Path, dataset_dir: Path, option: str, setup: _SweepSetup | None = None) -> None:
     """Print the oracle threshold sweep of one option (see --sweep in the module docstring)."""
-    from face_pipeline.domain.learned_matching import fit_person_matcher
-
     s = setup or _SweepSetup(data_dir, dataset_dir)
     if option in EXTRA_SWEEPS:
         EXTRA_SWEEPS[option](s, option)
@@ -257,14 +255,22 @@ def sweep(data_dir: Path, dataset_dir: Path, option: str, setup: _SweepSetup | N
     if option == "raw":
         return
     with _variant(option) as kind:
-        fit = fit_person_matcher if kind == "adaptive" else learned_service._library_fit(s.context, s.face_ids)
+        fit = learned_service._fit_for(kind, s.context, s.face_ids, s.threshold, s.margin)
         matcher = fit(s.matrix, s.labels, s.rej, np.arange(len(s.face_ids)))
     assert np.array_equal(matcher.people_, s.people), "learned and raw matching must share their columns"
     scores = matcher.scores(s.vectors)
     mapped, margin = matcher.threshold_for(s.threshold), matcher.margin_for(s.margin)
+    raw_scale = mapped == s.threshold  # BoundaryMatcher: offsets in impostor stds of raw cosine
+    unit = s.unit if raw_scale else 1.0
+    if raw_scale:
+        e, st, fa, pr = s.figures(scores, mapped, margin)
+        print(
+            f"  at raw's threshold: errors {e} ({e / max(raw[0], 1) - 1:+.0%}), strangers {st}, false accepts "
+            f"{fa}, precision {pr:.4f}; {getattr(matcher, 'summary', dict)()}"
+        )
     best: tuple[float, int, int, int] | None = None
     for offset in np.arange(-1.0, 3.0001, 0.05):
-        errors, strangers, false_accepts, _ = s.figures(scores, mapped + offset, margin)
+        errors, strangers, false_accepts, _ = s.figures(scores, mapped + offset * unit, margin)
         if offset.round(2) % 0.25 == 0:
             print(
                 f"  offset {offset:+.2f}: errors {errors}, strangers named {strangers}, false accepts {false_accepts}"
@@ -487,7 +493,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data_dir", type=Path, help="the --data-dir of a finished `faces evaluate --train`")
     parser.add_argument("dataset", type=Path, help="the photo set that evaluation played")
-    parser.add_argument("--options", default="raw,library", help="comma-separated (default raw,library)")
+    parser.add_argument("--options", default="raw,boundaries", help="comma-separated (default raw,boundaries)")
     parser.add_argument("--sweep", action="store_true", help="the oracle threshold sweep (see above)")
     args = parser.parse_args(argv)
     options = [o.strip() for o in args.options.split(",") if o.strip()]

@@ -5,7 +5,8 @@
     .venv/bin/python benchmarks/training.py lfw        # real dlib vectors of lfw-dev (.cache/lfw-dev-dlib.npz)
     .venv/bin/python benchmarks/training.py options [--quick]   # ways of learning from labels side by side
                                                               # (benchmarks/learning_options.py, issue 12)
-    .venv/bin/python benchmarks/training.py product DATA_DIR DATASET [--options raw,library,adaptive] [--sweep]
+    .venv/bin/python benchmarks/training.py product DATA_DIR DATASET [--options raw,boundaries,library,adaptive]
+        [--sweep]
         # the product's learned-matcher gate, raw vs learned, on the library a `faces evaluate --train
         # --data-dir DATA_DIR` left (benchmarks/learning_replay.py): precision, purity, recall, known-people
         # errors, strangers named, false accepts and the seconds of the run (fit + gate + guard + matching)
@@ -196,7 +197,7 @@ if __name__ == "__main__":
         from benchmarks.learning_replay import main as learning_replay
 
         learning_replay(
-            sys.argv[2:] if "--options" in sys.argv else [*sys.argv[2:], "--options", "raw,library,adaptive"]
+            sys.argv[2:] if "--options" in sys.argv else [*sys.argv[2:], "--options", "raw,boundaries,library,adaptive"]
         )
         sys.exit(0)
     parts = sys.argv[1:] or ["speed", "lfw"]

@@ -66,11 +66,13 @@ class Settings(BaseSettings):
         "cross-fitted gate finds fewer errors without more strangers named; `faces reassign` (raw pinned) "
         "never uses it. Off by default.",
     )
-    learned_matcher: Literal["library", "adaptive"] = Field(
-        "library",
-        description="Which learned matcher FACE_LEARNED_MATCHING fits: library (adaptive score normalisation "
-        "plus prototype cosines of faces averaged with their nearest library faces; reads the whole space and "
-        "builds its k-NN graph at each fit) or adaptive (score normalisation alone).",
+    learned_matcher: Literal["boundaries", "library", "adaptive"] = Field(
+        "boundaries",
+        description="Which learned matcher FACE_LEARNED_MATCHING fits: boundaries (raw cosine scores with "
+        "exemplars self-trained from the library and per-person logistic boundaries; raw's threshold and margin "
+        "as they are), library (adaptive score normalisation plus prototype cosines of faces averaged with their "
+        "nearest library faces) or adaptive (score normalisation alone). boundaries and library read the whole "
+        "space at each fit.",
     )
 
     # --- training (seed) ------------------------------------------------------------------------------

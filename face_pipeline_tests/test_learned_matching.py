@@ -42,6 +42,8 @@ LIBRARY_LABEL_SEED = 3
 # matcher (the default kind) is refused on these faces: held-out errors 116 -> 49 of 2,914, but 4 of 677
 # held-out strangers named where raw named none.
 LEARNED = {"learned_matching": True, "learned_matcher": "adaptive"}
+# Raw cosine scores with self-trained exemplars and per-person boundaries (domain/boundary_matching.py).
+BOUNDARIES = {"learned_matching": True, "learned_matcher": "boundaries"}
 
 
 @pytest.fixture
@@ -188,9 +190,8 @@ def test_the_library_matcher_is_used_where_it_pays_and_cuts_the_errors_on_held_o
     library.close()
 
     library, face_ids, labelled = build_library(
-        tmp_path / "learned", vectors, identities, LIBRARY_LABEL_SEED, learned_matching=True
+        tmp_path / "learned", vectors, identities, LIBRARY_LABEL_SEED, learned_matching=True, learned_matcher="library"
     )
-    assert library.settings.learned_matcher == "library"  # the default kind
     with library.vectors() as store:
         centroids = compute_person_centroids(library, store)
         report = assign_known_faces(library, store, full=True)
@@ -202,6 +203,32 @@ def test_the_library_matcher_is_used_where_it_pays_and_cuts_the_errors_on_held_o
     assert shown["use"] and shown["kind"] == "library" and shown["reason"] == centroids.matcher
     assert learned[0] <= 0.75 * raw[0], (raw, learned)  # measured 16 -> 9
     assert learned[1] <= raw[1] + 2  # measured 3 -> 5 of ~3,400 faces of never-named people, as above
+    library.close()
+
+
+def test_the_boundaries_matcher_is_used_where_it_pays_and_cuts_the_errors_on_held_out_faces(
+    lfw_faces, tmp_path: Path
+) -> None:
+    vectors, identities = lfw_faces
+    library, face_ids, labelled = build_library(tmp_path / "raw", vectors, identities)
+    match(library)
+    raw = held_out_errors(library, face_ids, identities, labelled)
+    library.close()
+
+    library, face_ids, labelled = build_library(tmp_path / "learned", vectors, identities, **BOUNDARIES)
+    started = time.perf_counter()
+    with library.vectors() as store:
+        centroids = compute_person_centroids(library, store)
+        seconds = time.perf_counter() - started
+        report = assign_known_faces(library, store, full=True)
+    learned = held_out_errors(library, face_ids, identities, labelled)
+    print(f"raw {raw}, learned {learned}; {report.matching}; fit + gate {seconds:.1f} s")
+    assert centroids.matcher.startswith("learned matcher in use"), centroids.matcher
+    assert gate_part(report.matching) == gate_part(centroids.matcher)
+    verdict = stored_verdict_of(library)
+    assert verdict["threshold"] >= verdict["raw_threshold"]  # raw scale: raw matching's own threshold or above
+    assert learned[0] <= 0.75 * raw[0], (raw, learned)
+    assert learned[1] <= raw[1] + 2, (raw, learned)  # strangers named: the noise allowed above
     library.close()
 
 

@@ -1,13 +1,17 @@
 """Learning from labels where it pays: a matcher learned from the users' decisions, used only to match faces to
 the named people, and the gate that decides whether it may.
 
-Two matchers (services/learned_matcher.py picks one, FACE_LEARNED_MATCHER):
-- `LibraryScorer` (default, "library"): `neighbour_averaging.LibraryMatcher`, 0.2 x the adaptive score below in
+Three matchers (services/learned_matcher.py picks one, FACE_LEARNED_MATCHER):
+- `boundary_matching.BoundaryMatcher` ("boundaries"): raw cosine scores, with exemplars self-trained from the
+  library's confidently matched faces and per-person logistic boundaries (confirmed faces against the other
+  people's, the rejected faces and the library's far-off faces) that name a face just below the threshold;
+  its scale is raw's, so raw's calibrated threshold and margin apply as they are;
+- `LibraryScorer` ("library"): `neighbour_averaging.LibraryMatcher`, 0.2 x the adaptive score below in
   the raw space + 0.8 x prototype cosines in a space where every face is averaged with its 6 nearest library
   faces (labelled or not), so a blurred or small face is scored with the faces around it;
 - `person_matching.PersonMatcher` ("adaptive"): adaptive score normalisation of the prototype cosines, the
   named people as the cohort and the faces users rejected as extra impostors.
-Unknown faces keep being grouped in the raw space, so nothing unseen is distorted. Both are refitted whenever
+Unknown faces keep being grouped in the raw space, so nothing unseen is distorted. All are refitted whenever
 the labels change (seconds), so they always know every named person.
 
 The gate (`judge_matcher`) compares like with like on the labels alone, cross-fitted: `repeats` draws of
@@ -40,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from face_pipeline.domain.assignment import NO_PERSON, assign_to_known_people, build_prototypes
+from face_pipeline.domain.boundary_matching import BoundaryMatcher
 from face_pipeline.domain.neighbour_averaging import LibraryMatcher
 from face_pipeline.domain.person_matching import PersonMatcher
 
@@ -51,6 +56,7 @@ __all__ = [
     "LibraryScorer",
     "MatcherFit",
     "MatcherVerdict",
+    "boundary_matcher_fit",
     "fit_person_matcher",
     "isolated_face_offset",
     "judge_matcher",
@@ -402,6 +408,32 @@ def library_matcher_fit(
         everyone[at] = labels
         rej = np.stack([at[rejections[:, 0]], rejections[:, 1]], axis=1) if len(rejections) else rejections
         return LibraryScorer(LibraryMatcher(**matcher_params).fit(library, everyone, rej, neighbours=neighbours))
+
+    return fit
+
+
+def boundary_matcher_fit(
+    library: np.ndarray, library_rows: np.ndarray, threshold: float, margin: float, **matcher_params: Any
+) -> MatcherFit:
+    """A MatcherFit for `BoundaryMatcher` at the raw `threshold` and `margin`: the judged faces are rows
+    `library_rows` ((n,) int) of `library` ((N, d), every face of the library); each fit self-trains on, and
+    takes its background from, the library faces it was not given as confirmed (held-out faces stay in the
+    library, unconfirmed, as they are in a real library)."""
+    library_rows = np.asarray(library_rows, dtype=np.int64)
+
+    def fit(x: np.ndarray, labels: np.ndarray, rejections: np.ndarray, rows: np.ndarray) -> BoundaryMatcher:
+        at = library_rows[rows]
+        confirmed = np.zeros(len(library), dtype=bool)
+        confirmed[at[labels != NO_PERSON]] = True
+        unconfirmed = np.flatnonzero(~confirmed)
+        position = np.full(len(library), -1, dtype=np.int64)
+        position[unconfirmed] = np.arange(len(unconfirmed))
+        rej = np.asarray(rejections, dtype=np.int64).reshape(-1, 2)
+        where = position[at[rej[:, 0]]]
+        on_library = np.stack([where, rej[:, 1]], axis=1)[where >= 0]
+        return BoundaryMatcher(threshold, margin, **matcher_params).fit(
+            x, labels, rej, library, unconfirmed, on_library
+        )
 
     return fit
 
