@@ -39,7 +39,7 @@ LABEL_SEED = 1
 # threshold by 0.70) and for draw 2 (96 -> 32), refused for draw 1 (above).
 LIBRARY_LABEL_SEED = 3
 # The adaptive matcher (score normalisation alone): fitted from the labels only, seconds per gate. The library
-# matcher (the default kind) is refused on these faces: held-out errors 116 -> 49 of 2,914, but 4 of 677
+# matcher is refused on these faces: held-out errors 116 -> 49 of 2,914, but 4 of 677
 # held-out strangers named where raw named none.
 LEARNED = {"learned_matching": True, "learned_matcher": "adaptive"}
 # Raw cosine scores with self-trained exemplars and per-person boundaries (domain/boundary_matching.py).

@@ -20,10 +20,11 @@ The boundaries only ever lift a score, never veto one; rejections, the margin an
 downstream (`assignment.assign_to_known_people`). Unit of "std": the pooled impostor spread of the raw
 prototype scores (`PersonMatcher.g_std_`), so the settings are scale-free across embedders.
 
-Measured with `benchmarks/learning_replay.py --sweep` (2026-11-27, at raw's own threshold, errors / strangers
-named / false accepts): dlib 41/3/13 -> 28/3/12 (-32%), buffalo_s on degraded photos 72/0/1 -> 47/0/1 (-35%),
-sharp 10 -> 9; both parts are needed (without self-training -19% / -13%, without background negatives dlib's
-false accepts 13 -> 21). The settings were picked with the truth from 864 and checked on a second labelling.
+Measured through the product (`faces evaluate --train`, phase B, 2026-11-27; known-people errors, raw ->
+this matcher, precision, purity and strangers named no worse): dlib 41 -> 30 (-27%), buffalo_s on photos
+degraded to 80 px / q40 72 -> 51 (-29%); on sharp buffalo_s photos the gate finds nothing to gain and keeps raw
+matching. Both parts are needed (`benchmarks/learning_replay.py --sweep`: without self-training dlib -17%,
+without the background negatives its false accepts 13 -> 23). README "Learning from labels" has the tables.
 
 Shapes: n labelled faces, u unconfirmed library faces, m faces to score, p people, d dimensions.
 """
@@ -117,16 +118,18 @@ class BoundaryMatcher:
         raw = PersonMatcher().fit(x, labels, rej)  # raw matching's prototypes and its impostor spread
         self.people_ = raw.people_
         self.unit_ = float(raw.g_std_)
-        ruled_out = np.zeros((len(rows), len(self.people_)), dtype=bool)
-        if library_rejections is not None and len(library_rejections):
-            pairs = np.asarray(library_rejections, dtype=np.int64).reshape(-1, 2)
-            pairs = pairs[np.isin(pairs[:, 1], self.people_)]
-            ruled_out[pairs[:, 0], np.searchsorted(self.people_, pairs[:, 1])] = True
-        raw_best = self._masked_best(raw, library, rows, ruled_out)[1]
+        pairs = np.zeros((0, 2), np.int64) if library_rejections is None else np.asarray(library_rejections)
+        pairs = pairs.astype(np.int64).reshape(-1, 2)
+        pairs = pairs[np.isin(pairs[:, 1], self.people_)]
+        ruled_out = np.stack([pairs[:, 0], np.searchsorted(self.people_, pairs[:, 1])], axis=1)  # (row, column)
+        scored = self._masked_best(raw, library, rows, ruled_out)
+        raw_best = scored[1]
         matcher = raw
         picked = np.zeros(0, np.int64)
-        for _ in range(self.passes):
-            column, best, leads = self._masked_best(matcher, library, rows, ruled_out)
+        for step in range(self.passes):
+            if step:
+                scored = self._masked_best(matcher, library, rows, ruled_out)
+            column, best, leads = scored
             confident = np.flatnonzero((best >= self.threshold + self.self_training_lead * self.unit_) & leads)
             picked = confident
             extra = _unit_rows(library[rows[confident]]) if len(confident) else np.zeros((0, x.shape[1]), np.float32)
@@ -159,13 +162,16 @@ class BoundaryMatcher:
     def _masked_best(
         self, matcher: PersonMatcher, library: np.ndarray, rows: np.ndarray, ruled_out: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Best column, score and margin test of the unconfirmed faces, rejected people masked."""
+        """Best column, score and margin test of the unconfirmed faces, rejected people masked (`ruled_out`:
+        (k, 2) (position in rows, column))."""
         column = np.zeros(len(rows), np.int64)
         best = np.full(len(rows), -np.inf, np.float32)
         leads = np.zeros(len(rows), dtype=bool)
         for start in range(0, len(rows), _CHUNK_ROWS):
             part = slice(start, start + _CHUNK_ROWS)
-            scores = np.where(ruled_out[part], -np.inf, matcher.cosine_scores(library[rows[part]]))
+            scores = matcher.cosine_scores(library[rows[part]])
+            here = ruled_out[(ruled_out[:, 0] >= start) & (ruled_out[:, 0] < start + _CHUNK_ROWS)]
+            scores[here[:, 0] - start, here[:, 1]] = -np.inf
             column[part], best[part], leads[part] = _lead_ok(scores, self.margin)
         return column, best, leads
 
