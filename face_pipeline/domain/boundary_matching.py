@@ -34,14 +34,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize
 
 from face_pipeline.domain.person_matching import NO_PERSON, PersonMatcher
 
 __all__ = ["BoundaryMatcher"]
 
 _CHUNK_ROWS = 4096
-_GRADIENT_TOLERANCE = 1e-5  # on each problem's mean loss and its gradient: solved to convergence
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -76,7 +74,7 @@ class BoundaryMatcher:
         self_training_lead: float = 1.0,
         passes: int = 3,
         max_exemplars: int = 100_000,
-        c: float = 1.0,
+        c: float = 10.0,
         background_below: float = 2.0,
         max_background: int = 5_000,
         extend_by: float = 1.0,
@@ -178,64 +176,32 @@ class BoundaryMatcher:
     def _fit_boundaries(
         self, x: np.ndarray, labels: np.ndarray, rej: np.ndarray, background: np.ndarray, acting: np.ndarray
     ) -> None:
-        """Every person's logistic regression (balanced classes, L2 at `c`, intercept unpenalised: scikit-learn's
-        LogisticRegression objective) solved at once. The p problems share their rows and are separable, so one
-        L-BFGS run over all weights, each problem scaled by its row count, reaches each one's optimum with one
-        matrix product per step: 3.5 s instead of 19 s for 45 people on the dlib library of the measurements
-        (scikit-learn, one person at a time; it stops early at its default tolerance, and those early-stopped
-        boundaries are what the sweep's C = 10 was picked with: solved to convergence, C = 1 gives the same
-        figures there, 30 / 3 / 13 against 29 / 3 / 13, and C = 10 names one stranger more)."""
+        """One scikit-learn LogisticRegression per acting person (C = `c`, balanced classes, its default solver
+        and tolerance: the setting picked with `benchmarks/learning_replay.py --sweep`). Solved to convergence
+        instead (one joint L-BFGS problem, tried), the boundaries differ: scikit-learn stops at a tolerance on
+        the mean loss, which regularises beyond C, and converged boundaries at any C from 0.3 to 10 left 2-3
+        more known-people errors on the evaluations' dlib libraries (or named one more stranger)."""
+        from sklearn.linear_model import LogisticRegression  # imported when fitted: not on everyday paths
+
         named = labels != NO_PERSON
         self.mean_ = x[named].mean(axis=0)
         std = x[named].std(axis=0)
         self.scale_ = np.where(std > 0, std, 1.0).astype(np.float32)
         z = ((np.concatenate([x, background]) - self.mean_) / self.scale_).astype(np.float32)
-        z_t = np.ascontiguousarray(z.T)  # the gradient's product is 2x slower on a transposed view
-        d, p = z.shape[1], len(acting)
-        self.W_ = np.zeros((d, len(self.people_)), np.float32)
+        padded = np.concatenate([labels, np.full(len(background), NO_PERSON)])
+        others = (padded != NO_PERSON) | (np.arange(len(z)) >= len(x))  # confirmed faces and the background
+        self.W_ = np.zeros((z.shape[1], len(self.people_)), np.float32)
         self.b_ = np.full(len(self.people_), -np.inf, np.float32)  # no boundary: never lifts
-        self.boundary_steps_ = 0
-        if p == 0:
-            return
-        people = self.people_[acting]
-        target = np.zeros((len(z), p), np.float32)
-        mine = named & np.isin(labels, people)
-        target[np.flatnonzero(mine), np.searchsorted(people, labels[mine])] = 1.0
-        used = np.zeros((len(z), p), dtype=bool)
-        used[np.flatnonzero(named)] = True  # a confirmed face: positive of its person, negative of everybody else
-        used[len(x) :] = True  # background: negative of everybody
-        rej = rej[np.isin(rej[:, 1], people)]
-        used[rej[:, 0], np.searchsorted(people, rej[:, 1])] = True  # "not this person"
-        positives = (target * used).sum(axis=0)
-        total = used.sum(axis=0)
-        balanced = np.where(target > 0, total / (2 * np.maximum(positives, 1)), total / (2 * (total - positives)))
-        weight = (balanced * used / total).astype(np.float64)  # each problem's mean loss ...
-        ridge = 1.0 / (self.c * total)  # ... plus its L2 term on the same scale
-        sign = (2 * target - 1).astype(np.float64)
-
-        def loss_and_gradient(theta: np.ndarray) -> tuple[float, np.ndarray]:
-            w = theta[: d * p].reshape(d, p)
-            # float32 products (a float64 one this size can crash OpenBLAS here: STACK_NOTES), float64 after:
-            # in float32 the loss stops changing long before the boundaries converge
-            agree = sign * (z @ w.astype(np.float32) + theta[d * p :].astype(np.float32))  # > 0: right side
-            small = np.exp(-np.abs(agree))  # one exp serves the loss and the gradient, overflow-free
-            log_loss = np.maximum(-agree, 0) + np.log(1.0 + small)  # log1p is 5x slower here
-            wrong_side = np.where(agree >= 0, small, 1.0) / (1.0 + small)  # sigmoid(-agree)
-            loss = float((weight * log_loss).sum() + 0.5 * (ridge * w * w).sum())
-            residual = -sign * weight * wrong_side  # d loss / d logit
-            grad_w = (z_t @ residual.astype(np.float32)).astype(np.float64) + ridge * w
-            return loss, np.concatenate([grad_w.ravel(), residual.sum(axis=0)])
-
-        result = minimize(
-            loss_and_gradient,
-            np.zeros(d * p + p),
-            jac=True,
-            method="L-BFGS-B",
-            options={"maxiter": 2000, "gtol": _GRADIENT_TOLERANCE, "ftol": 64 * np.finfo(float).eps, "maxls": 50},
-        )
-        self.W_[:, acting] = result.x[: d * p].reshape(d, p)
-        self.b_[acting] = result.x[d * p :]
-        self.boundary_steps_ = int(result.nit)
+        for j in acting.tolist():
+            person = self.people_[j]
+            positive = padded == person
+            negative = others.copy()
+            negative[rej[rej[:, 1] == person, 0]] = True  # "not this person"
+            negative &= ~positive
+            rows = positive | negative
+            model = LogisticRegression(C=self.c, class_weight="balanced", max_iter=2000).fit(z[rows], positive[rows])
+            self.W_[:, j] = model.coef_[0]
+            self.b_[j] = model.intercept_[0]
 
     # --- scoring ----------------------------------------------------------------------------------------
 
@@ -274,5 +240,4 @@ class BoundaryMatcher:
         return {
             "pseudo_labelled": self.pseudo_labelled_,
             "boundaries": int(np.isfinite(self.b_).sum()),
-            "boundary_steps": self.boundary_steps_,
         }

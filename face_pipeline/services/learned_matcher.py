@@ -60,7 +60,7 @@ KINDS = {
     "library": "adaptive score normalisation + library neighbour averaging (LibraryMatcher)",
     "adaptive": "adaptive score normalisation (PersonMatcher)",
 }
-_VERSION = "5"  # bump when the fit or the gate changes: stored verdicts are then judged again
+_VERSION = "6"  # bump when the fit or the gate changes: stored verdicts are then judged again
 
 
 @dataclass(frozen=True)
