@@ -13,7 +13,8 @@ the winner must still be confirmed by `faces evaluate --train` (the labels of la
 earlier rounds were matched). Set the same FACE_* variables as the evaluation (FACE_EMBEDDER,
 FACE_MIN_FACE_SIZE): they decide nothing here but the settings must load the same way.
 
-Options: `raw` (learned matching off), the product's kinds (`library`, `adaptive`), and VARIANTS (the library
+Options: `raw` (learned matching off), the product's kinds (`boundaries`: the selflinear-pick setting below, as
+the product fits it; `library`, `adaptive`), and VARIANTS (the library
 kind with other LibraryMatcher parameters, or `library-refit`: the default judged afresh). Prints a markdown
 table and one JSON line per option: {"bench": "learning_replay", "option", figures...}.
 

@@ -18,7 +18,12 @@ from face_pipeline.domain.person_matching import PersonMatcher
 from face_pipeline.services import space_registry
 from face_pipeline.services.cluster_dual import run_cluster_dual
 from face_pipeline.services.detection import insert_faces
-from face_pipeline.services.known_people import assign_known_faces, compute_person_centroids
+from face_pipeline.services.known_people import (
+    AssignReport,
+    CentroidReport,
+    assign_known_faces,
+    compute_person_centroids,
+)
 from face_pipeline.services.label_batches import LabelRow, label_rows, reject_faces
 from face_pipeline.services.learned_matcher import stored_verdict
 from face_pipeline.services.library import Library
@@ -156,23 +161,31 @@ def match(library: Library) -> None:
         assign_known_faces(library, vectors, full=True)
 
 
-def test_a_matcher_that_helps_is_used_and_cuts_the_errors_on_held_out_faces(lfw_faces, tmp_path: Path) -> None:
-    vectors, identities = lfw_faces
-    library, face_ids, labelled = build_library(tmp_path / "raw", vectors, identities)
+def raw_then_learned(
+    tmp_path: Path, vectors: np.ndarray, identities: np.ndarray, label_seed: int, **settings: object
+) -> tuple[tuple[int, int, int], tuple[int, int, int], tuple[CentroidReport, AssignReport], Library]:
+    """The same labels matched raw, then in a second library with `settings`: (raw held-out errors, learned
+    held-out errors, (person_centroids report, assignment report) of the learned run, the learned library)."""
+    library, face_ids, labelled = build_library(tmp_path / "raw", vectors, identities, label_seed)
     match(library)
     raw = held_out_errors(library, face_ids, identities, labelled)
     library.close()
 
-    library, face_ids, labelled = build_library(tmp_path / "learned", vectors, identities, **LEARNED)
+    library, face_ids, labelled = build_library(tmp_path / "learned", vectors, identities, label_seed, **settings)
     started = time.perf_counter()
     with library.vectors() as store:
         centroids = compute_person_centroids(library, store)
         seconds = time.perf_counter() - started
         report = assign_known_faces(library, store, full=True)
     learned = held_out_errors(library, face_ids, identities, labelled)
-    print(f"raw {raw}, learned {learned}; {centroids.matcher}; fit + gate {seconds:.1f} s")
+    print(f"raw {raw}, learned {learned}; {report.matching}; fit + gate {seconds:.1f} s")
     assert centroids.matcher.startswith("learned matcher in use"), centroids.matcher
     assert gate_part(report.matching) == gate_part(centroids.matcher)
+    return raw, learned, (centroids, report), library
+
+
+def test_a_matcher_that_helps_is_used_and_cuts_the_errors_on_held_out_faces(lfw_faces, tmp_path: Path) -> None:
+    raw, learned, _, library = raw_then_learned(tmp_path, *lfw_faces, LABEL_SEED, **LEARNED)
     assert learned[0] <= 0.8 * raw[0], (raw, learned)  # at least 20% fewer known-people errors
     # Strangers named: measured 3 -> 5 of the ~3,400 faces of never-named people (the gate's cross-fitting saw
     # 0 -> 0 of 4,929): calibration noise of two faces allowed, no more.
@@ -183,21 +196,8 @@ def test_a_matcher_that_helps_is_used_and_cuts_the_errors_on_held_out_faces(lfw_
 def test_the_library_matcher_is_used_where_it_pays_and_cuts_the_errors_on_held_out_faces(
     lfw_faces, tmp_path: Path
 ) -> None:
-    vectors, identities = lfw_faces
-    library, face_ids, labelled = build_library(tmp_path / "raw", vectors, identities, LIBRARY_LABEL_SEED)
-    match(library)
-    raw = held_out_errors(library, face_ids, identities, labelled)
-    library.close()
-
-    library, face_ids, labelled = build_library(
-        tmp_path / "learned", vectors, identities, LIBRARY_LABEL_SEED, learned_matching=True, learned_matcher="library"
-    )
-    with library.vectors() as store:
-        centroids = compute_person_centroids(library, store)
-        report = assign_known_faces(library, store, full=True)
-    learned = held_out_errors(library, face_ids, identities, labelled)
-    print(f"raw {raw}, learned {learned}; {report.matching}")
-    assert centroids.matcher.startswith("learned matcher in use"), centroids.matcher
+    settings = {"learned_matching": True, "learned_matcher": "library"}
+    raw, learned, (centroids, report), library = raw_then_learned(tmp_path, *lfw_faces, LIBRARY_LABEL_SEED, **settings)
     assert "isolated unnamed faces" in report.matching, report.matching  # the guard, checked by the run too
     shown = library_stats(library.db).learned_matcher  # what `faces stats` prints
     assert shown["use"] and shown["kind"] == "library" and shown["reason"] == centroids.matcher
@@ -209,26 +209,12 @@ def test_the_library_matcher_is_used_where_it_pays_and_cuts_the_errors_on_held_o
 def test_the_boundaries_matcher_is_used_where_it_pays_and_cuts_the_errors_on_held_out_faces(
     lfw_faces, tmp_path: Path
 ) -> None:
-    vectors, identities = lfw_faces
-    library, face_ids, labelled = build_library(tmp_path / "raw", vectors, identities)
-    match(library)
-    raw = held_out_errors(library, face_ids, identities, labelled)
-    library.close()
-
-    library, face_ids, labelled = build_library(tmp_path / "learned", vectors, identities, **BOUNDARIES)
-    started = time.perf_counter()
-    with library.vectors() as store:
-        centroids = compute_person_centroids(library, store)
-        seconds = time.perf_counter() - started
-        report = assign_known_faces(library, store, full=True)
-    learned = held_out_errors(library, face_ids, identities, labelled)
-    print(f"raw {raw}, learned {learned}; {report.matching}; fit + gate {seconds:.1f} s")
-    assert centroids.matcher.startswith("learned matcher in use"), centroids.matcher
-    assert gate_part(report.matching) == gate_part(centroids.matcher)
+    raw, learned, (_, report), library = raw_then_learned(tmp_path, *lfw_faces, LABEL_SEED, **BOUNDARIES)
+    assert "threshold not raised (raw scale)" in report.matching, report.matching
     verdict = stored_verdict_of(library)
-    assert verdict["threshold"] >= verdict["raw_threshold"]  # raw scale: raw matching's own threshold or above
-    assert learned[0] <= 0.75 * raw[0], (raw, learned)
-    assert learned[1] <= raw[1] + 2, (raw, learned)  # strangers named: the noise allowed above
+    assert verdict["threshold"] >= verdict["raw_threshold"]  # raw scale: raw's threshold (raised by the gate only)
+    assert learned[0] <= 0.75 * raw[0], (raw, learned)  # measured 15 -> 9
+    assert learned[1] <= raw[1] + 2, (raw, learned)  # strangers named: the noise allowed above (measured 3 -> 3)
     library.close()
 
 

@@ -21,8 +21,8 @@ downstream (`assignment.assign_to_known_people`). Unit of "std": the pooled impo
 prototype scores (`PersonMatcher.g_std_`), so the settings are scale-free across embedders.
 
 Measured through the product (`faces evaluate --train`, phase B, 2026-11-27; known-people errors, raw ->
-this matcher, precision, purity and strangers named no worse): dlib 41 -> 30 (-27%), buffalo_s on photos
-degraded to 80 px / q40 72 -> 51 (-29%); on sharp buffalo_s photos the gate finds nothing to gain and keeps raw
+this matcher, precision, purity and strangers named no worse): dlib 41 -> 29 (-29%), buffalo_s on photos
+degraded to 80 px / q40 72 -> 49 (-32%); on sharp buffalo_s photos the gate finds nothing to gain and keeps raw
 matching. Both parts are needed (`benchmarks/learning_replay.py --sweep`: without self-training dlib -17%,
 without the background negatives its false accepts 13 -> 23). README "Learning from labels" has the tables.
 
