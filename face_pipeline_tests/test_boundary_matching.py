@@ -58,6 +58,7 @@ def test_scores_stay_raw_cosines_and_more_faces_of_named_people_pass_raws_own_th
 
 def test_a_rejected_face_never_becomes_an_exemplar_of_that_person(named) -> None:
     vectors, identities, rows = named
+    rows = rows[np.isin(identities[rows], np.unique(identities[rows])[:15])]  # 15 people: 15 boundaries a fit
     wide = {"extend_by": 100.0}  # every face in the band: every person's boundary is fitted
     matcher = fit(vectors, identities, rows, np.zeros((0, 2), np.int64), **wide)
     others = np.setdiff1d(np.arange(len(vectors)), rows)
@@ -90,7 +91,7 @@ def test_the_gate_lets_it_in_and_refuses_it_fitted_on_shuffled_labels(named) -> 
 
     args = (vectors[rows], identities[rows], rows, np.zeros((0, 2), np.int64), THRESHOLD, MARGIN)
     honest = judge_matcher(*args, fit=honest_fit)
-    refused = judge_matcher(*args, fit=shuffled_fit)
+    refused = judge_matcher(*args, fit=shuffled_fit, repeats=1)  # one draw refuses it by far (6 -> 52 of 52 errors)
     print(honest.reason, refused.reason, sep="\n")
     assert honest.use, honest.reason
     assert not refused.use and refused.reason.startswith("kept raw matching ("), refused.reason
