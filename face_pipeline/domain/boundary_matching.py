@@ -36,15 +36,11 @@ from typing import Any
 import numpy as np
 
 from face_pipeline.domain.person_matching import NO_PERSON, PersonMatcher
+from face_pipeline.domain.verification import l2_normalise
 
 __all__ = ["BoundaryMatcher"]
 
 _CHUNK_ROWS = 4096
-
-
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def _lead_ok(scores: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -109,7 +105,7 @@ class BoundaryMatcher:
         library_rows : (u,) int rows of `library` that nobody confirmed (read a chunk at a time, no copy)
         library_rejections : (r, 2) (position in library_rows, person label): masked in self-training
         """
-        x = _unit_rows(vectors)
+        x = l2_normalise(vectors)
         labels = np.asarray(labels, dtype=np.int64)
         rej = np.asarray(rejections, dtype=np.int64).reshape(-1, 2)
         rows = np.asarray(library_rows, dtype=np.int64)
@@ -130,7 +126,7 @@ class BoundaryMatcher:
             column, best, leads = scored
             confident = np.flatnonzero((best >= self.threshold + self.self_training_lead * self.unit_) & leads)
             picked = confident
-            extra = _unit_rows(library[rows[confident]]) if len(confident) else np.zeros((0, x.shape[1]), np.float32)
+            extra = l2_normalise(library[rows[confident]]) if len(confident) else np.zeros((0, x.shape[1]), np.float32)
             matcher = PersonMatcher(max_exemplars=self.max_exemplars).fit(
                 np.concatenate([x, extra]), np.concatenate([labels, self.people_[column[confident]]]), rej
             )
@@ -139,7 +135,7 @@ class BoundaryMatcher:
         far = np.flatnonzero(raw_best < self.threshold - self.background_below * self.unit_)
         if len(far) > self.max_background:
             far = np.sort(np.random.default_rng(self.seed).choice(far, self.max_background, replace=False))
-        background = _unit_rows(library[rows[far]]) if len(far) else np.zeros((0, x.shape[1]), np.float32)
+        background = l2_normalise(library[rows[far]]) if len(far) else np.zeros((0, x.shape[1]), np.float32)
         # A boundary can only act on a face in the band below the threshold, for the person it scores best: only
         # those people's boundaries are fitted (the problems are separable, so the others' would not change
         # them). The pipeline refits on the library it then matches, so every face it scores is counted here.
@@ -207,7 +203,7 @@ class BoundaryMatcher:
 
     def probabilities(self, vectors: np.ndarray) -> np.ndarray:
         """(m, p) each person's boundary probability."""
-        z = (_unit_rows(vectors) - self.mean_) / self.scale_
+        z = (l2_normalise(vectors) - self.mean_) / self.scale_
         return (1.0 / (1.0 + np.exp(-(z @ self.W_ + self.b_)))).astype(np.float32)
 
     def scores(self, vectors: np.ndarray) -> np.ndarray:
@@ -222,7 +218,7 @@ class BoundaryMatcher:
             scores = self.exemplars_.cosine_scores(chunk)
             band, column = self._band(scores)
             if len(band):
-                z = (_unit_rows(chunk[band]) - self.mean_) / self.scale_
+                z = (l2_normalise(chunk[band]) - self.mean_) / self.scale_
                 logit = np.einsum("md,dm->m", z, self.W_[:, column[band]]) + self.b_[column[band]]
                 accept = band[logit >= np.log(self.min_probability / (1 - self.min_probability))]
                 scores[accept, column[accept]] = lifted
